@@ -1,0 +1,156 @@
+"""The ``seqbench`` command: run, list, report.
+
+Bad input ends with one line on stderr (``seqbench: error: ...``) and a non-zero exit, never a
+traceback.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import SeqbenchError
+
+# Shortcut flags and the config keys they set.
+SHORTCUTS = {
+    "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "hidden": "model.hidden",
+    "seed": "seed", "device": "device", "amp": "amp", "strategy": "strategy",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage + message otherwise)
+        raise SeqbenchError(f"{message} (see '{self.prog} --help')")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="seqbench", description="Benchmark recurrent and sequence models.")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    r = sub.add_parser("run", help="train, evaluate, measure and record one run")
+    r.add_argument("--model", help="a registered model (seqbench list)")
+    r.add_argument("--task", help="a registered task (seqbench list)")
+    r.add_argument("--preset", default=None, help="tiny | fast | paper (default fast)")
+    for flag in SHORTCUTS:
+        r.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, metavar="V",
+                       help=f"sets {SHORTCUTS[flag]}")
+    r.add_argument("--deterministic", action="store_true", help="deterministic algorithms")
+    r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="set any config key (repeatable); a bad key lists the valid ones")
+    r.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    r.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
+                   help="stop after N epochs of this invocation, leaving a checkpoint to --resume")
+    r.add_argument("--results", default=None, help="results folder (default $SEQBENCH_RESULTS or ./results)")
+    r.add_argument("--quiet", action="store_true", help="no progress bars")
+
+    sub.add_parser("list", help="models, tasks, and which pairs are compatible")
+
+    rep = sub.add_parser("report", help="tables and plots from every record in results/")
+    rep.add_argument("--results", default=None)
+    return p
+
+
+def _cmd_list() -> int:
+    from . import registry
+    from .config import params_class
+    from .data import data_root
+
+    ms, ts = registry.models(), registry.tasks()
+    print("models:")
+    for name, e in ms.items():
+        fields = ", ".join(f.name for f in __import__("dataclasses").fields(params_class(e.cls)))
+        print(f"  {name:<12} kinds: {', '.join(sorted(e.kinds)):<26} params: {fields}")
+    print("tasks:")
+    for name, e in ts.items():
+        s = e.cls(params_class(e.cls)(), data_root()).spec()
+        print(f"  {name:<12} kind: {s.kind:<9} d_input {s.d_input:<4} d_output {s.d_output:<5} "
+              f"length {s.seq_len:<6} select {s.select}")
+    width = max(len(n) for n in ms) if ms else 5
+    print("\ncompatible pairs (x = runs):")
+    print(" " * (width + 2) + " ".join(f"{t:>{max(len(t), 3)}}" for t in ts))
+    for mname, m in ms.items():
+        cells = " ".join(f"{('x' if registry.compatible(m, t)[0] else '.'):>{max(len(tn), 3)}}" for tn, t in ts.items())
+        print(f"  {mname:<{width}}{cells}")
+    return 0
+
+
+def _summary(rec: dict) -> None:
+    from .report import fmt_float
+
+    m, meas = rec["metrics"], rec["measure"]
+    print(f"run {rec['run_id']}: {rec['status']}")
+    if rec["status"] != "completed":
+        print(f"  failure: {rec['failure']}")
+    else:
+        test = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["test"] or {}).items())
+        val = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["val"] or {}).items())
+        lat = meas["latency"]
+        print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
+        print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "
+              f"sparsity {meas['sparsity']['overall']:.4f}), FLOPs/sample {meas['flops_per_sample']:,}")
+        print(f"  latency b1 {lat['b1']['median_ms']:.3f} ms (IQR {lat['b1']['iqr_ms']:.3f}), "
+              f"b64 {lat['b64']['median_ms']:.3f} ms (IQR {lat['b64']['iqr_ms']:.3f}) on {rec['env']['device']}, "
+              f"{meas['torch_threads']} threads; train {fmt_float(meas['train_throughput'])} samples/s")
+    t = rec["timing"]
+    print(f"  wall {t['wall_s']:.1f} s (train {t['train_s']:.1f} s), record {rec['path']}")
+
+
+def _cmd_run(a) -> int:
+    from . import config, registry
+    from .runner import Runner
+
+    if a.resume:
+        given = [f for f in ("model", "task", "preset", *SHORTCUTS) if getattr(a, f) is not None] + (["set"] if a.sets else [])
+        if given:
+            raise SeqbenchError(f"--resume takes the run's own config; drop --{', --'.join(given)}")
+        runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet)
+        print(f"resuming {a.resume} after epoch {runner.epoch}", flush=True)
+    else:
+        if not a.model or not a.task:
+            raise SeqbenchError("run needs --model and --task (or --resume RUN_ID); see 'seqbench list'")
+        model, task = registry.get_model(a.model), registry.get_task(a.task)
+        ok, why = registry.compatible(model, task)
+        if not ok:
+            raise SeqbenchError(why)
+        overrides = {SHORTCUTS[k]: getattr(a, k) for k in SHORTCUTS if getattr(a, k) is not None}
+        overrides.update(config.parse_set(a.sets))
+        if a.deterministic:
+            overrides["deterministic"] = "true"
+        cfg = config.resolve(model, task, a.preset or config.DEFAULT_PRESET, overrides)
+        runner = Runner(cfg, results=a.results, quiet=a.quiet)
+        print(f"run {runner.run_id} on {runner.device}", flush=True)
+    try:
+        rec = runner.fit(stop_after_epochs=a.stop_after_epochs)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after epoch {runner.epoch}; continue with: seqbench run --resume {runner.run_id}",
+              file=sys.stderr)
+        return 130
+    if rec is None:
+        print(f"stopped after epoch {runner.epoch}; continue with: seqbench run --resume {runner.run_id}")
+        return 0
+    _summary(rec)
+    return 0 if rec["status"] == "completed" else 1
+
+
+def _cmd_report(a) -> int:
+    from .report import build
+
+    out = build(a.results)
+    print(f"{out['records']} records -> {out['summary']}, {out['report']}, {len(out['plots'])} plots")
+    return 0
+
+
+def main(argv=None) -> int:
+    try:
+        a = _parser().parse_args(argv)
+        if a.cmd == "run":
+            return _cmd_run(a)
+        if a.cmd == "list":
+            return _cmd_list()
+        return _cmd_report(a)
+    except SeqbenchError as e:
+        print(f"seqbench: error: {e}", file=sys.stderr)
+        return e.code
+
+
+def entry() -> None:
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Data root, checksummed files, and a fast in-memory batch loader.
+
+The data root is ``$SEQBENCH_DATA`` (default ``~/.cache/seqbench``). Every dataset lives in its
+own folder below it, in the layout of its canonical source (MNIST: torchvision's
+``mnist/MNIST/raw/*.gz``). Files are checked against their published checksums before use;
+``SEQBENCH_VERIFY=0`` turns that off, for data a test generates. When a file is missing, it is
+downloaded if ``SEQBENCH_DOWNLOAD`` is not ``0`` and the network answers; otherwise the run stops
+with one line naming the files and where they go.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import torch
+
+from .errors import SeqbenchError
+
+
+def data_root() -> Path:
+    return Path(os.environ.get("SEQBENCH_DATA", "~/.cache/seqbench")).expanduser()
+
+
+def verify_enabled() -> bool:
+    return os.environ.get("SEQBENCH_VERIFY", "1") != "0"
+
+
+def download_enabled() -> bool:
+    return os.environ.get("SEQBENCH_DOWNLOAD", "1") != "0"
+
+
+def file_digest(path: Path, algo: str = "md5") -> str:
+    h = hashlib.new(algo)
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def ensure_files(
+    folder: Path, files: dict[str, str], urls: dict[str, list[str]], dataset: str, algo: str = "md5"
+) -> dict[str, Path]:
+    """Return paths to ``files`` (name -> checksum) in ``folder``, downloading what is missing.
+
+    ``urls`` maps a name to candidate URLs. Raises SeqbenchError with one line when a file is
+    missing and cannot be fetched, or when a checksum does not match.
+    """
+    missing = [n for n in files if not (folder / n).is_file()]
+    if missing and download_enabled():
+        _download(folder, missing, files, urls, algo)
+        missing = [n for n in files if not (folder / n).is_file()]
+    if missing:
+        raise SeqbenchError(
+            f"{dataset} data not found: missing {', '.join(missing)} in {folder} "
+            f"(set SEQBENCH_DATA to a folder holding them, or allow a download when online)"
+        )
+    paths = {n: folder / n for n in files}
+    if verify_enabled():
+        for n, want in files.items():
+            got = file_digest(paths[n], algo)
+            if got != want:
+                raise SeqbenchError(
+                    f"{dataset} file {paths[n]} is corrupted: {algo} {got} != expected {want} "
+                    f"(delete it to download again, or SEQBENCH_VERIFY=0 for generated test data)"
+                )
+    return paths
+
+
+def _download(folder: Path, names, files, urls, algo) -> None:
+    try:
+        from torchvision.datasets.utils import download_url
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    for n in names:
+        for url in urls.get(n, []):
+            try:
+                # torchvision checks md5 itself; other algorithms are checked in ensure_files.
+                download_url(url, str(folder), filename=n, md5=files[n] if algo == "md5" else None)
+                break
+            except Exception:  # offline or mirror down: try the next mirror, then give up
+                part = folder / n
+                if part.exists() and verify_enabled() and file_digest(part, algo) != files[n]:
+                    part.unlink()
+                continue
+
+
+class TensorLoader:
+    """Mini-batches over in-memory tensors: no per-sample Python work, no worker processes.
+
+    Shuffles with a generator seeded from (seed, epoch), so an epoch's order depends only on
+    those two numbers: a resumed run sees the same batches as an uninterrupted one. Never drops
+    the last, partial batch.
+    """
+
+    def __init__(self, *tensors, batch_size: int, shuffle: bool = False, seed: int = 0):
+        n = tensors[0].shape[0]
+        assert all(t.shape[0] == n for t in tensors)
+        self.tensors = tensors
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    @property
+    def num_samples(self) -> int:
+        return self.tensors[0].shape[0]
+
+    def __len__(self) -> int:
+        return -(-self.num_samples // self.batch_size)
+
+    def __iter__(self):
+        n = self.num_samples
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(n, generator=g)
+        else:
+            order = None
+        for i in range(0, n, self.batch_size):
+            if order is None:
+                yield tuple(t[i : i + self.batch_size] for t in self.tensors)
+            else:
+                idx = order[i : i + self.batch_size]
+                yield tuple(t[idx] for t in self.tensors)

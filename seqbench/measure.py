@@ -1,0 +1,72 @@
+"""Measurements recorded with every run: parameters, sparsity, FLOPs, latency, throughput, memory."""
+from __future__ import annotations
+
+import resource
+import sys
+
+import torch
+from torch.utils import benchmark
+
+
+def params(model: torch.nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    nonzero = sum(int(torch.count_nonzero(p)) for p in model.parameters())
+    return {"total": total, "nonzero": nonzero}
+
+
+def sparsity(model: torch.nn.Module) -> dict:
+    """Fraction of exact zeros per parameter tensor and overall."""
+    per, zeros, total = {}, 0, 0
+    for name, p in model.named_parameters():
+        z = p.numel() - int(torch.count_nonzero(p))
+        per[name] = z / max(p.numel(), 1)
+        zeros, total = zeros + z, total + p.numel()
+    return {"overall": zeros / max(total, 1), "per_tensor": per}
+
+
+def structure(model: torch.nn.Module):
+    """The backbone's own structural-sparsity report, when it has one."""
+    fn = getattr(getattr(model, "backbone", model), "structure", None)
+    return fn() if callable(fn) else None
+
+
+def flops_per_sample(model: torch.nn.Module) -> int:
+    return int(model.flops_per_sample())
+
+
+def latency(model: torch.nn.Module, x, min_run_time: float) -> dict:
+    """Forward-pass latency of ``model(x)`` in eval mode without autograd (torch.utils.benchmark:
+    blocked autorange, CUDA synchronised by the Timer). Milliseconds per call."""
+    was_training = model.training
+    model.eval()
+
+    def call():
+        with torch.no_grad():
+            model(x)
+
+    call()  # warm-up (lazy init, cuDNN plans)
+    m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads()).blocked_autorange(
+        min_run_time=min_run_time
+    )
+    model.train(was_training)
+    return {
+        "batch": int(x.shape[0]),
+        "median_ms": m.median * 1e3,
+        "iqr_ms": m.iqr * 1e3,
+        "mean_ms": m.mean * 1e3,
+        "runs": len(m.times),
+        "calls_per_run": m.number_per_run,
+    }
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory(device: torch.device) -> dict:
+    rss_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = {"peak_rss_mb": rss_kb / (1024 * 1024) if sys.platform == "darwin" else rss_kb / 1024}
+    if device.type == "cuda":
+        out["peak_cuda_mb"] = torch.cuda.max_memory_allocated(device) / 2**20
+    return out

@@ -1,0 +1,204 @@
+"""``seqbench report``: every record in results/runs -> summary.csv, report.md and PNG plots.
+
+Tables (mean ± std over seeds where a (task, model, preset, strategy) group has several runs):
+accuracy (the task's metrics on test, the selection metric on validation), sparsity (params,
+nonzero params, fraction of zeros, the model's structural report), latency (batch 1 and 64,
+median and IQR, throughput, FLOPs). Plots: accuracy vs batch-1 latency per task with the Pareto
+front marked, and validation curves per task.
+"""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from . import records
+
+GROUP = ["task", "model", "preset", "strategy"]
+
+
+def _row(rec: dict) -> dict:
+    m, meas, ti = rec["metrics"] or {}, rec["measure"] or {}, rec["task_info"] or {}
+    row = {
+        "run_id": rec["run_id"], "status": rec["status"], "model": rec["model"], "task": rec["task"],
+        "preset": rec["preset"], "strategy": rec.get("strategy") or rec["config"].get("strategy"),
+        "seed": rec["seed"], "select": ti.get("select"), "best_epoch": m.get("best_epoch"),
+        "epochs": rec["timing"].get("epochs"), "wall_s": rec["timing"].get("wall_s"),
+        "train_s": rec["timing"].get("train_s"), "device": rec["env"].get("device"),
+        "device_name": rec["env"].get("device_name"), "git_commit": rec["env"].get("git_commit"),
+        "started": rec["timing"].get("started"), "failure": rec.get("failure"),
+    }
+    for split in ("val", "test"):
+        for k, v in (m.get(split) or {}).items():
+            row[f"{split}_{k}"] = v
+    if meas:
+        p, lat = meas.get("params", {}), meas.get("latency", {})
+        row.update({
+            "params": p.get("total"), "params_nonzero": p.get("nonzero"),
+            "sparsity": (meas.get("sparsity") or {}).get("overall"),
+            "structure": _structure_text(meas.get("structure")),
+            "flops_per_sample": meas.get("flops_per_sample"),
+            "throughput": meas.get("train_throughput"), "torch_threads": meas.get("torch_threads"),
+            "peak_rss_mb": (meas.get("memory") or {}).get("peak_rss_mb"),
+            "peak_cuda_mb": (meas.get("memory") or {}).get("peak_cuda_mb"),
+        })
+        for b, d in lat.items():
+            row[f"lat_{b}_ms"] = d.get("median_ms")
+            row[f"lat_{b}_iqr_ms"] = d.get("iqr_ms")
+    return row
+
+
+def _structure_text(s) -> str | None:
+    if not s:
+        return None
+    return "; ".join(f"{k}={v}" for k, v in s.items()) if isinstance(s, dict) else str(s)
+
+
+def frame(recs: list[dict]) -> pd.DataFrame:
+    df = pd.DataFrame([_row(r) for r in recs])
+    return df.sort_values(["task", "model", "preset", "seed", "started"]).reset_index(drop=True) if len(df) else df
+
+
+def _pm(values: pd.Series, fmt: str) -> str:
+    v = values.dropna().astype(float)
+    if not len(v):
+        return "–"
+    if len(v) == 1:
+        return format(v.iloc[0], fmt)
+    return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
+
+
+def _md(rows: list[dict]) -> str:
+    if not rows:
+        return "_no runs_\n"
+    cols = list(rows[0])
+    out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(out) + "\n"
+
+
+def _metric_cols(df: pd.DataFrame, prefix: str) -> list[str]:
+    return [c for c in df.columns if c.startswith(prefix) and df[c].notna().any()]
+
+
+def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
+    ok = df[df.status == "completed"] if len(df) else df
+    acc, spa, lat = [], [], []
+    for key, g in ok.groupby(GROUP, sort=True, dropna=False) if len(ok) else []:
+        name = dict(zip(GROUP, key))
+        sel = g["select"].iloc[0]
+        a = dict(name, n=len(g))
+        for c in _metric_cols(g, "test_"):
+            a[c] = _pm(g[c], ".4f")
+        a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4f")
+        a["epochs"] = _pm(g["epochs"], ".0f")
+        a["train_min"] = _pm(g["train_s"] / 60, ".1f")
+        acc.append(a)
+        spa.append(dict(name, params=int(g["params"].iloc[0]), nonzero=_pm(g["params_nonzero"], ".0f"),
+                        sparsity=_pm(g["sparsity"], ".4f"), structure=g["structure"].iloc[0] or "–"))
+        lat.append(dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]),
+                        b1_ms=_pm(g["lat_b1_ms"], ".3f"), b1_iqr_ms=_pm(g["lat_b1_iqr_ms"], ".3f"),
+                        b64_ms=_pm(g["lat_b64_ms"], ".3f"), b64_iqr_ms=_pm(g["lat_b64_iqr_ms"], ".3f"),
+                        train_samples_per_s=_pm(g["throughput"], ".1f"),
+                        mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f")))
+    return {"accuracy": acc, "sparsity": spa, "latency": lat}
+
+
+def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
+    """Indices of points not dominated in (lower latency, better metric), by latency."""
+    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1] if higher_is_better else points[i][1]))
+    front, best = [], None
+    for i in order:
+        v = points[i][1]
+        if best is None or (v > best if higher_is_better else v < best):
+            front.append(i)
+            best = v
+    return front
+
+
+def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    ok = df[df.status == "completed"] if len(df) else df
+    for task, g in ok.groupby("task") if len(ok) else []:
+        sel = g["select"].iloc[0]
+        higher = next(r for r in recs if r["task"] == task)["task_info"]["metrics"][sel] == "higher"
+        agg = g.groupby(["model", "preset", "strategy"], dropna=False).agg(
+            lat=("lat_b1_ms", "mean"), val=(f"test_{sel}", "mean")).reset_index().dropna(subset=["lat", "val"])
+        fig, ax = plt.subplots(figsize=(6, 4))
+        pts = list(zip(agg.lat, agg.val))
+        ax.scatter(agg.lat, agg.val)
+        for (_, r) in agg.iterrows():
+            ax.annotate(f"{r.model}/{r.preset}", (r.lat, r.val), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        front = pareto(pts, higher)
+        if front:
+            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", label="Pareto front")
+            ax.legend()
+        ax.set_xscale("log")
+        ax.set_xlabel("batch-1 latency, ms (median)")
+        ax.set_ylabel(f"test {sel}")
+        ax.set_title(f"{task}: test {sel} vs latency")
+        fig.tight_layout()
+        p = folder / f"acc_vs_latency_{task}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        out.append(p)
+
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for r in recs:
+            if r["task"] == task and r["status"] == "completed" and r["history"]:
+                ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}") for h in r["history"]],
+                        marker="o", ms=3, label=f"{r['model']}/{r['preset']}/s{r['seed']}")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"validation {sel}")
+        ax.set_title(f"{task}: training curves")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = folder / f"curves_{task}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        out.append(p)
+    return out
+
+
+def build(results=None) -> dict:
+    res = records.results_dir(results)
+    recs = records.load_all(res)
+    df = frame(recs)
+    res.mkdir(parents=True, exist_ok=True)
+    df.to_csv(res / "summary.csv", index=False)
+    tabs = tables(df)
+    pngs = plots(df, recs, res / "plots")
+    failed = df[df.status != "completed"] if len(df) else df
+    lines = [
+        "# seqbench report",
+        "",
+        f"Generated by `seqbench report` from {len(recs)} records in `{res / 'runs'}`. Do not edit: regenerate.",
+        "Values are mean ± std over seeds where a group has several runs (n).",
+        "",
+        "## Accuracy (test metrics at the best-validation checkpoint)",
+        "",
+        _md(tabs["accuracy"]),
+        "## Sparsity",
+        "",
+        _md(tabs["sparsity"]),
+        "## Latency (forward pass, eval mode; torch.utils.benchmark median and IQR) and training throughput",
+        "",
+        _md(tabs["latency"]),
+    ]
+    if len(failed):
+        lines += ["## Failed runs", "", _md([{"run_id": r.run_id, "failure": r.failure} for r in failed.itertuples()])]
+    if pngs:
+        lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
+    (res / "report.md").write_text("\n".join(lines))
+    return {"records": len(recs), "summary": res / "summary.csv", "report": res / "report.md", "plots": pngs}
+
+
+def fmt_float(v) -> str:  # used by the CLI summary
+    return "–" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.4g}"

@@ -1,0 +1,367 @@
+"""The one training loop: every (model, task, strategy) runs through ``Runner``.
+
+    Runner(cfg).fit() -> record
+
+Seeds python/numpy/torch, builds the task, the backbone and the task's wrapper around it, trains
+with the configured optimiser/schedule/clipping/AMP, validates each epoch, keeps the best
+validation checkpoint, tests on it, measures the model and writes one record. A checkpoint of
+everything (model, optimiser, schedule, strategy, RNG states, history) is written after every
+epoch to ``<results>/checkpoints/<run_id>/last.pt``; ``Runner.resume(run_id)`` continues from it
+and ends with the same metrics as an uninterrupted run (same seed, CPU).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import config as C
+from . import measure, records, registry
+from .data import data_root
+from .errors import SeqbenchError
+from .strategy import get_strategy
+
+
+class NonFiniteLoss(Exception):
+    pass
+
+
+def seed_everything(seed: int, deterministic: bool) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)  # all devices
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        torch.backends.cudnn.deterministic = True
+        torch.backends.cudnn.benchmark = False
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise SeqbenchError(f"bad device '{name}'; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SeqbenchError(f"device '{name}' asked for, but no CUDA device is available")
+    return dev
+
+
+def _to(batch, device):
+    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
+
+
+def _rng_state() -> dict:
+    st = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        st["cuda"] = torch.cuda.get_rng_state_all()
+    return st
+
+
+def _set_rng_state(st: dict) -> None:
+    random.setstate(st["python"])
+    np.random.set_state(st["numpy"])
+    torch.set_rng_state(st["torch"])
+    if "cuda" in st and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(st["cuda"])
+
+
+class Runner:
+    def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False):
+        self.cfg, self.quiet = cfg, quiet
+        t = cfg.train
+        self.model_entry = registry.get_model(cfg.model)
+        self.task_entry = registry.get_task(cfg.task)
+        ok, why = registry.compatible(self.model_entry, self.task_entry)
+        if not ok:
+            raise SeqbenchError(why)
+        self.results = records.results_dir(results)
+        self.run_id = run_id or records.new_run_id(cfg.model, cfg.task, cfg.preset, t.seed)
+        self.run_dir = self.results / "checkpoints" / self.run_id
+        self.device = pick_device(t.device)
+        seed_everything(t.seed, t.deterministic)
+
+        self.task = self.task_entry.cls(cfg.task_params, data_root())
+        self.spec = self.task.spec()
+        self.loaders = self.task.loaders(t.batch_size, t.eval_batch_size, t.seed)
+        backbone = self.model_entry.cls(self.spec.d_input, cfg.model_params)
+        self.model = self.task.wrap(backbone).to(self.device)
+        self.backbone = backbone
+        self.optimizer = self._optimizer()
+        self.scheduler = self._scheduler()
+        self.strategy = get_strategy(t.strategy)(self.task, self.model)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
+        self.select = self.spec.metric(self.spec.select)
+
+        self.epoch = 0  # epochs completed
+        self.history: list[dict] = []
+        self.best: dict = {"epoch": None, "value": None, "val": None}
+        self.train_time = 0.0
+        self.train_samples = 0
+        self.started = time.time()
+
+    # ----------------------------------------------------------------- setup
+    def _optimizer(self):
+        t = self.cfg.train
+        params = self.model.parameters()
+        if t.optimizer == "adam":
+            return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
+        if t.optimizer == "rmsprop":
+            return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+
+    def _scheduler(self):
+        t = self.cfg.train
+        if t.schedule == "cosine":
+            return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(t.epochs, 1))
+        if t.schedule == "step":
+            return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        return None
+
+    def _autocast(self):
+        amp = self.cfg.train.amp
+        if amp == "off":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if amp == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _batches(self, split: str):
+        limit = self.cfg.train.limit_batches
+        for i, batch in enumerate(self.loaders[split]):
+            if limit and i >= limit:
+                return
+            yield _to(batch, self.device)
+
+    def _n_batches(self, split: str) -> int:
+        n, limit = len(self.loaders[split]), self.cfg.train.limit_batches
+        return min(n, limit) if limit else n
+
+    # ------------------------------------------------------------ one loop
+    def train_epoch(self, epoch: int) -> dict:
+        t, model, opt = self.cfg.train, self.model, self.optimizer
+        model.train()
+        loader = self.loaders["train"]
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        self.strategy.start(train=True)
+        reg = getattr(self.backbone, "regularization", None)
+        after_step = getattr(self.backbone, "after_step", None)
+        loss_sum = torch.zeros((), device=self.device)
+        n = 0
+        bar = tqdm(self._batches("train"), total=self._n_batches("train"), desc=f"epoch {epoch}",
+                   disable=self.quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
+        start = time.perf_counter()
+        for i, batch in enumerate(bar):
+            x, y = batch[0], batch[1]
+            with self._autocast():
+                out, state = model(x, self.strategy.initial_state(batch))
+                loss = self.task.loss(out, y)
+                total = loss + reg() if reg is not None else loss
+            opt.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            if t.grad_clip > 0:
+                self.scaler.unscale_(opt)
+                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+            self.scaler.step(opt)
+            self.scaler.update()
+            if after_step is not None:
+                after_step()
+            self.strategy.update(batch, state)
+            bs = y.shape[0]
+            loss_sum += loss.detach().float() * bs
+            n += bs
+            if (i + 1) % t.log_every == 0:  # one host sync every log_every steps, not every step
+                mean = loss_sum.item() / n
+                if not math.isfinite(mean):
+                    raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {i + 1}")
+                bar.set_postfix(loss=f"{mean:.4f}")
+        self.strategy.end(train=True)
+        elapsed = time.perf_counter() - start
+        mean = loss_sum.item() / max(n, 1)
+        if not math.isfinite(mean):
+            raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}")
+        self.train_time += elapsed
+        self.train_samples += n
+        return {"train_loss": mean, "train_samples": n, "train_s": elapsed}
+
+    @torch.no_grad()
+    def evaluate(self, split: str) -> dict:
+        self.model.eval()
+        self.strategy.start(train=False)
+        sums: dict = {}
+        for batch in self._batches(split):
+            with self._autocast():
+                out, state = self.model(batch[0], self.strategy.initial_state(batch))
+            self.strategy.update(batch, state)
+            for k, v in self.task.eval_stats(out, batch[1]).items():
+                sums[k] = sums[k] + v.detach().to("cpu", torch.float64) if k in sums else v.detach().to("cpu", torch.float64)
+        self.strategy.end(train=False)
+        return self.task.metrics(sums)
+
+    def _better(self, value: float) -> bool:
+        if self.best["value"] is None:
+            return math.isfinite(value)
+        return value > self.best["value"] if self.select.higher_is_better else value < self.best["value"]
+
+    # --------------------------------------------------------- checkpoints
+    def _save(self, name: str, payload: dict) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.run_dir / f".{name}.tmp"
+        torch.save(payload, tmp)
+        os.replace(tmp, self.run_dir / name)
+
+    def checkpoint(self) -> None:
+        self._save("last.pt", {
+            "run_id": self.run_id,
+            "config": self.cfg.flat(),
+            "epoch": self.epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "scaler": self.scaler.state_dict(),
+            "strategy": self.strategy.state_dict(),
+            "rng": _rng_state(),
+            "history": self.history,
+            "best": self.best,
+            "train_time": self.train_time,
+            "train_samples": self.train_samples,
+            "started": self.started,
+        })
+
+    @classmethod
+    def resume(cls, run_id: str, results=None, quiet: bool = False) -> "Runner":
+        path = records.results_dir(results) / "checkpoints" / run_id / "last.pt"
+        if not path.is_file():
+            raise SeqbenchError(f"cannot resume '{run_id}': no checkpoint at {path}")
+        if (records.results_dir(results) / "runs" / f"{run_id}.json").exists():
+            raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
+        try:
+            ck = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as e:  # a truncated or foreign file
+            raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {path} is unreadable ({type(e).__name__})") from None
+        cfg = C.from_flat(ck["config"], registry.get_model(ck["config"]["model"]), registry.get_task(ck["config"]["task"]))
+        self = cls(cfg, results=results, run_id=run_id, quiet=quiet)
+        self.model.load_state_dict(ck["model"])
+        self.optimizer.load_state_dict(ck["optimizer"])
+        if self.scheduler and ck["scheduler"]:
+            self.scheduler.load_state_dict(ck["scheduler"])
+        self.scaler.load_state_dict(ck["scaler"])
+        self.strategy.load_state_dict(ck["strategy"])
+        _set_rng_state(ck["rng"])
+        self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
+        self.train_time, self.train_samples, self.started = ck["train_time"], ck["train_samples"], ck["started"]
+        return self
+
+    # ---------------------------------------------------------------- fit
+    def fit(self, stop_after_epochs: int | None = None) -> dict | None:
+        """Train to the configured number of epochs, then test and record. With
+        ``stop_after_epochs``, return None after that many epochs of this call (the checkpoint
+        stays for ``resume``). A non-finite loss ends the run with a record of status 'failed'."""
+        t = self.cfg.train
+        measure.reset_peak_memory(self.device)
+        done_here = 0
+        try:
+            epochs = tqdm(range(self.epoch + 1, t.epochs + 1), desc=self.run_id, disable=self.quiet,
+                          leave=False, dynamic_ncols=True)
+            for epoch in epochs:
+                if stop_after_epochs is not None and done_here >= stop_after_epochs:
+                    return None
+                row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
+                row.update(self.train_epoch(epoch))
+                ev = time.perf_counter()
+                row.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+                row["eval_s"] = time.perf_counter() - ev
+                if self.scheduler:
+                    self.scheduler.step()
+                self.history.append(row)
+                value = row[f"val_{self.spec.select}"]
+                if self._better(value):
+                    self.best = {"epoch": epoch, "value": value,
+                                 "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
+                    self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
+                self.epoch = epoch
+                done_here += 1
+                self.checkpoint()
+                epochs.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
+                                    f"val_{self.spec.select}": f"{value:.4f}"})
+                if not self.quiet:
+                    tqdm.write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
+                               f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
+        except NonFiniteLoss as e:
+            return self._record(status="failed", failure=str(e))
+        return self._finish()
+
+    def _finish(self) -> dict:
+        best_path = self.run_dir / "best.pt"
+        if best_path.is_file():
+            self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
+        test = self.evaluate("test")
+        return self._record(status="completed", test=test)
+
+    def _measure(self) -> dict:
+        t = self.cfg.train
+        x = next(iter(self.loaders["test"]))[0]
+        lat = {}
+        for bs in (1, 64):
+            xb = self.task.example_input(x, bs).to(self.device)
+            lat[f"b{bs}"] = measure.latency(self.model, xb, t.latency_time)
+        return {
+            "params": measure.params(self.model),
+            "sparsity": measure.sparsity(self.model),
+            "structure": measure.structure(self.model),
+            "flops_per_sample": measure.flops_per_sample(self.model),
+            "latency": lat,
+            "torch_threads": torch.get_num_threads(),
+            "train_throughput": self.train_samples / self.train_time if self.train_time > 0 else None,
+            "memory": measure.peak_memory(self.device),
+        }
+
+    def _record(self, status: str, test: dict | None = None, failure: str | None = None) -> dict:
+        mstart = time.perf_counter()
+        meas = self._measure() if status == "completed" else {}
+        finished = time.time()
+        rec = {
+            "schema": records.SCHEMA_VERSION,
+            "run_id": self.run_id,
+            "status": status,
+            "failure": failure,
+            "model": self.cfg.model,
+            "task": self.cfg.task,
+            "preset": self.cfg.preset,
+            "strategy": self.cfg.train.strategy,
+            "seed": self.cfg.train.seed,
+            "config": self.cfg.flat(),
+            "env": records.environment(self.device),
+            "task_info": {
+                "kind": self.spec.kind, "d_input": self.spec.d_input, "d_output": self.spec.d_output,
+                "seq_len": self.spec.seq_len, "loss": self.spec.loss, "select": self.spec.select,
+                "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in self.spec.metrics},
+                "train_samples": self.loaders["train"].num_samples if hasattr(self.loaders["train"], "num_samples") else None,
+                **self.task.info(),
+            },
+            "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test},
+            "history": self.history,
+            "measure": meas,
+            "timing": {
+                "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
+                "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
+                "wall_s": finished - self.started,
+                "train_s": self.train_time,
+                "eval_s": sum(r.get("eval_s", 0.0) for r in self.history),
+                "measure_s": time.perf_counter() - mstart,
+                "epochs": self.epoch,
+            },
+        }
+        rec["path"] = str(records.write(rec, self.results))
+        return rec

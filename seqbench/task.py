@@ -1,0 +1,108 @@
+"""What a task declares: its contract (``TaskSpec``), loaders, how it wraps a backbone, its metrics.
+
+A task class sets ``kind`` (one of ``registry.INPUT_KINDS``), a ``Params`` dataclass and
+``presets``; an instance is built from its params and the data root and provides:
+
+    spec() -> TaskSpec                   shapes, loss, metrics with direction, selection metric
+    loaders(batch_size, eval_batch_size, seed) -> {"train", "val", "test"}
+    wrap(backbone) -> nn.Module          encoder in, head out; forward(x, state) -> (out, state)
+    loss(out, y) -> scalar Tensor        the training loss (mean)
+    eval_stats(out, y) -> {name: Tensor} sums over a batch; added up over the whole split
+    metrics(sums) -> {name: float}       from the summed stats; one value per declared metric
+    info() -> dict                       extra facts for the record (e.g. the permutation)
+
+Loaders yield tuples ``(x, y, *extra)``; training strategies may use ``extra`` (e.g. window
+starts). Evaluation loaders never drop the last batch.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    higher_is_better: bool
+
+
+@dataclass
+class TaskSpec:
+    kind: str
+    d_input: int
+    d_output: int
+    seq_len: int
+    loss: str
+    metrics: list[Metric] = field(default_factory=list)
+    select: str = ""  # metric that picks the best checkpoint (on validation)
+
+    def metric(self, name: str) -> Metric:
+        return next(m for m in self.metrics if m.name == name)
+
+
+class Task:
+    kind: str
+    presets: dict = {}
+
+    def __init__(self, params, data_root):
+        self.params = params
+        self.data_root = data_root
+
+    def info(self) -> dict:
+        return {}
+
+    def example_input(self, x, batch_size: int):
+        """A batch of ``batch_size`` inputs shaped like ``x`` (for latency measurement)."""
+        reps = -(-batch_size // x.shape[0])
+        return x.repeat(reps, *([1] * (x.dim() - 1)))[:batch_size]
+
+
+class SequenceClassifier(nn.Module):
+    """Backbone over the whole sequence, linear head on the last step's output."""
+
+    def __init__(self, backbone, d_output: int, seq_len: int):
+        super().__init__()
+        self.backbone = backbone
+        self.head = nn.Linear(backbone.d_output, d_output)
+        self.seq_len = seq_len
+
+    def forward(self, x, state=None):
+        y, state = self.backbone(x, state)
+        return self.head(y[:, -1]), state
+
+    def flops_per_sample(self) -> int:
+        h = self.head
+        return self.seq_len * self.backbone.flops_per_step() + 2 * h.in_features * h.out_features + h.out_features
+
+
+class ClassificationTask(Task):
+    """Cross-entropy over classes; accuracy selects the best checkpoint."""
+
+    def spec(self) -> TaskSpec:
+        raise NotImplementedError
+
+    def wrap(self, backbone):
+        s = self.spec()
+        return SequenceClassifier(backbone, s.d_output, s.seq_len)
+
+    def loss(self, out, y):
+        return F.cross_entropy(out.float(), y)
+
+    def eval_stats(self, out, y):
+        out = out.float()
+        return {
+            "loss_sum": F.cross_entropy(out, y, reduction="sum"),
+            "correct": (out.argmax(-1) == y).sum(),
+            "count": torch.tensor(y.numel()),
+        }
+
+    def metrics(self, sums):
+        n = max(float(sums["count"]), 1.0)
+        return {"acc": float(sums["correct"]) / n, "loss": float(sums["loss_sum"]) / n}
+
+    @staticmethod
+    def classification_metrics():
+        return [Metric("acc", True), Metric("loss", False)]

@@ -1,0 +1,173 @@
+"""Sequential and permuted MNIST: a 28x28 image read pixel by pixel, 784 steps x 1 input.
+
+``smnist`` feeds pixels in raster order; ``pmnist`` applies one fixed permutation to the 784
+positions, by default the bit-reversal permutation of the HiPPO reference code (bit-reverse the
+index in 10 bits, keep the indices below 784, in order: the reference's ``bitreversal_permutation``
+in state-spaces/s4 ``src/dataloaders/utils/permutations.py``); a seeded random permutation is an
+option. Pixels are scaled to [0, 1]. Validation is a fixed 10% of the 60k training images (a random
+split with its own generator seeded 42, independent of the run seed); test is the official 10k.
+"""
+from __future__ import annotations
+
+import gzip
+import struct
+from dataclasses import dataclass
+from typing import Optional
+
+import numpy as np
+import torch
+
+from seqbench.config import _choice
+from seqbench.data import TensorLoader, ensure_files
+from seqbench.errors import SeqbenchError
+from seqbench.registry import SEQUENCE, register_task
+from seqbench.task import ClassificationTask, TaskSpec
+
+SPLIT_SEED = 42
+FILES = {
+    "train_x": "train-images-idx3-ubyte.gz",
+    "train_y": "train-labels-idx1-ubyte.gz",
+    "test_x": "t10k-images-idx3-ubyte.gz",
+    "test_y": "t10k-labels-idx1-ubyte.gz",
+}
+
+
+def _resources():
+    # The checksums and mirrors torchvision publishes for MNIST; we read the .gz files ourselves
+    # (torchvision's MNIST wants them unpacked next to the archives, and data roots may be read-only).
+    from torchvision.datasets import MNIST
+
+    md5 = dict(MNIST.resources)
+    urls = {name: [m + name for m in MNIST.mirrors] for name in md5}
+    return md5, urls
+
+
+def read_idx(path) -> np.ndarray:
+    """Read an IDX file (gzipped or not): magic 0x00 0x00 <dtype 0x08=ubyte> <ndim>, dims, data."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+        zero, dtype, ndim = struct.unpack(">HBB", data[:4])
+        if zero != 0 or dtype != 0x08 or not 1 <= ndim <= 3:
+            raise ValueError("bad IDX header")
+        dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
+        arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
+        if arr.size != int(np.prod(dims)):
+            raise ValueError(f"expected {int(np.prod(dims))} values, found {arr.size}")
+        return arr.reshape(dims)
+    except (OSError, EOFError, ValueError, struct.error) as e:
+        raise SeqbenchError(f"MNIST file {path} is unreadable: {e}") from None
+
+
+def bitreversal_permutation(n: int) -> np.ndarray:
+    """perm[t] = bit-reversal of t in ceil(log2 n) bits, keeping values < n (the HiPPO reference's)."""
+    m = max(1, int(np.ceil(np.log2(n))))
+    idx = np.arange(1 << m)
+    rev = np.zeros_like(idx)
+    for b in range(m):
+        rev |= ((idx >> b) & 1) << (m - 1 - b)
+    return rev[rev < n]
+
+
+def make_permutation(kind: str, n: int, seed: int) -> Optional[np.ndarray]:
+    if kind == "none":
+        return None
+    if kind == "bitreversal":
+        return bitreversal_permutation(n)
+    return np.random.default_rng(seed).permutation(n)
+
+
+@dataclass
+class MNISTParams:
+    permutation: str = _choice("none", ("none", "bitreversal", "random"))
+    perm_seed: int = 0  # for permutation=random
+    val_fraction: float = 0.1
+    train_subset: Optional[int] = None  # first N of the (shuffled-split) training part
+    val_subset: Optional[int] = None
+    test_subset: Optional[int] = None
+
+
+MNIST_PRESETS = {
+    "tiny": {
+        "epochs": 1, "batch_size": 64, "eval_batch_size": 256, "latency_time": 0.2,
+        "task.train_subset": 512, "task.val_subset": 256, "task.test_subset": 256,
+    },
+    "fast": {
+        "epochs": 3, "batch_size": 128, "eval_batch_size": 500, "lr": 2e-3, "grad_clip": 1.0,
+        "task.train_subset": 20000,
+    },
+    # HiPPO reference (hippo-code / s4 mnist setup): batch 100, Adam 1e-3, 50 epochs, no clipping.
+    "paper": {"epochs": 50, "batch_size": 100, "eval_batch_size": 500, "lr": 1e-3, "grad_clip": 0.0},
+}
+
+
+@register_task("smnist")
+class SequentialMNIST(ClassificationTask):
+    kind = SEQUENCE
+    Params = MNISTParams
+    presets = MNIST_PRESETS
+    seq_len = 784
+
+    def __init__(self, params, data_root):
+        super().__init__(params, data_root)
+        self.perm = make_permutation(params.permutation, self.seq_len, params.perm_seed)
+
+    def spec(self) -> TaskSpec:
+        return TaskSpec(
+            kind=self.kind, d_input=1, d_output=10, seq_len=self.seq_len, loss="cross_entropy",
+            metrics=self.classification_metrics(), select="acc",
+        )
+
+    def info(self) -> dict:
+        return {
+            "permutation": self.params.permutation,
+            "permutation_indices": None if self.perm is None else self.perm.tolist(),
+            "val_split_seed": SPLIT_SEED,
+        }
+
+    def _arrays(self):
+        md5, urls = _resources()
+        folder = self.data_root / "mnist" / "MNIST" / "raw"
+        paths = ensure_files(folder, {n: md5[n] for n in FILES.values()}, urls, "MNIST")
+        out = {k: read_idx(paths[v]) for k, v in FILES.items()}
+        for s in ("train", "test"):
+            x, y = out[f"{s}_x"], out[f"{s}_y"]
+            if x.ndim != 3 or x.shape[1:] != (28, 28) or y.ndim != 1 or len(x) != len(y):
+                raise SeqbenchError(f"MNIST {s} files have shapes {x.shape} and {y.shape}, expected [N,28,28] and [N]")
+        return out
+
+    def _to_seq(self, x: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(x.reshape(len(x), -1).astype(np.float32) / 255.0)
+        if self.perm is not None:
+            t = t[:, torch.from_numpy(self.perm)]
+        return t.unsqueeze(-1).contiguous()  # [N, 784, 1]
+
+    def loaders(self, batch_size: int, eval_batch_size: int, seed: int):
+        p = self.params
+        a = self._arrays()
+        n = len(a["train_x"])
+        n_val = int(round(n * p.val_fraction))
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).numpy()
+        tr, va = order[: n - n_val], order[n - n_val :]
+        tr, va = tr[: p.train_subset], va[: p.val_subset]
+        te = np.arange(len(a["test_x"]))[: p.test_subset]
+
+        def part(xs, ys, idx):
+            return self._to_seq(xs[idx]), torch.from_numpy(ys[idx].astype(np.int64))
+
+        train = part(a["train_x"], a["train_y"], tr)
+        val = part(a["train_x"], a["train_y"], va)
+        test = part(a["test_x"], a["test_y"], te)
+        return {
+            "train": TensorLoader(*train, batch_size=batch_size, shuffle=True, seed=seed),
+            "val": TensorLoader(*val, batch_size=eval_batch_size),
+            "test": TensorLoader(*test, batch_size=eval_batch_size),
+        }
+
+
+@register_task("pmnist")
+class PermutedMNIST(SequentialMNIST):
+    @dataclass
+    class Params(MNISTParams):
+        permutation: str = _choice("bitreversal", ("bitreversal", "random"))
