@@ -295,9 +295,8 @@ class Runner:
                 self.checkpoint()
                 epochs.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
                                     f"val_{self.spec.select}": f"{value:.4f}"})
-                if not self.quiet:
-                    tqdm.write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
-                               f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
+                tqdm.write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
+                           f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
         except NonFiniteLoss as e:
             return self._record(status="failed", failure=str(e))
         return self._finish()

@@ -10,6 +10,7 @@ A task class sets ``kind`` (one of ``registry.INPUT_KINDS``), a ``Params`` datac
     eval_stats(out, y) -> {name: Tensor} sums over a batch; added up over the whole split
     metrics(sums) -> {name: float}       from the summed stats; one value per declared metric
     info() -> dict                       extra facts for the record (e.g. the permutation)
+    write_fake_data(root)                (classmethod) tiny generated files in the real layout, for tests
 
 Loaders yield tuples ``(x, y, *extra)``; training strategies may use ``extra`` (e.g. window
 starts). Evaluation loaders never drop the last batch.
@@ -53,6 +54,11 @@ class Task:
 
     def info(self) -> dict:
         return {}
+
+    @classmethod
+    def write_fake_data(cls, root, seed: int = 0) -> None:
+        """Write a tiny, generated copy of the task's files under ``root`` in the real layout
+        (for tests; tasks that generate their data need none)."""
 
     def example_input(self, x, batch_size: int):
         """A batch of ``batch_size`` inputs shaped like ``x`` (for latency measurement)."""

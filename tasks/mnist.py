@@ -60,6 +60,13 @@ def read_idx(path) -> np.ndarray:
         raise SeqbenchError(f"MNIST file {path} is unreadable: {e}") from None
 
 
+def write_idx(path, arr: np.ndarray) -> None:
+    """Write a uint8 array as a gzipped IDX file (the format read_idx reads)."""
+    header = struct.pack(">HBB", 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    with gzip.open(path, "wb") as f:
+        f.write(header + np.ascontiguousarray(arr, dtype=np.uint8).tobytes())
+
+
 def bitreversal_permutation(n: int) -> np.ndarray:
     """perm[t] = bit-reversal of t in ceil(log2 n) bits, keeping values < n (the HiPPO reference's)."""
     m = max(1, int(np.ceil(np.log2(n))))
@@ -125,6 +132,18 @@ class SequentialMNIST(ClassificationTask):
             "permutation_indices": None if self.perm is None else self.perm.tolist(),
             "val_split_seed": SPLIT_SEED,
         }
+
+    @classmethod
+    def write_fake_data(cls, root, seed: int = 0, n_train: int = 300, n_test: int = 100) -> None:
+        folder = root / "mnist" / "MNIST" / "raw"
+        folder.mkdir(parents=True, exist_ok=True)
+        rng = np.random.default_rng(seed)
+        for split, n in (("train", n_train), ("test", n_test)):
+            y = rng.integers(0, 10, n).astype(np.uint8)
+            x = rng.integers(0, 40, (n, 28, 28)).astype(np.uint8)
+            x[np.arange(n), y * 2 + 4, :] = 255  # a learnable stripe whose row encodes the label
+            write_idx(folder / FILES[f"{split}_x"], x)
+            write_idx(folder / FILES[f"{split}_y"], y)
 
     def _arrays(self):
         md5, urls = _resources()

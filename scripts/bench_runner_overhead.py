@@ -1,0 +1,101 @@
+"""Runner overhead: ``Runner.train_epoch`` against a minimal hand-written loop, same process,
+same model, same optimiser, same batches. Prints both times and the ratio (goal <= 1.05).
+
+    python scripts/bench_runner_overhead.py --model lstm --task smnist --preset tiny --batches 20
+
+Rounds alternate the two loops (ABAB...) so drift in machine speed hits both; the ratio is of
+medians. The result is also written to results/benchmarks/ as JSON.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from seqbench import config, records, registry
+from seqbench.errors import SeqbenchError
+from seqbench.runner import Runner
+
+
+def hand_loop(model, opt, task, loader, n_batches, device, epoch):
+    """What a user would write: forward, loss, backward, step. Nothing else."""
+    model.train()
+    loader.set_epoch(epoch)
+    for i, (x, y) in enumerate(loader):
+        if i >= n_batches:
+            break
+        x, y = x.to(device), y.to(device)
+        out, _ = model(x)
+        loss = task.loss(out, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="lstm")
+    ap.add_argument("--task", default="smnist")
+    ap.add_argument("--preset", default="tiny")
+    ap.add_argument("--batches", type=int, default=20, help="training batches per timed epoch")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--set", dest="sets", action="append", default=[])
+    ap.add_argument("--out", default=None, help="folder for the JSON result (default results/benchmarks)")
+    a = ap.parse_args(argv)
+    try:
+        over = {"limit_batches": a.batches, "grad_clip": 0.0, "amp": "off", **config.parse_set(a.sets)}
+        cfg = config.resolve(registry.get_model(a.model), registry.get_task(a.task), a.preset, over)
+        runner = Runner(cfg, results=Path("/tmp/seqbench-bench"), quiet=True)
+    except SeqbenchError as e:
+        print(f"bench_runner_overhead: error: {e}", file=sys.stderr)
+        return 2
+    dev = runner.device
+    n = min(a.batches, len(runner.loaders["train"]))
+
+    def time_runner(epoch):
+        t0 = time.perf_counter()
+        runner.train_epoch(epoch)
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - t0
+
+    def time_hand(epoch):
+        t0 = time.perf_counter()
+        hand_loop(runner.model, runner.optimizer, runner.task, runner.loaders["train"], n, dev, epoch)
+        return time.perf_counter() - t0
+
+    time_runner(0), time_hand(0)  # warm-up both
+    tr, th = [], []
+    for r in range(1, a.rounds + 1):
+        if r % 2:
+            tr.append(time_runner(r)), th.append(time_hand(r))
+        else:
+            th.append(time_hand(r)), tr.append(time_runner(r))
+    mr, mh = statistics.median(tr), statistics.median(th)
+    result = {
+        "benchmark": "runner_overhead", "model": a.model, "task": a.task, "preset": a.preset,
+        "batches": n, "batch_size": cfg.train.batch_size, "rounds": a.rounds,
+        "runner_s": tr, "hand_s": th, "runner_median_s": mr, "hand_median_s": mh, "ratio": mr / mh,
+        "env": records.environment(dev), "config": cfg.flat(),
+    }
+    print(f"{a.model} on {a.task} ({a.preset}), {n} batches of {cfg.train.batch_size}, {a.rounds} rounds, {dev}:")
+    print(f"  runner  median {mr * 1e3:9.1f} ms/epoch   (all: {', '.join(f'{t * 1e3:.0f}' for t in tr)})")
+    print(f"  hand    median {mh * 1e3:9.1f} ms/epoch   (all: {', '.join(f'{t * 1e3:.0f}' for t in th)})")
+    print(f"  overhead ratio runner/hand = {mr / mh:.3f}  (goal <= 1.05)")
+    out = Path(a.out) if a.out else records.results_dir() / "benchmarks"
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"runner_overhead-{a.model}-{a.task}-{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print(f"  written {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,21 @@
+import pytest
+
+from seqbench import registry
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    """An isolated data root with generated data for every task, and a results folder.
+    Checksums are off (the files are generated) and downloads are off (tests never use the network)."""
+    data, results = tmp_path / "data", tmp_path / "results"
+    for entry in registry.tasks().values():
+        entry.cls.write_fake_data(data)
+    monkeypatch.setenv("SEQBENCH_DATA", str(data))
+    monkeypatch.setenv("SEQBENCH_RESULTS", str(results))
+    monkeypatch.setenv("SEQBENCH_VERIFY", "0")
+    monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
+    return {"data": data, "results": results, "tmp": tmp_path}
+
+
+# Settings that keep a run to a couple of steps: used by the cross-product and runner tests.
+QUICK = {"epochs": 1, "limit_batches": 2, "latency_time": 0.01, "log_every": 1}

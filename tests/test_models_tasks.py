@@ -1,0 +1,68 @@
+"""The registry cross-product: every model x every compatible task, tiny preset, two steps.
+
+A new model or task is covered here without writing a test."""
+import json
+import math
+
+import pytest
+import torch
+
+from seqbench import config, registry
+from seqbench.runner import Runner
+from conftest import QUICK
+
+PAIRS = [
+    (m, t)
+    for m, me in registry.models().items()
+    for t, te in registry.tasks().items()
+    if registry.compatible(me, te)[0]
+]
+
+
+def test_every_model_and_task_is_in_some_pair():
+    assert {m for m, _ in PAIRS} == set(registry.models())
+    assert {t for _, t in PAIRS} == set(registry.tasks())
+
+
+@pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}-{t}" for m, t in PAIRS])
+def test_pair_trains_evaluates_and_records(env, model, task):
+    cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", QUICK)
+    runner = Runner(cfg, quiet=True)
+    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    rec = runner.fit()
+    assert rec["status"] == "completed", rec["failure"]
+    # training changed the weights
+    after = runner.model.state_dict()
+    assert any(not torch.equal(before[k], after[k].cpu()) for k in before)
+    spec = runner.spec
+    for split in ("val", "test"):
+        assert set(rec["metrics"][split]) == {m.name for m in spec.metrics}
+        assert all(math.isfinite(v) for v in rec["metrics"][split].values())
+    meas = rec["measure"]
+    assert meas["flops_per_sample"] > 0
+    assert meas["params"]["total"] == sum(p.numel() for p in runner.model.parameters())
+    assert 0 < meas["params"]["nonzero"] <= meas["params"]["total"]
+    for b in ("b1", "b64"):
+        assert meas["latency"][b]["median_ms"] > 0 and meas["latency"][b]["iqr_ms"] >= 0
+    assert meas["latency"]["b64"]["batch"] == 64
+    assert meas["train_throughput"] > 0
+    on_disk = json.loads(open(rec["path"]).read())
+    assert on_disk["run_id"] == rec["run_id"]
+
+
+@pytest.mark.parametrize("model", list(registry.models()))
+def test_analytic_flops_positive_and_scale_with_width(model):
+    entry = registry.get_model(model)
+    p_small, p_big = config.params_class(entry.cls)(), config.params_class(entry.cls)()
+    if hasattr(p_small, "hidden"):
+        p_small.hidden, p_big.hidden = 8, 16
+    small, big = entry.cls(1, p_small).flops_per_step(), entry.cls(1, p_big).flops_per_step()
+    assert small > 0
+    if hasattr(p_small, "hidden"):
+        assert big > small
+
+
+def test_lstm_flops_formula_by_hand():
+    # 1 layer, input 1, hidden 2: 2*4*2*(1+2) matmul + 2*4*2 biases + 9*2 pointwise = 48 + 16 + 18
+    m = registry.get_model("lstm").cls(1, config.params_class(registry.get_model("lstm").cls)(hidden=2))
+    assert m.flops_per_step() == 82

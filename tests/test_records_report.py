@@ -1,0 +1,91 @@
+import copy
+import json
+import multiprocessing as mp
+
+import pandas as pd
+import pytest
+
+from seqbench import records, report
+from seqbench.errors import SeqbenchError
+
+
+def fake_record(run_id, model="lstm", task="pmnist", seed=0, acc=0.9, lat=2.0, status="completed"):
+    return {
+        "schema": records.SCHEMA_VERSION, "run_id": run_id, "status": status,
+        "failure": None if status == "completed" else "non-finite training loss at epoch 1, step 3",
+        "model": model, "task": task, "preset": "tiny", "strategy": "minibatch", "seed": seed,
+        "config": {"model": model, "task": task, "strategy": "minibatch"},
+        "env": {"device": "cpu", "device_name": "x86_64", "git_commit": "abc"},
+        "task_info": {"select": "acc", "metrics": {"acc": "higher", "loss": "lower"}},
+        "metrics": {"best_epoch": 2, "val": {"acc": acc - 0.01, "loss": 0.3}, "test": {"acc": acc, "loss": 0.3}}
+        if status == "completed" else {"best_epoch": None, "val": None, "test": None},
+        "history": [{"epoch": 1, "val_acc": acc / 2}, {"epoch": 2, "val_acc": acc}] if status == "completed" else [],
+        "measure": {
+            "params": {"total": 1000, "nonzero": 900}, "sparsity": {"overall": 0.1, "per_tensor": {}},
+            "structure": None, "flops_per_sample": 2_000_000, "torch_threads": 2, "train_throughput": 500.0,
+            "latency": {"b1": {"median_ms": lat, "iqr_ms": 0.1}, "b64": {"median_ms": lat * 10, "iqr_ms": 0.5}},
+            "memory": {"peak_rss_mb": 300.0},
+        } if status == "completed" else {},
+        "timing": {"started": f"2026-01-01T00:00:0{seed}", "wall_s": 10.0, "train_s": 8.0, "epochs": 2},
+    }
+
+
+def test_write_is_immutable_and_leaves_no_temp(tmp_path):
+    rec = fake_record("r1")
+    p = records.write(rec, tmp_path)
+    with pytest.raises(SeqbenchError, match="immutable"):
+        records.write(fake_record("r1", acc=0.1), tmp_path)
+    assert json.loads(p.read_text())["metrics"]["test"]["acc"] == 0.9  # the first one survives
+    assert [f.name for f in (tmp_path / "runs").iterdir()] == ["r1.json"]
+
+
+def test_write_rejects_incomplete_record(tmp_path):
+    rec = fake_record("r2")
+    del rec["measure"]
+    with pytest.raises(ValueError):
+        records.write(rec, tmp_path)
+
+
+def _writer(args):
+    folder, i = args
+    records.write(fake_record(f"run{i}", seed=i % 3), folder)
+
+
+def test_eight_concurrent_writers_lose_nothing(tmp_path):
+    with mp.get_context("spawn").Pool(8) as pool:
+        pool.map(_writer, [(str(tmp_path), i) for i in range(8)])
+    recs = records.load_all(tmp_path)
+    assert sorted(r["run_id"] for r in recs) == sorted(f"run{i}" for i in range(8))
+
+
+def test_nan_is_written_as_null(tmp_path):
+    rec = fake_record("r3")
+    rec["history"][0]["val_acc"] = float("nan")
+    p = records.write(rec, tmp_path)
+    assert json.loads(p.read_text())["history"][0]["val_acc"] is None
+
+
+def test_report_tables_and_plots(tmp_path):
+    for i, (model, acc, lat) in enumerate([("lstm", 0.90, 2.0), ("lstm", 0.92, 2.2), ("gru", 0.95, 1.5), ("hippo", 0.80, 1.0)]):
+        records.write(fake_record(f"r{i}", model=model, seed=i, acc=acc, lat=lat), tmp_path)
+    records.write(fake_record("bad", status="failed"), tmp_path)
+    (tmp_path / "runs" / "junk.json").write_text("{not json")
+    out = report.build(tmp_path)
+    assert out["records"] == 5
+    df = pd.read_csv(tmp_path / "summary.csv")
+    assert len(df) == 5 and set(df.status) == {"completed", "failed"}
+    md = (tmp_path / "report.md").read_text()
+    for heading in ("## Accuracy", "## Sparsity", "## Latency", "## Failed runs"):
+        assert heading in md
+    # two lstm seeds are aggregated: mean 0.91, sample std 0.0141
+    assert "0.9100 ± 0.0141" in md
+    assert "non-finite" in md
+    for name in ("acc_vs_latency_pmnist.png", "curves_pmnist.png"):
+        png = tmp_path / "plots" / name
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5000
+
+
+def test_pareto_front():
+    pts = [(1.0, 0.80), (1.5, 0.95), (2.0, 0.90), (2.2, 0.96), (3.0, 0.5)]
+    assert report.pareto(pts, higher_is_better=True) == [0, 1, 3]
+    assert report.pareto(pts, higher_is_better=False) == [0, 4]

@@ -1,0 +1,118 @@
+import json
+
+import pytest
+import torch
+
+from seqbench import config, records, registry
+from seqbench.model import RecurrentBackbone
+from seqbench.runner import Runner
+from seqbench.strategy import Stateful, get_strategy
+from conftest import QUICK
+
+
+def _cfg(model="lstm", task="pmnist", preset="tiny", **over):
+    return config.resolve(registry.get_model(model), registry.get_task(task), preset, {**QUICK, **over})
+
+
+def test_resume_after_interrupt_matches_uninterrupted(env):
+    over = dict(epochs=3, limit_batches=2, batch_size=16, eval_batch_size=32,
+                **{"model.layers": 2, "model.dropout": 0.3, "seed": 7})
+    full = Runner(_cfg(**over), quiet=True).fit()
+
+    first = Runner(_cfg(**over), quiet=True)
+    assert first.fit(stop_after_epochs=1) is None  # "killed" after epoch 1, checkpoint left
+    assert not (env["results"] / "runs" / f"{first.run_id}.json").exists()
+    resumed = Runner.resume(first.run_id, quiet=True)
+    assert resumed.epoch == 1
+    rec = resumed.fit()
+    assert rec["status"] == "completed" and rec["run_id"] == first.run_id
+    assert rec["metrics"]["test"] == full["metrics"]["test"]
+    assert rec["metrics"]["val"] == full["metrics"]["val"]
+    strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in h]  # noqa: E731
+    assert strip(rec["history"]) == strip(full["history"])
+    with pytest.raises(Exception, match="finished already"):
+        Runner.resume(first.run_id, quiet=True)
+
+
+def test_best_checkpoint_is_what_gets_tested(env):
+    runner = Runner(_cfg(epochs=2, limit_batches=0), quiet=True)
+    rec = runner.fit()
+    best = torch.load(runner.run_dir / "best.pt", weights_only=False)
+    assert best["epoch"] == rec["metrics"]["best_epoch"]
+    vals = [h["val_acc"] for h in rec["history"]]
+    assert rec["metrics"]["val"]["acc"] == max(vals)
+    runner.model.load_state_dict(best["model"])
+    assert runner.evaluate("test") == rec["metrics"]["test"]
+
+
+class _NaNNet(RecurrentBackbone):
+    def __init__(self, d_input, p):
+        super().__init__()
+        self.d_output = 4
+        self.lin = torch.nn.Linear(d_input, 4)
+
+    def forward(self, x, state=None):
+        return self.lin(x) * float("nan"), state
+
+    def flops_per_step(self):
+        return 1
+
+
+@pytest.fixture
+def nan_model():
+    registry.register_model("nan-test")(_NaNNet)
+    yield "nan-test"
+    registry.unregister("nan-test")
+
+
+def test_nonfinite_loss_stops_and_records_failure(env, nan_model):
+    rec = Runner(_cfg(model=nan_model, epochs=3, limit_batches=5), quiet=True).fit()
+    assert rec["status"] == "failed"
+    assert "non-finite" in rec["failure"]
+    assert rec["history"] == []  # stopped inside the first epoch
+    on_disk = json.loads(open(rec["path"]).read())
+    assert on_disk["status"] == "failed" and on_disk["metrics"]["test"] is None
+
+
+def test_eval_covers_every_sample_without_drop_last(env):
+    runner = Runner(_cfg(limit_batches=0, eval_batch_size=7, **{"task.test_subset": 100}), quiet=True)
+    n = sum(b[1].numel() for b in runner.loaders["test"])
+    assert n == 100 and len(runner.loaders["test"]) == 15
+
+
+def test_stateful_strategy_carries_detached_state():
+    s = get_strategy("stateful")()
+    s.start(train=True)
+    assert s.initial_state(None) is None
+    h = (torch.ones(1, 2, 3, requires_grad=True) * 2, torch.zeros(1, 2, 3, requires_grad=True) + 1)
+    s.update(None, h)
+    carried = s.initial_state(None)
+    assert all(not t.requires_grad for t in carried) and torch.equal(carried[0], h[0].detach())
+    s.start(train=False)
+    assert s.initial_state(None) is None
+    assert isinstance(s, Stateful)
+
+
+def test_stateful_strategy_runs_through_the_runner(env):
+    rec = Runner(_cfg(strategy="stateful", batch_size=32, eval_batch_size=32), quiet=True).fit()
+    assert rec["status"] == "completed" and rec["strategy"] == "stateful"
+
+
+def test_record_schema(env):
+    rec = Runner(_cfg(), quiet=True).fit()
+    on_disk = json.loads(open(rec["path"]).read())
+    for k in records.REQUIRED:
+        assert k in on_disk
+    assert on_disk["schema"] == records.SCHEMA_VERSION
+    assert on_disk["config"]["model"] == "lstm" and on_disk["config"]["task.permutation"] == "bitreversal"
+    assert on_disk["config"]["model.hidden"] == 16  # tiny preset
+    env_ = on_disk["env"]
+    assert env_["torch"] == torch.__version__ and env_["python"] and env_["device"] == "cpu"
+    assert len(on_disk["task_info"]["permutation_indices"]) == 784
+    assert on_disk["task_info"]["metrics"] == {"acc": "higher", "loss": "lower"}
+    t = on_disk["timing"]
+    assert t["wall_s"] >= t["train_s"] > 0
+    lat = on_disk["measure"]["latency"]
+    assert {"median_ms", "iqr_ms", "runs"} <= set(lat["b1"])
+    assert on_disk["measure"]["torch_threads"] == torch.get_num_threads()
+    assert on_disk["measure"]["memory"]["peak_rss_mb"] > 0
