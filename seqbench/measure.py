@@ -1,6 +1,7 @@
 """Measurements recorded with every run: parameters, sparsity, FLOPs, latency, throughput, memory."""
 from __future__ import annotations
 
+import contextlib
 import resource
 import sys
 
@@ -34,14 +35,15 @@ def flops_per_sample(model: torch.nn.Module) -> int:
     return int(model.flops_per_sample())
 
 
-def latency(model: torch.nn.Module, x, min_run_time: float) -> dict:
+def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib.nullcontext) -> dict:
     """Forward-pass latency of ``model(x)`` in eval mode without autograd (torch.utils.benchmark:
-    blocked autorange, CUDA synchronised by the Timer). Milliseconds per call."""
+    blocked autorange, CUDA synchronised by the Timer), under the run's ``precision`` context
+    (its autocast, if any). Milliseconds per call."""
     was_training = model.training
     model.eval()
 
     def call():
-        with torch.no_grad():
+        with torch.no_grad(), precision():
             model(x)
 
     call()  # warm-up (lazy init, cuDNN plans)

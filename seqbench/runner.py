@@ -88,6 +88,7 @@ class Runner:
         self.run_id = run_id or records.new_run_id(cfg.model, cfg.task, cfg.preset, t.seed)
         self.run_dir = self.results / "checkpoints" / self.run_id
         self.device = pick_device(t.device)
+        self.env = records.environment(self.device)  # at start: the code that trains is the code recorded
         seed_everything(t.seed, t.deterministic)
 
         self.task = self.task_entry.cls(cfg.task_params, data_root())
@@ -314,7 +315,7 @@ class Runner:
         lat = {}
         for bs in (1, 64):
             xb = self.task.example_input(x, bs).to(self.device)
-            lat[f"b{bs}"] = measure.latency(self.model, xb, t.latency_time)
+            lat[f"b{bs}"] = measure.latency(self.model, xb, t.latency_time, self._autocast)
         return {
             "params": measure.params(self.model),
             "sparsity": measure.sparsity(self.model),
@@ -341,7 +342,7 @@ class Runner:
             "strategy": self.cfg.train.strategy,
             "seed": self.cfg.train.seed,
             "config": self.cfg.flat(),
-            "env": records.environment(self.device),
+            "env": self.env,
             "task_info": {
                 "kind": self.spec.kind, "d_input": self.spec.d_input, "d_output": self.spec.d_output,
                 "seq_len": self.spec.seq_len, "loss": self.spec.loss, "select": self.spec.select,

@@ -1,0 +1,482 @@
+"""HiPPO memory cells (Gu, Dao, Ermon, Rudra, Re, "HiPPO: Recurrent Memory with Optimal Polynomial
+Projections", NeurIPS 2020): ``hippo`` (LegS, the scaled Legendre measure) and ``hippo-legt`` (LegT,
+the translated Legendre measure of the LMU). Written from the paper and checked against the
+behaviour of the reference code (HazyResearch/hippo-code ``model/memory.py``, ``model/op.py``,
+``model/opcell.py``); no reference code is copied.
+
+Conventions (all math below is float64-capable and batched over [B, M, N] = batch, memory channels,
+order):
+
+LegS.  A[n, k] = sqrt(2n+1) sqrt(2k+1) (n > k), n + 1 (n = k), 0 (n < k);  B[n] = sqrt(2n+1);
+    dc/dt = -(1/t) A c + (1/t) B f.
+  ``c_n(t) = (1/t) * integral_0^t f(s) sqrt(2n+1) P_n(2s/t - 1) ds`` are the coefficients of f on
+  [0, t] in the orthonormal scaled Legendre basis, so the history is reconstructed as
+  ``f(s) ~ sum_n c_n sqrt(2n+1) P_n(2s/t - 1)`` (``legs_reconstruct``; checked in the tests). The
+  reference stores the same matrices with the opposite sign (its A is our -A and it writes
+  dc/dt = (1/t)(A c + B f)), so its ``(I - A/(2t))^-1 (I + A/(2t))`` is our
+  ``(I + A/(2t))^-1 (I - A/(2t))``.
+
+Time indexing (the reference's ``LSICell`` with ``init_t=0``): the state carries the number t of
+inputs already consumed. The first input (t = 0) sets c = u e_0 (the projection of a constant
+history: exact for every discretisation); input t + 1 (t >= 1) makes the step from time t to t + 1:
+    c <- A_t c + B_t u.
+Discretisations of that step (``discretization``):
+  generalised bilinear (GBT) with dt = 1 and generator G_t = -A/t:
+      A_t = (I + a A/t)^-1 (I - (1-a) A/t),   B_t = (I + a A/t)^-1 B/t,
+      a = 1/2 "bilinear" (default, as the reference), a = 0 "forward" (Euler), a = 1 "backward".
+  "zoh": exact for an input held constant over [t, t+1]. With tau = ln t the LegS ODE becomes time
+      invariant, dc/dtau = -A c + B f, so over [t, t+1] (d tau = ln((t+1)/t)):
+      A_t = expm(-A ln((t+1)/t)),   B_t = A^-1 (I - A_t) B
+      (computed as the top block row of expm([[-A, B], [0, 0]] ln((t+1)/t)); the reference's
+      ``la.expm(A * (log(t+1) - log(t)))`` and ``solve_triangular(A, A_t B - B)`` in its sign).
+Unlike the reference (tables up to ``max_length=1024``, later steps silently reuse t = 1024) t is
+never clamped: every step uses its own t, whatever the sequence length.
+
+Two implementations of a LegS step:
+  ``legs_step_dense``: c <- A_t c + B_t u with the dense matrices, computed in float64 with
+      ``torch.linalg.solve_triangular`` (ZOH: ``torch.linalg.matrix_exp``), cast to c's dtype and
+      cached (LRU, bounded in bytes) in chunks of consecutive t. 2 N^2 FLOPs per channel.
+  ``legs_step_fast``: never forms A_t. A = diag(n+1) + strictly-lower s s^T (s_n = sqrt(2n+1)), so
+      A v = (n+1) v + s * exclusive_cumsum(s v) is O(N), and (I + d A) x = b is a forward
+      recurrence x_n = (b_n - d s_n S_{n-1}) / (1 + d(n+1)), S_n = S_{n-1} + s_n x_n. Eliminating
+      x_n gives a first-order linear recurrence S_n = a_n S_{n-1} + s_n b_n / (1 + d(n+1)) with
+      a_n = (1 - d n)/(1 + d(n+1)) (bilinear: (2t - n)/(2t + n + 1)). Its closed form through
+      cumprod(a) divides by prefix products that are exactly 0 at n = 2t (t <= N/2) and that span
+      hundreds of orders of magnitude otherwise, so it is unusable. We evaluate the recurrence
+      with a parallel (Hillis-Steele) scan of the affine maps S -> a S + beta: ceil(log2 N) rounds
+      of one multiply-add on [B, M, N]; no division, every |a_n| < 1 so the scan is as stable as
+      the sequential recurrence. O(N log N) work, O(log N) depth, no Python loop over n.
+      ``solver="loop"`` is the sequential recurrence (a Python loop over n), kept as a check.
+      ZOH has no O(N) form here (expm(-A tau) is dense); only the dense step supports it.
+
+LegT (``hippo-legt``; the LMU's measure, a sliding window of length theta; paper appendix; LMU
+Voelker et al. 2019): A[n, k] = (2n+1)/theta * (-1 if n < k else (-1)^(n-k+1)),
+B[n] = (2n+1) (-1)^n / theta, dc/dt = A c + B f. Time invariant, so A_t, B_t are one pair of
+matrices (GBT with dt = 1, or ZOH), computed once. ``normalized=True`` gives the similar system the
+reference's ``transition('legt', N)`` uses (A' = D^-1 A D, B' = D^-1 B, D = diag(sqrt(2n+1)(-1)^n),
+i.e. B'_n = sqrt(2n+1)/theta); its coefficients are D^-1 times the LMU ones.
+
+The cell (the reference's ``MemoryCell`` with gate 'G', memory activation 'id', hidden activation
+tanh, ``ux``/``hx``/``hm``/``bias`` on, ``um``/``hh`` off): per step
+    u_t = W_u [x_t, h_{t-1}]                     (M channels)
+    c_t = A_t c_{t-1} + B_t u_t                  (c: [B, M, N])
+    h~_t = tanh(W_h [x_t, vec c_t]),  g_t = sigmoid(W_g [x_t, vec c_t])
+    h_t = (1 - g_t) h_{t-1} + g_t h~_t
+state = (h, c, t) with t the steps consumed (a 0-dim tensor, so a stateful strategy continues t).
+The memory recurrence runs in the parameters' dtype with autocast off (bf16 would destroy it).
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from seqbench.config import _choice
+from seqbench.errors import SeqbenchError
+from seqbench.model import RecurrentBackbone
+from seqbench.registry import register_model
+
+DISCRETIZATIONS = ("bilinear", "forward", "backward", "zoh")
+GBT_ALPHA = {"forward": 0.0, "bilinear": 0.5, "backward": 1.0}
+
+
+# ----------------------------------------------------------------------------------- matrices
+def legs_matrices(N: int, dtype=torch.float64, device=None):
+    """LegS (A, B) in the convention dc/dt = -(1/t) A c + (1/t) B f; A lower triangular, positive."""
+    n = torch.arange(N, dtype=torch.float64, device=device)
+    s = torch.sqrt(2 * n + 1)
+    A = torch.tril(s[:, None] * s[None, :], -1) + torch.diag(n + 1)
+    return A.to(dtype), s.to(dtype)
+
+
+def legt_matrices(N: int, theta: float = 1.0, normalized: bool = False, dtype=torch.float64, device=None):
+    """LegT / LMU (A, B) in the convention dc/dt = A c + B f (A has negative eigenvalues).
+
+    LMU form: A[n,k] = (2n+1)/theta * (-1 if n<k else (-1)^(n-k+1)), B[n] = (2n+1)(-1)^n/theta.
+    ``normalized``: the similar system D^-1 A D, D^-1 B with D = diag(sqrt(2n+1)(-1)^n) (the
+    reference's ``transition('legt', N)`` scaled by 1/theta)."""
+    n = torch.arange(N, dtype=torch.float64, device=device)
+    i, k = n[:, None], n[None, :]
+    sign_lower = 1.0 - 2.0 * torch.remainder(i - k + 1, 2)  # (-1)^(i-k+1)
+    A = (2 * i + 1) * torch.where(i < k, -torch.ones_like(sign_lower), sign_lower)
+    B = (2 * n + 1) * (1.0 - 2.0 * torch.remainder(n, 2))
+    if normalized:
+        d = torch.sqrt(2 * n + 1) * (1.0 - 2.0 * torch.remainder(n, 2))
+        A = A * d[None, :] / d[:, None]
+        B = B / d
+    return (A / theta).to(dtype), (B / theta).to(dtype)
+
+
+def discretize(G: torch.Tensor, B: torch.Tensor, dt, method: str = "bilinear", lower: bool = False):
+    """Discretise dc/dt = G c + B f over steps of length ``dt`` (a float or a [K] tensor).
+
+    GBT: A_d = (I - a dt G)^-1 (I + (1-a) dt G), B_d = (I - a dt G)^-1 dt B (a = 0, 1/2, 1);
+    ZOH: [[A_d, B_d], [0, 1]] = expm([[G, B], [0, 0]] dt). Returns A_d [..., N, N], B_d [..., N]
+    (batched over dt when dt is a tensor). ``lower``: G is lower triangular (triangular solve)."""
+    N = G.shape[-1]
+    dt = torch.as_tensor(dt, dtype=G.dtype, device=G.device)
+    batched = dt.dim() > 0
+    dtv = dt.reshape(-1, 1, 1)
+    I = torch.eye(N, dtype=G.dtype, device=G.device)
+    if method == "zoh":
+        M = torch.zeros(dtv.shape[0], N + 1, N + 1, dtype=G.dtype, device=G.device)
+        M[:, :N, :N] = G * dtv
+        M[:, :N, N] = B * dtv[:, :, 0]
+        E = torch.linalg.matrix_exp(M)
+        Ad, Bd = E[:, :N, :N], E[:, :N, N]
+    elif method in GBT_ALPHA:
+        a = GBT_ALPHA[method]
+        lhs = I - a * dtv * G
+        rhs = torch.cat([I + (1 - a) * dtv * G, (dtv[:, :, 0] * B).unsqueeze(-1)], dim=-1)
+        if lower:
+            X = torch.linalg.solve_triangular(lhs, rhs, upper=False)
+        else:
+            X = torch.linalg.solve(lhs, rhs)
+        Ad, Bd = X[..., :N], X[..., N]
+    else:
+        raise SeqbenchError(f"unknown discretization '{method}'; choose one of {', '.join(DISCRETIZATIONS)}")
+    if not batched:
+        Ad, Bd = Ad[0], Bd[0]
+    return Ad.contiguous(), Bd.contiguous()
+
+
+def legs_transitions(N: int, ts, method: str = "bilinear", dtype=torch.float64, device=None):
+    """Dense LegS step matrices for the steps t in ``ts`` (ints >= 0), computed in float64:
+    A_t [K, N, N], B_t [K, N]. t = 0 is the first input: A_0 = 0, B_0 = e_0."""
+    ts = torch.as_tensor(ts, dtype=torch.float64, device=device).reshape(-1)
+    A, B = legs_matrices(N, device=device)
+    pos = ts > 0
+    tp = torch.where(pos, ts, torch.ones_like(ts))
+    if method == "zoh":
+        dt = torch.log1p(1.0 / tp)  # ln((t+1)/t): the step in log-time, where LegS is time invariant
+    else:
+        dt = 1.0 / tp  # GBT with dt = 1 and generator -A/t
+    Ad, Bd = discretize(-A, B, dt, method, lower=True)
+    e0 = torch.zeros(N, dtype=torch.float64, device=device)
+    e0[0] = 1.0
+    Ad = torch.where(pos[:, None, None], Ad, torch.zeros_like(Ad))
+    Bd = torch.where(pos[:, None], Bd, e0)
+    return Ad.to(dtype), Bd.to(dtype)
+
+
+def legs_transition(N: int, t: int, method: str = "bilinear", dtype=torch.float64, device=None):
+    """(A_t [N, N], B_t [N]) for one step t, from the chunk cache."""
+    C = chunk_size(N)
+    A, B = _legs_chunk(N, method, int(t) // C, dtype, torch.device(device) if device is not None else torch.device("cpu"))
+    return A[int(t) % C], B[int(t) % C]
+
+
+# ------------------------------------------------------------------------- the dense cache
+class _LRUCache:
+    """Least-recently-used cache bounded by the bytes of the tensors it holds."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes, self.bytes, self.data = max_bytes, 0, OrderedDict()
+
+    def get(self, key, make):
+        if key in self.data:
+            self.data.move_to_end(key)
+            return self.data[key]
+        value = make()
+        size = sum(v.numel() * v.element_size() for v in value)
+        self.data[key] = value
+        self.bytes += size
+        while self.bytes > self.max_bytes and len(self.data) > 1:
+            _, old = self.data.popitem(last=False)
+            self.bytes -= sum(v.numel() * v.element_size() for v in old)
+        return value
+
+    def clear(self):
+        self.data.clear()
+        self.bytes = 0
+
+
+# 1 GiB holds the paper's N = 512 float32 tables for 784 steps (the reference keeps a 1024-step
+# table of the same size as a buffer). Beyond the budget chunks are recomputed (never clamped).
+DENSE_CACHE = _LRUCache(1 << 30)
+
+
+def chunk_size(N: int) -> int:
+    """Steps per cached chunk: a float64 chunk of [C, N, N] stays near 32 MiB (C in 1..64)."""
+    return max(1, min(64, (1 << 22) // (N * N)))
+
+
+def _legs_chunk(N: int, method: str, idx: int, dtype, device: torch.device):
+    def make():
+        C = chunk_size(N)
+        # Plain tensors whatever the caller's mode: no autograd history, no inference tensors
+        # (those could not be saved for a later backward), no autocast.
+        with torch.inference_mode(False), torch.no_grad(), _no_autocast(device.type):
+            return legs_transitions(N, range(idx * C, (idx + 1) * C), method, dtype, device)
+
+    return DENSE_CACHE.get(("legs", N, method, idx, dtype, str(device)), make)
+
+
+def _no_autocast(device_type: str):
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch without the device_type argument
+        on = torch.is_autocast_enabled()
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
+
+
+# --------------------------------------------------------------------------------- the steps
+def apply_dense(c: torch.Tensor, u: torch.Tensor, A_t: torch.Tensor, B_t: torch.Tensor) -> torch.Tensor:
+    """c [B, M, N] <- A_t c + B_t u, u [B, M]."""
+    N = c.shape[-1]
+    out = torch.addmm(u.reshape(-1, 1) * B_t, c.reshape(-1, N), A_t.t())
+    return out.view(c.shape)
+
+
+def legs_step_dense(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str = "bilinear") -> torch.Tensor:
+    """One LegS step with the dense (cached) A_t, B_t. c [B, M, N], u [B, M], t = inputs consumed."""
+    A_t, B_t = legs_transition(c.shape[-1], t, discretization, c.dtype, c.device)
+    return apply_dense(c, u, A_t, B_t)
+
+
+def _shift(x: torch.Tensor, k: int, value: float = 0.0) -> torch.Tensor:
+    """x shifted right by k along the last dim: out[..., n] = x[..., n-k], ``value`` for n < k."""
+    return F.pad(x[..., :-k], (k, 0), value=value)
+
+
+def _affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """S_n = a_n S_{n-1} + b_n along the last dim, S_{-1} = 0. a [N] (shared), b [..., N].
+    Hillis-Steele scan: after the round with offset k, element n holds the composition of the maps
+    n-2k+1..n; products only, no division."""
+    N = b.shape[-1]
+    k = 1
+    while k < N:
+        b = b + a * _shift(b, k)
+        a = a * _shift(a, k, 1.0)
+        k *= 2
+    return b
+
+
+def _legs_vectors(N: int, dtype, device):
+    n = torch.arange(N, dtype=dtype, device=device)
+    return n, torch.sqrt(2 * n + 1)
+
+
+def legs_step_fast(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str = "bilinear",
+                   solver: str = "scan", vectors=None) -> torch.Tensor:
+    """One LegS GBT step in O(N) memory without forming A_t (see the module docstring).
+
+    c [B, M, N], u [B, M], t = inputs consumed (0: the first input). ``solver``: "scan" (parallel
+    scan, default) or "loop" (sequential recurrence over n). ``vectors``: precomputed (n, s)."""
+    if discretization not in GBT_ALPHA:
+        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, not '{discretization}' (use the dense step)")
+    N = c.shape[-1]
+    if t == 0:
+        return F.pad(u.unsqueeze(-1), (0, N - 1)).to(c.dtype)
+    n, s = vectors if vectors is not None else _legs_vectors(N, c.dtype, c.device)
+    a = GBT_ALPHA[discretization]
+    d = 1.0 / float(t)
+    # y = (I - (1-a) d A) c + d B u, with A c = (n+1) c + s * exclusive_cumsum(s c)
+    y = c + (d * s) * u.unsqueeze(-1)
+    if a < 1.0:
+        sc = s * c
+        Ac = (n + 1) * c + s * _shift(torch.cumsum(sc, dim=-1), 1)
+        y = y - ((1.0 - a) * d) * Ac
+    if a == 0.0:
+        return y
+    # solve (I + a d A) x = y
+    ad = a * d
+    D = 1.0 + ad * (n + 1)
+    if solver == "loop":
+        xs, S = [], torch.zeros_like(y[..., 0])
+        for i in range(N):
+            xi = (y[..., i] - ad * s[i] * S) / D[i]
+            S = S + s[i] * xi
+            xs.append(xi)
+        return torch.stack(xs, dim=-1)
+    if solver != "scan":
+        raise ValueError(f"unknown solver '{solver}'")
+    coef = (1.0 - ad * n) / D  # S_n = coef_n S_{n-1} + s_n y_n / D_n
+    S = _affine_scan(coef, y * (s / D))
+    return (y - (ad * s) * _shift(S, 1)) / D
+
+
+def fast_step_flops(N: int, discretization: str = "bilinear") -> int:
+    """Per-sample FLOPs of one ``legs_step_fast`` (scan) step for one memory channel; t-only
+    vectors (a_n, D_n, their scan products) are shared by the batch and not counted."""
+    a = GBT_ALPHA[discretization]
+    f = 3 * N  # y = c + (d s) u: product, product, sum
+    if a < 1.0:
+        f += 5 * N + 2 * N  # A c: s*c, cumsum, s*excl, (n+1)*c, sum; then scale and subtract
+    if a > 0.0:
+        rounds = max(0, math.ceil(math.log2(N))) if N > 1 else 0
+        f += N + 2 * N * rounds + 4 * N  # beta = y*(s/D); scan rounds; x = (y - ad s S_prev)/D
+    return f
+
+
+# ------------------------------------------------------------------------------- the cell
+@dataclass
+class HiPPOParams:
+    hidden: int = 256
+    memory_order: Optional[int] = None  # N; None = hidden (the reference's memory_order=-1)
+    memory_size: int = 1  # M, memory channels
+    discretization: str = _choice("bilinear", DISCRETIZATIONS)
+    step: str = _choice("dense", ("dense", "fast"), "dense: cached N x N matrices; fast: O(N) LegS step")
+
+
+# hidden 512 = memory order 512: the HiPPO paper's (p)MNIST models.
+HIPPO_PRESETS = {
+    "tiny": {"model.hidden": 16},
+    "fast": {"model.hidden": 64},
+    "pmnist:paper": {"model.hidden": 512},
+    "smnist:paper": {"model.hidden": 512},
+}
+
+
+@register_model("hippo")
+class HiPPOLegS(RecurrentBackbone):
+    """HiPPO-LegS memory cell (the reference's ``legs`` cell). Subclasses change the measure by
+    overriding ``_setup_memory``, ``_memory_step`` and ``_memory_flops``."""
+
+    Params = HiPPOParams
+    presets = HIPPO_PRESETS
+
+    def __init__(self, d_input: int, p: HiPPOParams):
+        super().__init__()
+        H, M = p.hidden, p.memory_size
+        N = p.memory_order if p.memory_order is not None else H
+        if H < 1 or M < 1 or N < 1:
+            raise SeqbenchError(f"hippo: hidden, memory_size and memory_order must be >= 1 (got {H}, {M}, {N})")
+        if p.discretization not in DISCRETIZATIONS:
+            raise SeqbenchError(f"hippo: unknown discretization '{p.discretization}'")
+        self.d_input, self.d_output, self.M, self.N = d_input, H, M, N
+        self.discretization, self.step = p.discretization, p.step
+        self.W_u = nn.Linear(d_input + H, M)
+        self.W_h = nn.Linear(d_input + M * N, H)
+        self.W_g = nn.Linear(d_input + M * N, H)
+        self.reset_parameters()
+        self._setup_memory(p)
+
+    def reset_parameters(self):
+        """The reference's initialisers (hippo-code model/memory.py MemoryCell.default_initializers,
+        model/components.py get_initializer / Linear_): W_u ('uxh': 'uniform', memory activation
+        'id') kaiming_uniform with gain 1; W_h ('hxm' then 'hx' and 'hm': 'xavier') xavier_normal
+        separately on its x columns and on its memory columns; the gate W_g (Linear_ default
+        init='normal') kaiming_normal with gain 1 (std 1/sqrt(fan_in)). Biases: torch's default
+        nn.Linear init (the reference does not re-init them)."""
+        D = self.d_input
+        with torch.no_grad():
+            nn.init.kaiming_uniform_(self.W_u.weight, nonlinearity="linear")
+            if D > 0:
+                nn.init.xavier_normal_(self.W_h.weight[:, :D])
+            nn.init.xavier_normal_(self.W_h.weight[:, D:])
+            nn.init.kaiming_normal_(self.W_g.weight, nonlinearity="linear")
+
+    # ---- measure-specific pieces
+    def _setup_memory(self, p):
+        A, B = legs_matrices(self.N, dtype=torch.float32)
+        self.register_buffer("A", A, persistent=False)  # continuous-time matrices, for reference
+        self.register_buffer("B", B, persistent=False)
+        if self.step == "fast" and self.discretization not in GBT_ALPHA:
+            raise SeqbenchError("hippo: step=fast supports the bilinear, forward and backward discretizations; use step=dense for zoh")
+        n = torch.arange(self.N, dtype=torch.float32)
+        self.register_buffer("_n", n, persistent=False)
+        self.register_buffer("_s", torch.sqrt(2 * n + 1), persistent=False)
+
+    def _memory_step(self, c, u, t: int, tables):
+        if self.step == "fast":
+            return legs_step_fast(c, u, t, self.discretization, vectors=(self._n.to(c.dtype), self._s.to(c.dtype)))
+        C = chunk_size(self.N)
+        if tables[0] != t // C:  # next chunk of dense matrices
+            tables[:] = [t // C, *_legs_chunk(self.N, self.discretization, t // C, c.dtype, c.device)]
+        return apply_dense(c, u, tables[1][t % C], tables[2][t % C])
+
+    def _memory_flops(self) -> int:
+        N = self.N
+        if self.step == "fast":
+            return fast_step_flops(N, self.discretization)
+        return 2 * N * N + 2 * N  # A_t c (N^2 multiply-adds) + B_t u (product, sum)
+
+    # ---- the shared cell
+    def initial_state(self, batch: int, device, dtype):
+        return (
+            torch.zeros(batch, self.d_output, device=device, dtype=dtype),
+            torch.zeros(batch, self.M, self.N, device=device, dtype=dtype),
+            torch.zeros((), dtype=torch.long, device=device),
+        )
+
+    def forward(self, x, state=None):
+        Bsz, T, D = x.shape
+        H, M, N = self.d_output, self.M, self.N
+        pdtype = self.W_u.weight.dtype
+        h, c, t = state if state is not None else self.initial_state(Bsz, x.device, pdtype)
+        t0 = int(t)
+        # The input's contributions for all steps at once; the recurrent parts per step.
+        xu = F.linear(x, self.W_u.weight[:, :D], self.W_u.bias)  # [B, T, M]
+        w_hg = torch.cat([self.W_h.weight, self.W_g.weight], 0)  # [2H, D + M N]
+        xhg = F.linear(x, w_hg[:, :D], torch.cat([self.W_h.bias, self.W_g.bias]))  # [B, T, 2H]
+        w_uh, w_hgm = self.W_u.weight[:, D:].t(), w_hg[:, D:].t()
+        no_amp = _no_autocast(x.device.type)
+        tables = [None, None, None]
+        ys = []
+        for k in range(T):
+            u = torch.addmm(xu[:, k], h.to(xu.dtype), w_uh.to(xu.dtype)) if xu.dtype != pdtype else torch.addmm(xu[:, k], h, w_uh)
+            with no_amp:
+                c = self._memory_step(c, u.to(c.dtype), t0 + k, tables)
+            pre = torch.addmm(xhg[:, k], c.reshape(Bsz, M * N).to(xhg.dtype), w_hgm.to(xhg.dtype))
+            hh, g = pre.chunk(2, dim=-1)
+            h = h + torch.sigmoid(g) * (torch.tanh(hh) - h)  # = (1-g) h + g h~
+            ys.append(h)
+        y = torch.stack(ys, dim=1) if ys else x.new_zeros(Bsz, 0, H)
+        return y, (h, c, torch.full((), t0 + T, dtype=torch.long, device=x.device))
+
+    def flops_per_step(self) -> int:
+        D, H, M, N = self.d_input, self.d_output, self.M, self.N
+        f = 2 * M * (D + H) + M  # u = W_u [x, h] + b
+        f += M * self._memory_flops()
+        f += 2 * (2 * H * (D + M * N) + H)  # W_h and W_g pre-activations with biases
+        f += 2 * H  # tanh, sigmoid
+        f += 3 * H  # h + g * (h~ - h): difference, product, sum
+        return f
+
+
+@dataclass
+class HiPPOLegTParams(HiPPOParams):
+    theta: float = 784.0  # window length in steps (LMU theta); 784 = one MNIST sequence
+    step: str = _choice("dense", ("dense",), "LegT is time invariant: one dense N x N pair")
+    normalized: bool = False  # True: the reference's normalised 'legt' form instead of the LMU's
+
+
+@register_model("hippo-legt")
+class HiPPOLegT(HiPPOLegS):
+    """HiPPO-LegT (LMU measure): the same cell with the time-invariant LegT memory; c starts at 0
+    and every input makes one step of length 1 (no special first step)."""
+
+    Params = HiPPOLegTParams
+
+    def _setup_memory(self, p):
+        if p.theta <= 0:
+            raise SeqbenchError(f"hippo-legt: theta must be > 0 (got {p.theta})")
+        if self.step != "dense":
+            raise SeqbenchError("hippo-legt: only step=dense (LegT's A is dense)")
+        A, B = legt_matrices(self.N, p.theta, p.normalized)
+        Ad, Bd = discretize(A, B, 1.0, self.discretization)
+        self.register_buffer("A", A.float(), persistent=False)
+        self.register_buffer("B", B.float(), persistent=False)
+        self.register_buffer("Ad", Ad.float(), persistent=False)
+        self.register_buffer("Bd", Bd.float(), persistent=False)
+        self._Ad64, self._Bd64 = Ad, Bd  # exact copies for a float64 model (tests)
+
+    def _apply(self, fn, *args, **kwargs):
+        out = super()._apply(fn, *args, **kwargs)
+        self._Ad64, self._Bd64 = fn(self._Ad64.double()).double(), fn(self._Bd64.double()).double()
+        return out
+
+    def _memory_step(self, c, u, t: int, tables):
+        if c.dtype == torch.float64:
+            return apply_dense(c, u, self._Ad64.to(c.device), self._Bd64.to(c.device))
+        return apply_dense(c, u, self.Ad.to(c.dtype), self.Bd.to(c.dtype))
+
+    def _memory_flops(self) -> int:
+        return 2 * self.N * self.N + 2 * self.N
