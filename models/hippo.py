@@ -37,7 +37,7 @@ Two implementations of a LegS step:
       ``torch.linalg.solve_triangular`` (ZOH: ``torch.linalg.matrix_exp``), cast to c's dtype and
       cached (LRU, bounded in bytes) in chunks of consecutive t. 2 N^2 FLOPs per channel.
   ``legs_step_fast``: never forms A_t. A = diag(n+1) + strictly-lower s s^T (s_n = sqrt(2n+1)), so
-      A v = (n+1) v + s * exclusive_cumsum(s v) is O(N), and (I + d A) x = b is a forward
+      A v = (n+1) v + s * exclusive_cumsum(s v) is O(N), and (I + d A) x = b (d = a/t) is a forward
       recurrence x_n = (b_n - d s_n S_{n-1}) / (1 + d(n+1)), S_n = S_{n-1} + s_n x_n. Eliminating
       x_n gives a first-order linear recurrence S_n = a_n S_{n-1} + s_n b_n / (1 + d(n+1)) with
       a_n = (1 - d n)/(1 + d(n+1)) (bilinear: (2t - n)/(2t + n + 1)). Its closed form through
@@ -167,9 +167,26 @@ def legs_transitions(N: int, ts, method: str = "bilinear", dtype=torch.float64, 
 
 def legs_transition(N: int, t: int, method: str = "bilinear", dtype=torch.float64, device=None):
     """(A_t [N, N], B_t [N]) for one step t, from the chunk cache."""
-    C = chunk_size(N)
-    A, B = _legs_chunk(N, method, int(t) // C, dtype, torch.device(device) if device is not None else torch.device("cpu"))
-    return A[int(t) % C], B[int(t) % C]
+    C, t = chunk_size(N), int(t)
+    A, B = _legs_chunk(N, method, t // C, dtype, torch.device(device if device is not None else "cpu"))
+    return A[t % C], B[t % C]
+
+
+def legendre(N: int, z: torch.Tensor) -> torch.Tensor:
+    """P_0..P_{N-1} at z (any shape): [..., N], by the three-term recurrence
+    (n+1) P_{n+1} = (2n+1) z P_n - n P_{n-1}."""
+    P = [torch.ones_like(z), z][:N]
+    for n in range(1, N - 1):
+        P.append(((2 * n + 1) * z * P[n] - n * P[n - 1]) / (n + 1))
+    return torch.stack(P, dim=-1)
+
+
+def legs_reconstruct(c: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """The history encoded by LegS coefficients c [..., N] at relative times x in [0, 1]
+    (0 = the first input, 1 = now): f(x) ~ sum_n c_n sqrt(2n+1) P_n(2x - 1). Returns [..., len(x)]."""
+    N = c.shape[-1]
+    basis = legendre(N, 2 * x.to(c.dtype) - 1) * torch.sqrt(2 * torch.arange(N, dtype=c.dtype, device=c.device) + 1)
+    return c @ basis.t()
 
 
 # ------------------------------------------------------------------------- the dense cache
@@ -245,73 +262,109 @@ def _shift(x: torch.Tensor, k: int, value: float = 0.0) -> torch.Tensor:
     return F.pad(x[..., :-k], (k, 0), value=value)
 
 
-def _affine_scan(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """S_n = a_n S_{n-1} + b_n along the last dim, S_{-1} = 0. a [N] (shared), b [..., N].
-    Hillis-Steele scan: after the round with offset k, element n holds the composition of the maps
-    n-2k+1..n; products only, no division."""
-    N = b.shape[-1]
-    k = 1
-    while k < N:
-        b = b + a * _shift(b, k)
-        a = a * _shift(a, k, 1.0)
-        k *= 2
-    return b
+def scan_rounds(N: int) -> int:
+    return math.ceil(math.log2(N)) if N > 1 else 0
 
 
-def _legs_vectors(N: int, dtype, device):
-    n = torch.arange(N, dtype=dtype, device=device)
-    return n, torch.sqrt(2 * n + 1)
+def legs_fast_coefficients(N: int, ts, discretization: str = "bilinear", dtype=torch.float64, device=None) -> dict:
+    """The batch-independent vectors of ``legs_step_fast`` for the steps t in ``ts`` (t >= 1),
+    computed in float64 and cast: each entry has a leading dim K = len(ts).
+
+    With d = 1/t, a = the GBT alpha, k = (1-a) d, D_n = 1 + a d (n+1):
+      y = (I - k A) c + d B u = p1 * c + s * (d u - k excl_cumsum(s c)),  p1 = 1 - k (n+1)
+      S_n = coef_n S_{n-1} + q_n y_n,  coef_n = (1 - a d n) / D_n,  q_n = s_n / D_n
+      x = y / D - r * S_{n-1},  r_n = a d s_n / D_n
+    ``m`` [K, R, N]: the scan's multipliers, m[r] = products of coef over windows of 2^r ending at n."""
+    if discretization not in GBT_ALPHA:
+        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, not '{discretization}' (use the dense step)")
+    a = GBT_ALPHA[discretization]
+    ts = torch.as_tensor(ts, dtype=torch.float64, device=device).reshape(-1, 1)
+    if (ts < 1).any():
+        raise ValueError("legs_fast_coefficients needs t >= 1 (t = 0 is the first input: c = u e_0)")
+    n = torch.arange(N, dtype=torch.float64, device=device)
+    s = torch.sqrt(2 * n + 1)
+    d = 1.0 / ts
+    k = (1 - a) * d
+    D = 1 + a * d * (n + 1)
+    coef = (1 - a * d * n) / D
+    ms, m, step = [], coef, 1
+    for _ in range(scan_rounds(N)):
+        ms.append(m)
+        m = m * _shift(m, step, 1.0)
+        step *= 2
+    out = {
+        "d": d[:, 0], "k": k[:, 0], "s": s.expand(len(ts), N), "p1": 1 - k * (n + 1), "q": s / D, "invD": 1 / D,
+        "r": a * d * s / D, "m": torch.stack(ms, 1) if ms else torch.zeros(len(ts), 0, N, dtype=torch.float64, device=device),
+    }
+    return {key: v.to(dtype) for key, v in out.items()}
+
+
+def _row(coeffs: dict, i: int) -> dict:
+    return {key: v[i] for key, v in coeffs.items()}
 
 
 def legs_step_fast(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str = "bilinear",
-                   solver: str = "scan", vectors=None) -> torch.Tensor:
+                   solver: str = "scan", coeffs: Optional[dict] = None) -> torch.Tensor:
     """One LegS GBT step in O(N) memory without forming A_t (see the module docstring).
 
     c [B, M, N], u [B, M], t = inputs consumed (0: the first input). ``solver``: "scan" (parallel
-    scan, default) or "loop" (sequential recurrence over n). ``vectors``: precomputed (n, s)."""
+    scan, default) or "loop" (sequential recurrence over n, a check). ``coeffs``: this t's row of
+    ``legs_fast_coefficients`` (computed here when not given)."""
     if discretization not in GBT_ALPHA:
         raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, not '{discretization}' (use the dense step)")
     N = c.shape[-1]
     if t == 0:
         return F.pad(u.unsqueeze(-1), (0, N - 1)).to(c.dtype)
-    n, s = vectors if vectors is not None else _legs_vectors(N, c.dtype, c.device)
+    if solver == "loop":
+        return _legs_step_loop(c, u, t, GBT_ALPHA[discretization])
+    if solver != "scan":
+        raise ValueError(f"unknown solver '{solver}'")
+    P = coeffs if coeffs is not None else _row(legs_fast_coefficients(N, [t], discretization, c.dtype, c.device), 0)
     a = GBT_ALPHA[discretization]
-    d = 1.0 / float(t)
-    # y = (I - (1-a) d A) c + d B u, with A c = (n+1) c + s * exclusive_cumsum(s c)
+    d, k = 1.0 / float(t), (1.0 - a) / float(t)
+    u = u.unsqueeze(-1)
+    if k != 0.0:  # y = p1 c + s (d u - k excl_cumsum(s c))
+        excl = _shift(torch.cumsum(P["s"] * c, dim=-1), 1)
+        y = torch.addcmul(P["p1"] * c, P["s"], torch.add(d * u, excl, alpha=-k))
+    else:
+        y = torch.addcmul(c, P["s"], u, value=d)
+    if a == 0.0:
+        return y
+    S, step = y * P["q"], 1  # the scan of S_n = coef_n S_{n-1} + q_n y_n
+    for r in range(P["m"].shape[-2]):
+        S = torch.addcmul(S, P["m"][r], _shift(S, step))
+        step *= 2
+    return torch.addcmul(y * P["invD"], P["r"], _shift(S, 1), value=-1.0)
+
+
+def _legs_step_loop(c, u, t, a):
+    """The GBT step by the sequential forward recurrence over n (Python loop; reference/check)."""
+    N = c.shape[-1]
+    n = torch.arange(N, dtype=c.dtype, device=c.device)
+    s = torch.sqrt(2 * n + 1)
+    d = 1.0 / t
     y = c + (d * s) * u.unsqueeze(-1)
     if a < 1.0:
-        sc = s * c
-        Ac = (n + 1) * c + s * _shift(torch.cumsum(sc, dim=-1), 1)
+        Ac = (n + 1) * c + s * _shift(torch.cumsum(s * c, dim=-1), 1)
         y = y - ((1.0 - a) * d) * Ac
     if a == 0.0:
         return y
-    # solve (I + a d A) x = y
-    ad = a * d
-    D = 1.0 + ad * (n + 1)
-    if solver == "loop":
-        xs, S = [], torch.zeros_like(y[..., 0])
-        for i in range(N):
-            xi = (y[..., i] - ad * s[i] * S) / D[i]
-            S = S + s[i] * xi
-            xs.append(xi)
-        return torch.stack(xs, dim=-1)
-    if solver != "scan":
-        raise ValueError(f"unknown solver '{solver}'")
-    coef = (1.0 - ad * n) / D  # S_n = coef_n S_{n-1} + s_n y_n / D_n
-    S = _affine_scan(coef, y * (s / D))
-    return (y - (ad * s) * _shift(S, 1)) / D
+    xs, S = [], torch.zeros_like(y[..., 0])
+    for i in range(N):
+        xi = (y[..., i] - a * d * s[i] * S) / (1 + a * d * (i + 1))
+        S = S + s[i] * xi
+        xs.append(xi)
+    return torch.stack(xs, dim=-1)
 
 
 def fast_step_flops(N: int, discretization: str = "bilinear") -> int:
-    """Per-sample FLOPs of one ``legs_step_fast`` (scan) step for one memory channel; t-only
-    vectors (a_n, D_n, their scan products) are shared by the batch and not counted."""
+    """Per-sample FLOPs of one ``legs_step_fast`` (scan) step for one memory channel (multiply-add
+    = 2); the t-only vectors (``legs_fast_coefficients``) are shared by the batch, not counted."""
     a = GBT_ALPHA[discretization]
-    f = 3 * N  # y = c + (d s) u: product, product, sum
-    if a < 1.0:
-        f += 5 * N + 2 * N  # A c: s*c, cumsum, s*excl, (n+1)*c, sum; then scale and subtract
+    # y: s*c, cumsum, d u - k excl (2), p1*c, addcmul (2) = 7N; without the A c term one addcmul
+    f = 7 * N if a < 1.0 else 2 * N
     if a > 0.0:
-        rounds = max(0, math.ceil(math.log2(N))) if N > 1 else 0
-        f += N + 2 * N * rounds + 4 * N  # beta = y*(s/D); scan rounds; x = (y - ad s S_prev)/D
+        f += N + 2 * N * scan_rounds(N) + 3 * N  # y*q; scan rounds (multiply-add); y/D - r S_prev
     return f
 
 
@@ -375,22 +428,33 @@ class HiPPOLegS(RecurrentBackbone):
 
     # ---- measure-specific pieces
     def _setup_memory(self, p):
-        A, B = legs_matrices(self.N, dtype=torch.float32)
-        self.register_buffer("A", A, persistent=False)  # continuous-time matrices, for reference
-        self.register_buffer("B", B, persistent=False)
         if self.step == "fast" and self.discretization not in GBT_ALPHA:
             raise SeqbenchError("hippo: step=fast supports the bilinear, forward and backward discretizations; use step=dense for zoh")
-        n = torch.arange(self.N, dtype=torch.float32)
-        self.register_buffer("_n", n, persistent=False)
-        self.register_buffer("_s", torch.sqrt(2 * n + 1), persistent=False)
+        A, B = legs_matrices(self.N, dtype=torch.float32)
+        # The continuous-time matrices, fixed (buffers, not parameters; not saved in checkpoints).
+        self.register_buffer("A", A, persistent=False)
+        self.register_buffer("B", B, persistent=False)
 
-    def _memory_step(self, c, u, t: int, tables):
+    def _memory_context(self, dtype, device) -> dict:
+        """What the steps of one forward share (built once per forward)."""
+        return {"chunk": None, "dtype": dtype, "device": device, "C": chunk_size(self.N) if self.step == "dense" else 64}
+
+    def _memory_step(self, c, u, t: int, ctx: dict):
+        C = ctx["C"]
         if self.step == "fast":
-            return legs_step_fast(c, u, t, self.discretization, vectors=(self._n.to(c.dtype), self._s.to(c.dtype)))
-        C = chunk_size(self.N)
-        if tables[0] != t // C:  # next chunk of dense matrices
-            tables[:] = [t // C, *_legs_chunk(self.N, self.discretization, t // C, c.dtype, c.device)]
-        return apply_dense(c, u, tables[1][t % C], tables[2][t % C])
+            if t == 0:
+                return legs_step_fast(c, u, 0, self.discretization)
+            if ctx["chunk"] != t // C:  # the t-only vectors of the next C steps (cheap; not cached)
+                ctx["chunk"] = t // C
+                ts = range(max(1, t // C * C), (t // C + 1) * C)
+                with torch.inference_mode(False), torch.no_grad():
+                    co = legs_fast_coefficients(self.N, ts, self.discretization, ctx["dtype"], ctx["device"])
+                ctx["coeffs"], ctx["first"] = [_row(co, i) for i in range(len(ts))], ts[0]
+            return legs_step_fast(c, u, t, self.discretization, coeffs=ctx["coeffs"][t - ctx["first"]])
+        if ctx["chunk"] != t // C:  # the next chunk of dense matrices (from the LRU cache)
+            ctx["chunk"] = t // C
+            ctx["A"], ctx["B"] = _legs_chunk(self.N, self.discretization, t // C, ctx["dtype"], ctx["device"])
+        return apply_dense(c, u, ctx["A"][t % C], ctx["B"][t % C])
 
     def _memory_flops(self) -> int:
         N = self.N
@@ -409,24 +473,25 @@ class HiPPOLegS(RecurrentBackbone):
     def forward(self, x, state=None):
         Bsz, T, D = x.shape
         H, M, N = self.d_output, self.M, self.N
-        pdtype = self.W_u.weight.dtype
-        h, c, t = state if state is not None else self.initial_state(Bsz, x.device, pdtype)
+        dtype = self.W_u.weight.dtype
+        h, c, t = state if state is not None else self.initial_state(Bsz, x.device, dtype)
         t0 = int(t)
         # The input's contributions for all steps at once; the recurrent parts per step.
         xu = F.linear(x, self.W_u.weight[:, :D], self.W_u.bias)  # [B, T, M]
         w_hg = torch.cat([self.W_h.weight, self.W_g.weight], 0)  # [2H, D + M N]
         xhg = F.linear(x, w_hg[:, :D], torch.cat([self.W_h.bias, self.W_g.bias]))  # [B, T, 2H]
         w_uh, w_hgm = self.W_u.weight[:, D:].t(), w_hg[:, D:].t()
-        no_amp = _no_autocast(x.device.type)
-        tables = [None, None, None]
+        no_amp = _no_autocast(x.device.type)  # the memory recurrence stays in the model's dtype
+        ctx = self._memory_context(c.dtype, c.device)
+        xu, xhg = xu.unbind(1), xhg.unbind(1)  # unbind: one backward node for all steps (slices: T)
         ys = []
         for k in range(T):
-            u = torch.addmm(xu[:, k], h.to(xu.dtype), w_uh.to(xu.dtype)) if xu.dtype != pdtype else torch.addmm(xu[:, k], h, w_uh)
+            u = torch.addmm(xu[k], h, w_uh)
             with no_amp:
-                c = self._memory_step(c, u.to(c.dtype), t0 + k, tables)
-            pre = torch.addmm(xhg[:, k], c.reshape(Bsz, M * N).to(xhg.dtype), w_hgm.to(xhg.dtype))
+                c = self._memory_step(c, u.to(c.dtype), t0 + k, ctx)
+            pre = torch.addmm(xhg[k], c.reshape(Bsz, M * N), w_hgm)
             hh, g = pre.chunk(2, dim=-1)
-            h = h + torch.sigmoid(g) * (torch.tanh(hh) - h)  # = (1-g) h + g h~
+            h = h + torch.sigmoid(g) * (torch.tanh(hh) - h)  # = (1 - g) h + g h~
             ys.append(h)
         y = torch.stack(ys, dim=1) if ys else x.new_zeros(Bsz, 0, H)
         return y, (h, c, torch.full((), t0 + T, dtype=torch.long, device=x.device))
@@ -461,22 +526,21 @@ class HiPPOLegT(HiPPOLegS):
         if self.step != "dense":
             raise SeqbenchError("hippo-legt: only step=dense (LegT's A is dense)")
         A, B = legt_matrices(self.N, p.theta, p.normalized)
-        Ad, Bd = discretize(A, B, 1.0, self.discretization)
         self.register_buffer("A", A.float(), persistent=False)
         self.register_buffer("B", B.float(), persistent=False)
-        self.register_buffer("Ad", Ad.float(), persistent=False)
-        self.register_buffer("Bd", Bd.float(), persistent=False)
-        self._Ad64, self._Bd64 = Ad, Bd  # exact copies for a float64 model (tests)
+        # The discretised pair in float64, cast once per (dtype, device) on first use.
+        self._Ad64, self._Bd64 = discretize(A, B, 1.0, self.discretization)
+        self._cast = {}
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self._Ad64, self._Bd64 = fn(self._Ad64.double()).double(), fn(self._Bd64.double()).double()
-        return out
+    def _memory_context(self, dtype, device) -> dict:
+        key = (dtype, str(device))
+        if key not in self._cast:
+            with torch.inference_mode(False), torch.no_grad():
+                self._cast[key] = (self._Ad64.to(device, dtype), self._Bd64.to(device, dtype))
+        return {"A": self._cast[key][0], "B": self._cast[key][1]}
 
-    def _memory_step(self, c, u, t: int, tables):
-        if c.dtype == torch.float64:
-            return apply_dense(c, u, self._Ad64.to(c.device), self._Bd64.to(c.device))
-        return apply_dense(c, u, self.Ad.to(c.dtype), self.Bd.to(c.dtype))
+    def _memory_step(self, c, u, t: int, ctx: dict):
+        return apply_dense(c, u, ctx["A"], ctx["B"])
 
     def _memory_flops(self) -> int:
         return 2 * self.N * self.N + 2 * self.N
