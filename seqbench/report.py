@@ -122,6 +122,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
 
     folder.mkdir(parents=True, exist_ok=True)
     out = []
@@ -141,6 +142,8 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", label="Pareto front")
             ax.legend()
         ax.set_xscale("log")
+        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch-1 latency, ms (median)")
         ax.set_ylabel(f"test {sel}")
         ax.set_title(f"{task}: test {sel} vs latency")
