@@ -158,6 +158,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
             if r["task"] == task and r["status"] == "completed" and r["history"]:
                 ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}") for h in r["history"]],
                         marker="o", ms=3, label=f"{r['model']}/{r['preset']}/s{r['seed']}")
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {sel}")
         ax.set_title(f"{task}: training curves")
