@@ -12,6 +12,8 @@ Optional hooks the runner calls when present:
     structure() -> dict            structural sparsity report for the record
     regularization() -> Tensor     extra loss term added to the task loss (e.g. group Lasso)
     after_step() -> None           called after every optimiser step (e.g. thresholding)
+    optimizer_groups(lr) -> list   optimiser param groups for some of its parameters, each a dict
+                                   with "params" and its own "lr" (the rest get the base lr)
 """
 from __future__ import annotations
 

@@ -113,7 +113,12 @@ class Runner:
     # ----------------------------------------------------------------- setup
     def _optimizer(self):
         t = self.cfg.train
-        params = self.model.parameters()
+        params = list(self.model.parameters())
+        groups_fn = getattr(self.backbone, "optimizer_groups", None)
+        if callable(groups_fn):  # e.g. ENRNN's skew-symmetric A at its own learning rate
+            groups = groups_fn(t.lr)
+            grouped = {id(p) for g in groups for p in g["params"]}
+            params = groups + [{"params": [p for p in params if id(p) not in grouped]}]
         if t.optimizer == "adam":
             return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
         if t.optimizer == "adamw":

@@ -116,3 +116,32 @@ def test_record_schema(env):
     assert {"median_ms", "iqr_ms", "runs"} <= set(lat["b1"])
     assert on_disk["measure"]["torch_threads"] == torch.get_num_threads()
     assert on_disk["measure"]["memory"]["peak_rss_mb"] > 0
+
+
+class _TwoRates(RecurrentBackbone):
+    def __init__(self, d_input, p):
+        super().__init__()
+        self.d_output = 3
+        self.slow = torch.nn.Linear(d_input, 3)
+        self.fast = torch.nn.Linear(3, 3)
+
+    def forward(self, x, state=None):
+        return self.fast(torch.tanh(self.slow(x))), state
+
+    def flops_per_step(self):
+        return 1
+
+    def optimizer_groups(self, lr):
+        return [{"params": list(self.slow.parameters()), "lr": lr / 100}]
+
+
+def test_model_optimizer_groups_get_their_own_lr(env):
+    registry.register_model("two-rates-test")(_TwoRates)
+    try:
+        r = Runner(_cfg(model="two-rates-test", lr=0.1), quiet=True)
+        lrs = sorted(g["lr"] for g in r.optimizer.param_groups)
+        assert lrs == [pytest.approx(0.001), pytest.approx(0.1)]
+        n_params = sum(len(g["params"]) for g in r.optimizer.param_groups)
+        assert n_params == len(list(r.model.parameters()))  # every parameter once: slow, fast, head
+    finally:
+        registry.unregister("two-rates-test")
