@@ -6,6 +6,7 @@ traceback.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 
 from .errors import SeqbenchError
@@ -57,7 +58,7 @@ def _cmd_list() -> int:
     ms, ts = registry.models(), registry.tasks()
     print("models:")
     for name, e in ms.items():
-        fields = ", ".join(f.name for f in __import__("dataclasses").fields(params_class(e.cls)))
+        fields = ", ".join(f.name for f in dataclasses.fields(params_class(e.cls)))
         print(f"  {name:<12} kinds: {', '.join(sorted(e.kinds)):<26} params: {fields}")
     print("tasks:")
     for name, e in ts.items():

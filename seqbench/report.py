@@ -9,6 +9,7 @@ front marked, and validation curves per task.
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -171,12 +172,19 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
     return out
 
 
+def _atomic_write(path: Path, text: str) -> None:
+    """Replace ``path`` whole or not at all: an interrupted report never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def build(results=None) -> dict:
     res = records.results_dir(results)
     recs = records.load_all(res)
     df = frame(recs)
     res.mkdir(parents=True, exist_ok=True)
-    df.to_csv(res / "summary.csv", index=False)
+    _atomic_write(res / "summary.csv", df.to_csv(index=False))
     tabs = tables(df)
     pngs = plots(df, recs, res / "plots")
     failed = df[df.status != "completed"] if len(df) else df
@@ -200,7 +208,7 @@ def build(results=None) -> dict:
         lines += ["## Failed runs", "", _md([{"run_id": r.run_id, "failure": r.failure} for r in failed.itertuples()])]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
-    (res / "report.md").write_text("\n".join(lines))
+    _atomic_write(res / "report.md", "\n".join(lines))
     return {"records": len(recs), "summary": res / "summary.csv", "report": res / "report.md", "plots": pngs}
 
 
