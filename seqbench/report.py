@@ -29,6 +29,8 @@ def _row(rec: dict) -> dict:
         "train_s": rec["timing"].get("train_s"), "device": rec["env"].get("device"),
         "device_name": rec["env"].get("device_name"), "git_commit": rec["env"].get("git_commit"),
         "started": rec["timing"].get("started"), "failure": rec.get("failure"),
+        # a task's memoryless baseline for its selection metric, when it declares one (copy, adding)
+        "baseline": ti.get(f"baseline_{ti.get('select')}"),
     }
     for split in ("val", "test"):
         for k, v in (m.get(split) or {}).items():
@@ -73,9 +75,9 @@ def _pm(values: pd.Series, fmt: str) -> str:
 def _md(rows: list[dict]) -> str:
     if not rows:
         return "_no runs_\n"
-    cols = list(rows[0])
+    cols = list(dict.fromkeys(c for r in rows for c in r))  # tasks differ in metrics: the union
     out = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
-    out += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    out += ["| " + " | ".join(str(r.get(c, "–")) for c in cols) + " |" for r in rows]
     return "\n".join(out) + "\n"
 
 
@@ -93,6 +95,7 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         for c in _metric_cols(g, "test_"):
             a[c] = _pm(g[c], ".4f")
         a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4f")
+        a["baseline"] = _pm(g["baseline"], ".4f")
         a["epochs"] = _pm(g["epochs"], ".0f")
         a["train_min"] = _pm(g["train_s"] / 60, ".1f")
         acc.append(a)
@@ -159,6 +162,8 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
             if r["task"] == task and r["status"] == "completed" and r["history"]:
                 ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}") for h in r["history"]],
                         marker="o", ms=3, label=f"{r['model']}/{r['preset']}/s{r['seed']}")
+        for b in sorted(g["baseline"].dropna().unique()):
+            ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"validation {sel}")

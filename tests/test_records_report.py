@@ -89,3 +89,20 @@ def test_pareto_front():
     pts = [(1.0, 0.80), (1.5, 0.95), (2.0, 0.90), (2.2, 0.96), (3.0, 0.5)]
     assert report.pareto(pts, higher_is_better=True) == [0, 1, 3]
     assert report.pareto(pts, higher_is_better=False) == [0, 4]
+
+
+def test_report_shows_a_tasks_memoryless_baseline(tmp_path):
+    rec = fake_record("c1", task="copy", acc=0.5)
+    rec["task_info"] = {"select": "loss", "metrics": {"loss": "lower", "acc": "higher"}, "baseline_loss": 0.0945}
+    rec["history"] = [{"epoch": 1, "val_loss": 0.2}, {"epoch": 2, "val_loss": 0.09}]
+    records.write(rec, tmp_path)
+    records.write(fake_record("p1"), tmp_path)  # pmnist declares no baseline
+    report.build(tmp_path)
+    lines = (tmp_path / "report.md").read_text().splitlines()
+    copy_row = next(r for r in lines if r.startswith("| copy |"))
+    pmnist_row = next(r for r in lines if r.startswith("| pmnist |"))
+    header = lines[lines.index(next(r for r in lines if r.startswith("| task | model | preset | strategy | n |")))]
+    col = [c.strip() for c in header.split("|")].index("baseline")
+    assert [c.strip() for c in copy_row.split("|")][col] == "0.0945"
+    assert [c.strip() for c in pmnist_row.split("|")][col] == "–"
+    assert (tmp_path / "plots" / "curves_copy.png").stat().st_size > 5000
