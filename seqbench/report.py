@@ -93,9 +93,9 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         sel = g["select"].iloc[0]
         a = dict(name, n=len(g))
         for c in _metric_cols(g, "test_"):
-            a[c] = _pm(g[c], ".4f")
-        a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4f")
-        a["baseline"] = _pm(g["baseline"], ".4f")
+            a[c] = _pm(g[c], ".4g")
+        a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4g")
+        a["baseline"] = _pm(g["baseline"], ".4g")
         a["epochs"] = _pm(g["epochs"], ".0f")
         a["train_min"] = _pm(g["train_s"] / 60, ".1f")
         acc.append(a)
@@ -201,7 +201,12 @@ def build(results=None) -> dict:
         "",
         "## Accuracy (test metrics at the best-validation checkpoint)",
         "",
-        _md(tabs["accuracy"]),
+    ]
+    for task in dict.fromkeys(r["task"] for r in tabs["accuracy"]):  # tasks differ in metrics
+        lines += [f"### {task}", "", _md([r for r in tabs["accuracy"] if r["task"] == task])]
+    if not tabs["accuracy"]:
+        lines.append(_md([]))
+    lines += [
         "## Sparsity",
         "",
         _md(tabs["sparsity"]),

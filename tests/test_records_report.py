@@ -78,7 +78,7 @@ def test_report_tables_and_plots(tmp_path):
     for heading in ("## Accuracy", "## Sparsity", "## Latency", "## Failed runs"):
         assert heading in md
     # two lstm seeds are aggregated: mean 0.91, sample std 0.0141
-    assert "0.9100 ± 0.0141" in md
+    assert "0.91 ± 0.01414" in md
     assert "non-finite" in md
     for name in ("acc_vs_latency_pmnist.png", "curves_pmnist.png"):
         png = tmp_path / "plots" / name
