@@ -79,7 +79,6 @@ sample and not counted.
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional
@@ -89,7 +88,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from seqbench.errors import SeqbenchError
-from seqbench.model import RecurrentBackbone
+from seqbench.model import RecurrentBackbone, no_autocast
 from seqbench.models.rnn import RNNParams, TorchRNN
 from seqbench.registry import register_model
 
@@ -153,14 +152,6 @@ def reference_d2_init(n: int, generator=None) -> torch.Tensor:
     if n % 2:
         d = torch.cat([torch.rand(1, generator=generator, dtype=torch.float64) * 2 - 1, d])
     return d
-
-
-def _no_autocast(device_type: str):
-    try:
-        on = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch without the device_type argument
-        on = torch.is_autocast_enabled()
-    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 
 
 # ------------------------------------------------------------------------------------ params
@@ -266,7 +257,7 @@ class ENRNN(RecurrentBackbone):
 
     def recurrent_matrices(self):
         """(W1, W3, W̄2) for this forward (W3, W̄2 None when n2 = 0); autocast off."""
-        with _no_autocast(self.A.device.type):
+        with no_autocast(self.A.device.type):
             W1 = scaled_cayley(self.skew(), self.d1)
             if self.n2 == 0:
                 return W1, None, None

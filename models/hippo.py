@@ -67,7 +67,6 @@ The memory recurrence runs in the parameters' dtype with autocast off (bf16 woul
 """
 from __future__ import annotations
 
-import contextlib
 import math
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -79,7 +78,7 @@ import torch.nn.functional as F
 
 from seqbench.config import _choice
 from seqbench.errors import SeqbenchError
-from seqbench.model import RecurrentBackbone
+from seqbench.model import RecurrentBackbone, no_autocast
 from seqbench.registry import register_model
 
 DISCRETIZATIONS = ("bilinear", "forward", "backward", "zoh")
@@ -229,18 +228,10 @@ def _legs_chunk(N: int, method: str, idx: int, dtype, device: torch.device):
         C = chunk_size(N)
         # Plain tensors whatever the caller's mode: no autograd history, no inference tensors
         # (those could not be saved for a later backward), no autocast.
-        with torch.inference_mode(False), torch.no_grad(), _no_autocast(device.type):
+        with torch.inference_mode(False), torch.no_grad(), no_autocast(device.type):
             return legs_transitions(N, range(idx * C, (idx + 1) * C), method, dtype, device)
 
     return DENSE_CACHE.get(("legs", N, method, idx, dtype, str(device)), make)
-
-
-def _no_autocast(device_type: str):
-    try:
-        on = torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch without the device_type argument
-        on = torch.is_autocast_enabled()
-    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 
 
 # --------------------------------------------------------------------------------- the steps
@@ -481,7 +472,7 @@ class HiPPOLegS(RecurrentBackbone):
         w_hg = torch.cat([self.W_h.weight, self.W_g.weight], 0)  # [2H, D + M N]
         xhg = F.linear(x, w_hg[:, :D], torch.cat([self.W_h.bias, self.W_g.bias]))  # [B, T, 2H]
         w_uh, w_hgm = self.W_u.weight[:, D:].t(), w_hg[:, D:].t()
-        no_amp = _no_autocast(x.device.type)  # the memory recurrence stays in the model's dtype
+        no_amp = no_autocast(x.device.type)  # the memory recurrence stays in the model's dtype
         ctx = self._memory_context(c.dtype, c.device)
         xu, xhg = xu.unbind(1), xhg.unbind(1)  # unbind: one backward node for all steps (slices: T)
         ys = []

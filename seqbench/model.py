@@ -17,6 +17,9 @@ Optional hooks the runner calls when present:
 """
 from __future__ import annotations
 
+import contextlib
+
+import torch
 import torch.nn as nn
 
 from .registry import RECURRENT_KINDS
@@ -29,3 +32,13 @@ class RecurrentBackbone(nn.Module):
 
     def flops_per_step(self) -> int:  # per sample, per time step
         raise NotImplementedError
+
+
+def no_autocast(device_type: str):
+    """A context that turns autocast off where it is on: recurrences that low precision would
+    destroy (HiPPO's memory, ENRNN's Cayley and eigen maths) run in the parameters' dtype."""
+    try:
+        on = torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch without the device_type argument
+        on = torch.is_autocast_enabled()
+    return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()

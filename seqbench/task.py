@@ -69,6 +69,8 @@ class Task:
 class SequenceClassifier(nn.Module):
     """Backbone over the whole sequence, linear head on the last step's output."""
 
+    per_step = False  # True: the head reads every step
+
     def __init__(self, backbone, d_output: int, seq_len: int):
         super().__init__()
         self.backbone = backbone
@@ -77,11 +79,18 @@ class SequenceClassifier(nn.Module):
 
     def forward(self, x, state=None):
         y, state = self.backbone(x, state)
-        return self.head(y[:, -1]), state
+        return self.head(y if self.per_step else y[:, -1]), state
 
     def flops_per_sample(self) -> int:
         h = self.head
-        return self.seq_len * self.backbone.flops_per_step() + 2 * h.in_features * h.out_features + h.out_features
+        head = 2 * h.in_features * h.out_features + h.out_features
+        return self.seq_len * self.backbone.flops_per_step() + head * (self.seq_len if self.per_step else 1)
+
+
+class PerStepHead(SequenceClassifier):
+    """Backbone over the whole sequence, one linear head applied at every step: [B, T, d_output]."""
+
+    per_step = True
 
 
 class ClassificationTask(Task):

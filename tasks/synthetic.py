@@ -51,13 +51,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
 
 from seqbench.data import TensorLoader
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
-from seqbench.task import Metric, SequenceClassifier, Task, TaskSpec
+from seqbench.task import Metric, PerStepHead, SequenceClassifier, Task, TaskSpec
 
 SPLITS = ("train", "val", "test")
 
@@ -95,24 +94,6 @@ class DecodedLoader(TensorLoader):
     def __iter__(self):
         for batch in super().__iter__():
             yield self.decode(*batch)
-
-
-class PerStepHead(nn.Module):
-    """Backbone over the whole sequence, one linear head applied at every step: [B, T, d_output]."""
-
-    def __init__(self, backbone, d_output: int, seq_len: int):
-        super().__init__()
-        self.backbone = backbone
-        self.head = nn.Linear(backbone.d_output, d_output)
-        self.seq_len = seq_len
-
-    def forward(self, x, state=None):
-        y, state = self.backbone(x, state)
-        return self.head(y), state
-
-    def flops_per_sample(self) -> int:
-        h = self.head
-        return self.seq_len * (self.backbone.flops_per_step() + 2 * h.in_features * h.out_features + h.out_features)
 
 
 class SyntheticTask(Task):

@@ -1,4 +1,5 @@
 import pytest
+import torch
 
 from seqbench import registry
 
@@ -19,3 +20,12 @@ def env(tmp_path, monkeypatch):
 
 # Settings that keep a run to a couple of steps: used by the cross-product and runner tests.
 QUICK = {"epochs": 1, "limit_batches": 2, "latency_time": 0.01, "log_every": 1}
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: one thread avoids OpenMP wake-ups on shared, busy cores (restored after)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

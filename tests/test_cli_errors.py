@@ -1,10 +1,8 @@
 """Bad input: one clear line on stderr, a non-zero exit, no traceback, nothing written."""
-import gzip
 import os
 import subprocess
 import sys
 
-import pytest
 
 from seqbench import registry
 from seqbench.cli import main

@@ -13,13 +13,7 @@ from seqbench.runner import Runner
 from conftest import QUICK
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP wake-ups on shared, busy cores (restored after).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cell(name="enrnn", d_input=2, dtype=torch.float64, seed=0, **kw):

@@ -12,13 +12,7 @@ from seqbench.errors import SeqbenchError
 from seqbench.models import hippo as hp
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # Tiny tensors: one thread avoids OpenMP wake-ups on shared, busy cores (restored after).
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def cell(name="hippo", d_input=1, **kw):
@@ -203,7 +197,7 @@ def test_legs_reconstructs_a_smooth_history_and_the_error_falls_with_N():
 # ------------------------------------------------------------------------------- the cell
 def reference_cell(m, x, As, Bs):
     """The cell's recurrence written out with explicit per-step matrices (As[t], Bs[t])."""
-    D, H, M, N = m.d_input, m.d_output, m.M, m.N
+    H, M, N = m.d_output, m.M, m.N
     h = torch.zeros(x.shape[0], H, dtype=x.dtype)
     c = torch.zeros(x.shape[0], M, N, dtype=x.dtype)
     ys = []
