@@ -192,8 +192,8 @@ class Runner:
                     raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {i + 1}")
                 bar.set_postfix(loss=f"{mean:.4f}")
         self.strategy.end(train=True)
+        mean = loss_sum.item() / max(n, 1)  # also waits for queued GPU work: the time below is real
         elapsed = time.perf_counter() - start
-        mean = loss_sum.item() / max(n, 1)
         if not math.isfinite(mean):
             raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}")
         self.train_time += elapsed
