@@ -19,10 +19,8 @@ Results are printed and written as JSON to results/benchmarks/ (or --out).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn as nn
@@ -140,11 +138,7 @@ def main(argv=None) -> int:
               f"{'err fast':>10} {'chunk ms':>12}")
         result = bench_steps(a, device)
     result.update({"threads": torch.get_num_threads(), "env": records.environment(device)})
-    out = Path(a.out) if a.out else records.results_dir() / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"{result['benchmark']}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"written {path}")
+    print(f"written {records.write_benchmark(result, result['benchmark'], a.out)}")
     return 0
 
 

@@ -9,7 +9,6 @@ medians. The result is also written to results/benchmarks/ as JSON.
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import sys
 import time
@@ -89,11 +88,7 @@ def main(argv=None) -> int:
     print(f"  runner  median {mr * 1e3:9.1f} ms/epoch   (all: {', '.join(f'{t * 1e3:.0f}' for t in tr)})")
     print(f"  hand    median {mh * 1e3:9.1f} ms/epoch   (all: {', '.join(f'{t * 1e3:.0f}' for t in th)})")
     print(f"  overhead ratio runner/hand = {mr / mh:.3f}  (goal <= 1.05)")
-    out = Path(a.out) if a.out else records.results_dir() / "benchmarks"
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"runner_overhead-{a.model}-{a.task}-{a.preset}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(f"  written {path}")
+    print(f"  written {records.write_benchmark(result, f'runner_overhead-{a.model}-{a.task}-{a.preset}', a.out)}")
     return 0
 
 

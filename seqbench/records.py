@@ -125,3 +125,12 @@ def load_all(results=None) -> list[dict]:
             continue
         out.append(rec)
     return out
+
+
+def write_benchmark(result: dict, name: str, out=None) -> Path:
+    """Save a benchmark script's result as ``<out or results/benchmarks>/<name>-<time>.json``."""
+    folder = Path(out) if out else results_dir() / "benchmarks"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    path.write_text(json.dumps(_clean(result), indent=1))
+    return path

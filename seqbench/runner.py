@@ -210,7 +210,8 @@ class Runner:
                 out, state = self.model(batch[0], self.strategy.initial_state(batch))
             self.strategy.update(batch, state)
             for k, v in self.task.eval_stats(out, batch[1]).items():
-                sums[k] = sums[k] + v.detach().to("cpu", torch.float64) if k in sums else v.detach().to("cpu", torch.float64)
+                v = v.detach().to("cpu", torch.float64)
+                sums[k] = sums[k] + v if k in sums else v
         self.strategy.end(train=False)
         return self.task.metrics(sums)
 

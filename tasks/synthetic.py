@@ -172,11 +172,14 @@ def copy_layout(seq: torch.Tensor, T: int) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, target
 
 
+# Seconds on a CPU (tests, CI): the same for both tasks.
+TINY_PRESET = {
+    "epochs": 1, "batch_size": 16, "eval_batch_size": 32, "latency_time": 0.2,
+    "task.seq_len": 20, "task.n_train": 64, "task.n_val": 32, "task.n_test": 32,
+}
+
 COPY_PRESETS = {
-    "tiny": {
-        "epochs": 1, "batch_size": 16, "eval_batch_size": 32, "latency_time": 0.2,
-        "task.seq_len": 20, "task.n_train": 64, "task.n_val": 32, "task.n_test": 32,
-    },
+    "tiny": TINY_PRESET,
     # Minutes on a CPU: T = 200 (220 steps), the reference's optimiser and batch size; 2500 updates
     # (measured here: ~20 ms per update for lstm, ~50 ms for hippo, hidden 64, 2 cores).
     "fast": {
@@ -243,10 +246,7 @@ class CopyTask(SyntheticTask):
 
 
 ADDING_PRESETS = {
-    "tiny": {
-        "epochs": 1, "batch_size": 16, "eval_batch_size": 32, "latency_time": 0.2,
-        "task.seq_len": 20, "task.n_train": 64, "task.n_val": 32, "task.n_test": 32,
-    },
+    "tiny": TINY_PRESET,
     # Minutes on a CPU: scoRNN_adding.py's T = 200 and its LSTM optimiser (Adam 1e-3,
     # batch 50) on a fifth of its training set: 2000 updates (~25-50 ms each here, hidden 64).
     "fast": {
