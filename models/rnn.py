@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from seqbench.config import _choice
 from seqbench.model import RecurrentBackbone
-from seqbench.registry import register_model
+from seqbench.registry import SERIES, register_model
 
 # Hidden sizes per preset, shared by the baselines. `paper`: the HiPPO paper's baselines use 512.
 BASELINE_PRESETS = {"tiny": {"model.hidden": 16}, "fast": {"model.hidden": 64}, "paper": {"model.hidden": 512}}
@@ -37,6 +37,7 @@ class TorchRNN(RecurrentBackbone):
 
     Params = RNNParams
     presets = BASELINE_PRESETS
+    state_batch_dim = 1  # [layers, B, H]
     rnn_cls: type
     gates: int
     elementwise_per_unit: int  # nonlinearities and elementwise ops per hidden unit per step
@@ -99,3 +100,13 @@ class GRU(TorchRNN):
     gates = 3
     # 2 sigmoid + 1 tanh + r*(W_hn h + b_hn) + n = tanh(.. + ..) add + (1-z)*n + z*h (3 ops)
     elementwise_per_unit = 8
+
+
+@register_model("mptt", kinds=[SERIES])
+class MPTTGRU(GRU):
+    """The MPTT paper's network (Xu et al., SDM 2024; reference scripts/models.py): a one-layer GRU,
+    hidden 32, a linear head, trained with ``--strategy mptt`` by default. MPTT itself is a training
+    strategy (``seqbench.strategy.MPTT``) that works with every recurrent model here; this entry is
+    the "MPTT-trained RNN" of the model list. Another strategy can be chosen with ``--strategy``."""
+
+    presets = {p: {"model.hidden": 32, "strategy": "mptt"} for p in ("tiny", "fast", "paper")}

@@ -30,7 +30,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train, evaluate, measure and record one run")
     r.add_argument("--model", help="a registered model (seqbench list)")
     r.add_argument("--task", help="a registered task (seqbench list)")
-    r.add_argument("--preset", default=None, help="tiny | fast | paper (default fast)")
+    r.add_argument("--preset", default=None, help="tiny | fast | paper (default fast), or a name the task or model defines (e.g. ptb: small, medium, large)")
     for flag in SHORTCUTS:
         r.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, metavar="V",
                        help=f"sets {SHORTCUTS[flag]}")

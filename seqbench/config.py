@@ -8,7 +8,8 @@ keys. Resolution order, later wins:
 
 Presets are named ``tiny`` (seconds on a CPU; tests and CI), ``fast`` (minutes on a laptop CPU,
 meaningful accuracy) and ``paper`` (the paper's hyperparameters). A model may give a preset for one
-task only with the key ``"<task>:<preset>"``.
+task only with the key ``"<task>:<preset>"``. A task or model may define further names (PTB's
+``small``/``medium``/``large`` after Zaremba et al.), valid for the pairs where one of them is defined.
 """
 from __future__ import annotations
 
@@ -36,12 +37,15 @@ class TrainConfig:
     optimizer: str = _choice("adam", ("adam", "adamw", "sgd", "rmsprop"))
     momentum: float = 0.0
     weight_decay: float = 0.0
-    schedule: str = _choice("none", ("none", "cosine", "step"), "per-epoch LR schedule")
+    schedule: str = _choice("none", ("none", "cosine", "step", "decay_after"), "per-epoch LR schedule")
     lr_step: int = 1  # step schedule: decay every lr_step epochs
-    lr_gamma: float = 0.1  # step schedule: decay factor
+    lr_gamma: float = 0.1  # step / decay_after: decay factor
+    lr_hold: int = 0  # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
     grad_clip: float = 0.0  # max global grad norm; 0 = off
     amp: str = _choice("off", ("off", "bf16", "fp16"))
     strategy: str = "minibatch"  # training strategy (seqbench.strategy registry)
+    keeper: float = 1.0  # MPTT's delta: weight of the carried message against this epoch's mean
+    mptt_warmup: int = 0  # MPTT: epochs (from 0) up to this one start from zero states
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N
     deterministic: bool = False
@@ -154,9 +158,21 @@ def preset_layers(model_cls, task_cls, task_name: str, preset: str) -> list[tupl
     ]
 
 
+def preset_names(model_cls, task_cls, task_name: str) -> list[str]:
+    """tiny/fast/paper, then any other name the task, the model, or the model for this task defines."""
+    extra = set(getattr(task_cls, "presets", {}) or {})
+    for k in getattr(model_cls, "presets", {}) or {}:
+        task, _, name = k.rpartition(":")
+        if task in ("", task_name):
+            extra.add(name)
+    return list(PRESETS) + sorted(extra - set(PRESETS))
+
+
 def resolve(model_entry, task_entry, preset: str = DEFAULT_PRESET, overrides: dict | None = None) -> RunConfig:
-    if preset not in PRESETS:
-        raise SeqbenchError(f"unknown preset '{preset}'; choose one of {', '.join(PRESETS)}")
+    names = preset_names(model_entry.cls, task_entry.cls, task_entry.name)
+    if preset not in names:
+        raise SeqbenchError(f"unknown preset '{preset}' for {model_entry.name} on {task_entry.name}; "
+                            f"choose one of {', '.join(names)}")
     cfg = RunConfig(
         model=model_entry.name,
         task=task_entry.name,

@@ -26,9 +26,10 @@ def sparsity(model: torch.nn.Module) -> dict:
 
 
 def structure(model: torch.nn.Module):
-    """The backbone's own structural-sparsity report, when it has one."""
+    """The backbone's own structural-sparsity report, when it has one (it sees the head that reads
+    its output: ISS's groups reach into it)."""
     fn = getattr(getattr(model, "backbone", model), "structure", None)
-    return fn() if callable(fn) else None
+    return fn(getattr(model, "head", None)) if callable(fn) else None
 
 
 def flops_per_sample(model: torch.nn.Module) -> int:

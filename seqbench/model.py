@@ -8,10 +8,15 @@ and declares its analytic FLOPs per sample per time step (torch's FlopCounterMod
 nn.LSTM's fused kernels). Convention throughout: one multiply-add = 2 FLOPs, one elementwise
 operation or nonlinearity = 1 FLOP.
 
-Optional hooks the runner calls when present:
-    structure() -> dict            structural sparsity report for the record
-    regularization() -> Tensor     extra loss term added to the task loss (e.g. group Lasso)
-    after_step() -> None           called after every optimiser step (e.g. thresholding)
+Optional hooks the runner calls when present. ``head`` is the task wrapper's layer that reads the
+backbone's output (an nn.Linear; every wrapper names it ``head``), or None:
+    structure(head) -> dict        structural sparsity report for the record
+    regularization(head) -> Tensor extra loss term added to the task loss (e.g. group Lasso)
+    after_step(head) -> None       called after every optimiser step (e.g. thresholding)
+    pruned(head) -> (backbone, head) | None
+                                   after training, on the best checkpoint: a physically smaller
+                                   model that computes the same (ISS); the runner tests, measures
+                                   and saves it in place of the trained one
     optimizer_groups(lr) -> list   optimiser param groups for some of its parameters, each a dict
                                    with "params" and its own "lr" (the rest get the base lr)
 """
@@ -29,6 +34,9 @@ class RecurrentBackbone(nn.Module):
     kinds = RECURRENT_KINDS
     presets: dict = {}
     d_output: int
+    # The batch dimension of every non-scalar tensor in the state (torch's nn.RNN family: 1, as
+    # in [layers, B, H]). Strategies that keep per-sample states (MPTT, SSMB) rely on it.
+    state_batch_dim: int = 0
 
     def flops_per_step(self) -> int:  # per sample, per time step
         raise NotImplementedError
@@ -42,3 +50,33 @@ def no_autocast(device_type: str):
     except TypeError:  # torch without the device_type argument
         on = torch.is_autocast_enabled()
     return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
+
+
+# ---- per-sample states: a state is a tensor or a (nested) tuple/list of tensors
+def state_leaves(state) -> list:
+    if isinstance(state, torch.Tensor):
+        return [state]
+    return [leaf for s in state for leaf in state_leaves(s)]
+
+
+def state_rebuild(template, leaves: list):
+    """The state with ``template``'s nesting and ``leaves`` (in ``state_leaves`` order)."""
+    it = iter(leaves)
+
+    def build(t):
+        if isinstance(t, torch.Tensor):
+            return next(it)
+        return type(t)(build(s) for s in t)
+
+    return build(template)
+
+
+def batch_dims(backbone, state) -> list:
+    """Per leaf: its batch dimension, or None for a scalar shared by the batch (HiPPO's clock)."""
+    d = getattr(backbone, "state_batch_dim", 0)
+    return [d if leaf.dim() > 0 else None for leaf in state_leaves(state)]
+
+
+def state_take(state, index, dims) -> list:
+    """Leaves of the samples ``index`` (a LongTensor) of a batch state."""
+    return [leaf if d is None else leaf.index_select(d, index) for leaf, d in zip(state_leaves(state), dims)]

@@ -90,7 +90,9 @@ class Runner:
         self.env = records.environment(self.device)  # at start: the code that trains is the code recorded
         seed_everything(t.seed, t.deterministic)
 
+        strategy_cls = get_strategy(t.strategy)
         self.task = self.task_entry.cls(cfg.task_params, data_root())
+        self.task.use_strategy(strategy_cls)  # a strategy may shape the data (windows, extra inputs)
         self.spec = self.task.spec()
         self.loaders = self.task.loaders(t.batch_size, t.eval_batch_size, t.seed)
         backbone = self.model_entry.cls(self.spec.d_input, cfg.model_params)
@@ -98,7 +100,7 @@ class Runner:
         self.backbone = backbone
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
-        self.strategy = get_strategy(t.strategy)(self.task, self.model)
+        self.strategy = strategy_cls(self.task, self.model, t)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.select = self.spec.metric(self.spec.select)
 
@@ -132,6 +134,9 @@ class Runner:
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(t.epochs, 1))
         if t.schedule == "step":
             return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        if t.schedule == "decay_after":  # Zaremba et al.: lr * gamma ** max(epoch - lr_hold, 0), epochs from 1
+            hold, gamma = t.lr_hold, t.lr_gamma
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: gamma ** max(i + 1 - hold, 0))
         return None
 
     def _autocast(self):
@@ -160,6 +165,7 @@ class Runner:
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         self.strategy.start(train=True)
+        head = getattr(model, "head", None)  # backbone hooks see the layer that reads their output
         reg = getattr(self.backbone, "regularization", None)
         after_step = getattr(self.backbone, "after_step", None)
         loss_sum = torch.zeros((), device=self.device)
@@ -170,9 +176,9 @@ class Runner:
         for i, batch in enumerate(bar):
             x, y = batch[0], batch[1]
             with self._autocast():
-                out, state = model(x, self.strategy.initial_state(batch))
+                out, state = self.strategy.forward(model, batch)
                 loss = self.task.loss(out, y)
-                total = loss + reg() if reg is not None else loss
+                total = loss + reg(head) if reg is not None else loss
             opt.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
             if t.grad_clip > 0:
@@ -181,8 +187,8 @@ class Runner:
             self.scaler.step(opt)
             self.scaler.update()
             if after_step is not None:
-                after_step()
-            self.strategy.update(batch, state)
+                after_step(head)
+            self.strategy.update(batch, state, out)
             bs = y.shape[0]
             loss_sum += loss.detach().float() * bs
             n += bs
@@ -207,8 +213,8 @@ class Runner:
         sums: dict = {}
         for batch in self._batches(split):
             with self._autocast():
-                out, state = self.model(batch[0], self.strategy.initial_state(batch))
-            self.strategy.update(batch, state)
+                out, state = self.strategy.forward(self.model, batch)
+            self.strategy.update(batch, state, out)
             for k, v in self.task.eval_stats(out, batch[1]).items():
                 v = v.detach().to("cpu", torch.float64)
                 sums[k] = sums[k] + v if k in sums else v
@@ -311,8 +317,27 @@ class Runner:
         best_path = self.run_dir / "best.pt"
         if best_path.is_file():
             self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
+        self.pruning = self._prune()
         test = self.evaluate("test")
         return self._record(status="completed", test=test)
+
+    def _prune(self) -> dict | None:
+        """A backbone with ``pruned(head)`` (ISS) is replaced by the physically smaller model it
+        returns; the test and every measurement then see the small model, which is saved whole
+        (``pruned.pt``: torch.load gives the module back)."""
+        fn = getattr(self.backbone, "pruned", None)
+        head = getattr(self.model, "head", None)
+        if not callable(fn):
+            return None
+        before = {"params": measure.params(self.model), "flops_per_sample": measure.flops_per_sample(self.model)}
+        small = fn(head)
+        if small is None:
+            return None
+        self.model.backbone, self.model.head = small
+        self.backbone = self.model.backbone
+        self.model.to(self.device)
+        self._save("pruned.pt", {"model": self.model, "epoch": self.best["epoch"]})
+        return {"before": before, "file": str(self.run_dir / "pruned.pt")}
 
     def _measure(self) -> dict:
         t = self.cfg.train
@@ -330,6 +355,7 @@ class Runner:
             "torch_threads": torch.get_num_threads(),
             "train_throughput": self.train_samples / self.train_time if self.train_time > 0 else None,
             "memory": measure.peak_memory(self.device),
+            "pruning": getattr(self, "pruning", None),  # ISS: the dense model's size before pruning
         }
 
     def _record(self, status: str, test: dict | None = None, failure: str | None = None) -> dict:

@@ -1,20 +1,34 @@
 """Training strategies: how mini-batches and recurrent state meet. A pluggable piece of the runner.
 
-The runner asks the strategy for each batch's initial state and hands it each batch's final
-state; everything else (loss, optimiser, evaluation loop) is the runner's one loop. Register a
-new strategy with ``@register_strategy("name")``; select it with ``--set strategy=name``.
+The runner asks the strategy to run the model on each batch and hands it each batch's final
+state and output; everything else (loss, optimiser, evaluation loop) is the runner's one loop.
+Register a new strategy with ``@register_strategy("name")``; select it with ``--strategy name``.
 
     start(train)              at the start of every training epoch / evaluation pass
     initial_state(batch)      the state the model starts this batch from (None = zeros)
-    update(batch, state)      after the batch, with the model's final state
+    forward(model, batch)     -> (out, final state); default model(x, initial_state(batch))
+    update(batch, state, out) after the batch (after the optimiser step when training)
     end(train)                at the end of the epoch / pass
     state_dict(), load_state_dict(d)   whatever must survive a checkpoint (e.g. MPTT's memory)
+
+Class attributes tell a time-series task (``seqbench.series``) how to lay out the data:
+``layout`` (training batches: None = the task's own loaders; "windows": shuffled overlapping
+windows; "stream": non-overlapping windows, batch rows continuing each other; "sequence":
+consecutive non-overlapping windows), ``inference`` ("windows": each window from a zero state;
+"sequential": the whole split as one sequence; "conditional": the whole split, chunked by the
+strategy) and ``extra_input`` (None, "previous_target", "initial_target": one more input channel).
+
+The time-series strategies are the MPTT paper's comparison (Xu et al., SDM 2024, reference
+XuShaoming/Message-Propagation-Through-Time ``scripts/Train_*_demo.py``): training / inference.
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
 from .errors import SeqbenchError
+from .model import batch_dims, state_leaves, state_rebuild
 
 _STRATEGIES: dict[str, type] = {}
 
@@ -46,8 +60,12 @@ def detach_state(state):
 class MiniBatch:
     """Independent mini-batches: every batch starts from a zero state."""
 
-    def __init__(self, task=None, model=None):
-        self.task, self.model = task, model
+    layout: str | None = None
+    inference: str | None = None
+    extra_input: str | None = None
+
+    def __init__(self, task=None, model=None, train=None):
+        self.task, self.model, self.train_cfg = task, model, train
 
     def start(self, train: bool) -> None:
         pass
@@ -55,7 +73,10 @@ class MiniBatch:
     def initial_state(self, batch):
         return None
 
-    def update(self, batch, state) -> None:
+    def forward(self, model, batch):
+        return model(batch[0], self.initial_state(batch))
+
+    def update(self, batch, state, out) -> None:
         pass
 
     def end(self, train: bool) -> None:
@@ -80,5 +101,306 @@ class Stateful(MiniBatch):
     def initial_state(self, batch):
         return self.state
 
-    def update(self, batch, state) -> None:
+    def update(self, batch, state, out) -> None:
         self.state = detach_state(state)
+
+
+# ----------------------------------------------------------------- time-series strategies
+def _backbone(model):
+    return getattr(model, "backbone", model)
+
+
+def _template(model, x):
+    """The state's structure, from one step of the model on ``x``'s first sample."""
+    with torch.no_grad():
+        return model(x[:1, :1], None)[1]
+
+
+def _assemble(per_leaf: list, dims: list, template):
+    """A batch state from per-leaf tensors whose first dim is the batch (moved to its place)."""
+    tl = state_leaves(template)
+    leaves = [t if d is None else x.movedim(0, d).contiguous() for x, d, t in zip(per_leaf, dims, tl)]
+    return state_rebuild(template, leaves)
+
+
+def _split(state, dims) -> list:
+    """Per leaf of a batch state: the tensor with its batch dim first (None for shared scalars)."""
+    return [None if d is None else leaf.detach().movedim(d, 0) for leaf, d in zip(state_leaves(state), dims)]
+
+
+class _Series(MiniBatch):
+    """Random mini-batches of overlapping windows (shuffled), each from a zero state."""
+
+    layout, inference = "windows", "windows"
+
+    def __init__(self, task=None, model=None, train=None):
+        super().__init__(task, model, train)
+        self.epoch = 0  # training epochs started
+
+    def start(self, train: bool) -> None:
+        self.training = train
+        if train:
+            self.epoch += 1
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch = d.get("epoch", 0)
+
+
+@register_strategy("rmb-iif")
+class RMB_IIF(_Series):
+    """RMB-IIF: random mini-batches from zero states; inference on each window independently."""
+
+
+@register_strategy("rmb-ssif")
+class RMB_SSIF(_Series):
+    """RMB-SSIF: random mini-batches; sequential stateful inference (the whole split in one pass)."""
+
+    inference = "sequential"
+
+
+@register_strategy("smb-ssif")
+class SMB_SSIF(_Series):
+    """SMB-SSIF (stateful mini-batches): non-overlapping windows, batch row r of batch j+1 continues
+    row r of batch j, which hands over its final state (detached); zero state at each epoch start."""
+
+    layout, inference = "stream", "sequential"
+
+    def start(self, train: bool) -> None:
+        super().start(train)
+        self.state = None
+
+    def initial_state(self, batch):
+        return self.state if self.training else None
+
+    def update(self, batch, state, out) -> None:
+        if self.training:
+            self.state = detach_state(state)
+
+
+@register_strategy("ssmb-ssif")
+class SSMB_SSIF(_Series):
+    """SSMB-SSIF (sequential stateful mini-batches, the reference's Train_SSMB): a batch is B
+    consecutive non-overlapping windows; window i starts from window i-1's final state, detached,
+    carried through the whole epoch. The reference runs the B windows one by one; with the state
+    detached at every window border the same numbers come from one no-grad pass over the windows
+    (for the initial states) and one batched pass with gradients."""
+
+    layout, inference = "sequence", "sequential"
+
+    def start(self, train: bool) -> None:
+        super().start(train)
+        self.carry = None
+
+    def forward(self, model, batch):
+        if not self.training:
+            return model(batch[0], None)
+        x = batch[0]
+        template = _template(model, x)
+        dims = batch_dims(_backbone(model), template)
+        starts, st = [], self.carry
+        with torch.no_grad():
+            for i in range(x.shape[0]):
+                starts.append(st)
+                st = model(x[i : i + 1], st)[1]
+        self.carry = detach_state(st)
+        zero = [None if d is None else torch.zeros_like(leaf.select(d, 0)) for leaf, d in zip(state_leaves(template), dims)]
+        per = [_split(s, dims) if s is not None else None for s in starts]
+        leaves = [None if d is None else torch.stack([p[j][0] if p is not None else zero[j] for p in per])
+                  for j, d in enumerate(dims)]
+        return model(x, _assemble(leaves, dims, template))
+
+
+@register_strategy("tf-tfif")
+class TF_TFIF(_Series):
+    """TF-TFIF (teacher forcing): the observed previous target is one more input, in training and in
+    inference; random mini-batches from zero states, windows evaluated independently."""
+
+    extra_input = "previous_target"
+
+
+@register_strategy("sspl-tfif")
+class SSPL_TFIF(TF_TFIF):
+    """SSPL-TFIF (scheduled sampling, Bengio et al. 2015): in epoch e (from 0) each window's
+    previous-target input at step t >= 1 is the observation with probability
+    decay(e) = 1 / (1 + exp(alpha (e / epochs - beta))) (inverse sigmoid, alpha 10, beta 1/2, the
+    reference's values) and else the model's prediction for step t-1 from the previous epoch
+    (the reference's Train_SSPL: predictions of epoch e feed epoch e + 1). Inference: TFIF."""
+
+    alpha, beta = 10.0, 0.5
+
+    def decay(self, epoch0: int) -> float:
+        epochs = max(self.train_cfg.epochs if self.train_cfg else 1, 1)
+        return 1.0 / (1.0 + math.exp(self.alpha * (epoch0 / epochs - self.beta)))
+
+    def start(self, train: bool) -> None:
+        super().start(train)
+        if train:
+            obs = self.task.train_windows()["x"][..., -1]
+            self.cur = getattr(self, "next", None)
+            if self.cur is None:
+                self.cur = obs.clone()
+            self.next = obs.clone()  # this epoch's inputs for the next one (observations by default)
+
+    def forward(self, model, batch):
+        if not self.training:
+            return model(batch[0], None)
+        x, ids = batch[0].clone(), batch[3]
+        x[..., -1] = self.cur[ids.cpu()].to(x.device, x.dtype)
+        return model(x, None)
+
+    def update(self, batch, state, out) -> None:
+        if not self.training:
+            return
+        ids = batch[3].cpu()
+        pred = out.detach()[..., -1].float().cpu()
+        keep = torch.bernoulli(torch.full(pred.shape, self.decay(self.epoch - 1)))
+        row = self.next[ids]
+        row[:, 1:] = row[:, 1:] * keep[:, :-1] + pred[:, :-1] * (1 - keep[:, :-1])
+        self.next[ids] = row
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "next": getattr(self, "next", None)}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.next = d.get("epoch", 0), d.get("next")
+
+
+@register_strategy("cmb-scif")
+class CMB_SCIF(_Series):
+    """CMB-SCIF (conditional mini-batches): each window gets its first step's observed target,
+    repeated, as one more input (the reference's init_one_feat); random mini-batches from zero
+    states. Sequential conditional inference: the split is cut into consecutive windows, each from a
+    zero state; the first is conditioned on the observed first target, every later one on the
+    previous window's last prediction."""
+
+    extra_input, inference = "initial_target", "conditional"
+
+    def forward(self, model, batch):
+        if self.training:
+            return model(batch[0], None)
+        x, L = batch[0].clone(), self.task.params.window
+        outs, state = [], None
+        for a in range(0, x.shape[1], L):
+            if a > 0:
+                x[:, a : a + L, -1] = outs[-1][:, -1:, -1].to(x.dtype)
+            o, state = model(x[:, a : a + L], None)
+            outs.append(o)
+        return torch.cat(outs, 1), state
+
+
+@register_strategy("mptt")
+class MPTT(_Series):
+    """Message Propagation Through Time (Xu et al., SDM 2024; the reference's
+    Train_MPTT_inf_SSIF_demo.py). Shuffled overlapping windows (length L, stride L/2); two memories:
+    a key map (window start s -> the starts s' in (s, s + L]) and a state map (per start: the
+    carried message mu, this epoch's running mean hbar, its count c).
+
+    Read (a batch's initial states, from the epoch after ``mptt_warmup``): h0(s) = mu if c = 0,
+    else (delta mu + c hbar) / (delta + c), delta the keeper (``keeper``, 0 or 1).
+    Write (after each batch, states detached): for every later start s' in s's key map, fold the
+    window's full state after step s' - s - 1 into hbar(s') as a running mean, c += 1.
+    Propagate (epoch end): where c > 1, mu <- (delta mu + c hbar) / (delta + c), hbar <- 0, c <- 0.
+    Inference: sequential stateful (SSIF).
+
+    The state after step s' - s - 1 is the model's whole state there (every layer; h and c of an
+    LSTM), so the window runs in pieces cut after those steps, the state flowing (with gradients)
+    from piece to piece: any registered recurrent model works, not only a one-layer GRU whose
+    outputs are its states. Several later starts in one batch are folded in at once; the running
+    mean ends the same as one by one."""
+
+    inference = "sequential"
+
+    def __init__(self, task=None, model=None, train=None):
+        super().__init__(task, model, train)
+        self.delta = float(train.keeper) if train is not None else 1.0
+        self.warmup = train.mptt_warmup if train is not None else 0
+        starts = torch.as_tensor(task.window_starts("train"), dtype=torch.long)
+        L = task.params.window
+        self.starts = starts
+        self.index = {int(s): i for i, s in enumerate(starts.tolist())}
+        # key map as (later index, offset) pairs per window index
+        self.keys = [[(j, int(starts[j] - s) - 1) for j in range(len(starts)) if s < starts[j] <= s + L]
+                     for s in starts.tolist()]
+        self.mu = self.hbar = None
+        self.count = torch.zeros(len(starts))
+
+    def _alloc(self, template, dims):
+        n = len(self.starts)
+        self.mu = [None if d is None else torch.zeros(n, *leaf.select(d, 0).shape) for leaf, d in
+                   zip(state_leaves(template), dims)]
+        self.hbar = [None if m is None else m.clone() for m in self.mu]
+
+    def forward(self, model, batch):
+        if not self.training:
+            return model(batch[0], None)
+        x, starts = batch[0], batch[2]
+        rows = [self.index[int(s)] for s in starts.tolist()]
+        if getattr(self, "template", None) is None:
+            self.template = _template(model, x)
+            self.dims = batch_dims(_backbone(model), self.template)
+        if self.mu is None:
+            self._alloc(self.template, self.dims)
+        state = None
+        if self.epoch - 1 > self.warmup:  # the reference's `epoch > epoch_warmup`, epochs from 0
+            r = torch.as_tensor(rows)
+            c = self.count[r]
+            leaves = []
+            for m, h in zip(self.mu, self.hbar):
+                if m is None:
+                    leaves.append(None)
+                    continue
+                cb = c.view(-1, *([1] * (m.dim() - 1)))
+                msg = torch.where(cb == 0, m[r], (self.delta * m[r] + cb * h[r]) / (self.delta + cb).clamp_min(1e-12))
+                leaves.append(msg.to(x.device, x.dtype))
+            state = _assemble(leaves, self.dims, self.template)
+        # run in pieces that end after every step some later window starts from
+        cuts = sorted({off for row in rows for _, off in self.keys[row]})
+        self.pending, outs, a = [], [], 0
+        for off in cuts + ([x.shape[1] - 1] if not cuts or cuts[-1] < x.shape[1] - 1 else []):
+            o, state = model(x[:, a : off + 1], state)
+            outs.append(o)
+            a = off + 1
+            need = [(b, j) for b, row in enumerate(rows) for j, o2 in self.keys[row] if o2 == off]
+            if need:
+                parts = _split(state, self.dims)
+                bi = torch.as_tensor([b for b, _ in need], device=x.device)
+                self.pending.append(([j for _, j in need], [None if p is None else p.index_select(0, bi).float().cpu() for p in parts]))
+        return torch.cat(outs, 1), state
+
+    def update(self, batch, state, out) -> None:
+        if not self.training:
+            return
+        for targets, parts in self.pending:
+            t = torch.as_tensor(targets)
+            n = torch.zeros(len(self.starts)).index_add_(0, t, torch.ones(len(t)))
+            hit = n > 0
+            for h, p in zip(self.hbar, parts):
+                if h is None:
+                    continue
+                total = torch.zeros_like(h).index_add_(0, t, p)
+                c = self.count.view(-1, *([1] * (h.dim() - 1)))
+                nn_ = n.view_as(c)
+                h[hit] = ((c * h + total) / (c + nn_).clamp_min(1))[hit]
+            self.count += n
+        self.pending = []
+
+    def end(self, train: bool) -> None:
+        if not train or self.mu is None:
+            return
+        go = self.count > 1
+        for m, h in zip(self.mu, self.hbar):
+            if m is None:
+                continue
+            c = self.count.view(-1, *([1] * (m.dim() - 1)))
+            m[go] = ((self.delta * m + c * h) / (self.delta + c))[go]
+            h[go] = 0.0
+        self.count[go] = 0.0
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "mu": self.mu, "hbar": self.hbar, "count": self.count}
+
+    def load_state_dict(self, d: dict) -> None:
+        self.epoch, self.mu, self.hbar, self.count = d["epoch"], d["mu"], d["hbar"], d["count"]

@@ -55,6 +55,14 @@ class Task:
     def info(self) -> dict:
         return {}
 
+    def use_strategy(self, strategy_cls) -> None:
+        """Called by the runner before spec() and loaders(): the training strategy may shape the
+        data. Tasks with their own loaders refuse the time-series strategies."""
+        if getattr(strategy_cls, "layout", None) is not None:
+            from .errors import SeqbenchError
+            raise SeqbenchError(f"strategy '{strategy_cls.name}' trains on windows of a time series; "
+                                f"task '{self.name}' is not one (use a series task, e.g. climate-hydro)")
+
     @classmethod
     def write_fake_data(cls, root, seed: int = 0) -> None:
         """Write a tiny, generated copy of the task's files under ``root`` in the real layout

@@ -85,7 +85,7 @@ def test_stateful_strategy_carries_detached_state():
     s.start(train=True)
     assert s.initial_state(None) is None
     h = (torch.ones(1, 2, 3, requires_grad=True) * 2, torch.zeros(1, 2, 3, requires_grad=True) + 1)
-    s.update(None, h)
+    s.update(None, h, None)
     carried = s.initial_state(None)
     assert all(not t.requires_grad for t in carried) and torch.equal(carried[0], h[0].detach())
     s.start(train=False)
@@ -145,3 +145,25 @@ def test_model_optimizer_groups_get_their_own_lr(env):
         assert n_params == len(list(r.model.parameters()))  # every parameter once: slow, fast, head
     finally:
         registry.unregister("two-rates-test")
+
+
+def test_decay_after_schedule_holds_then_decays(env):
+    """Zaremba et al.'s schedule: lr for lr_hold epochs, then x lr_gamma every epoch."""
+    rec = Runner(_cfg(epochs=4, schedule="decay_after", lr_hold=2, lr_gamma=0.5, lr=1.0), quiet=True).fit()
+    assert [r["lr"] for r in rec["history"]] == [1.0, 1.0, 0.5, 0.25]
+
+
+def test_preset_names_beyond_tiny_fast_paper():
+    from seqbench import config
+    from seqbench.errors import SeqbenchError
+
+    class M:
+        presets = {"tiny": {}, "ptb:small": {}, "copy:huge": {}}
+
+    class T:
+        presets = {"medium": {}}
+
+    assert config.preset_names(M, T, "ptb") == ["tiny", "fast", "paper", "medium", "small"]
+    assert "huge" not in config.preset_names(M, T, "ptb")
+    with pytest.raises(SeqbenchError, match="unknown preset 'huge'"):
+        config.resolve(registry.get_model("lstm"), registry.get_task("pmnist"), "huge")
