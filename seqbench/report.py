@@ -16,14 +16,36 @@ import pandas as pd
 
 from . import records
 
-GROUP = ["task", "model", "preset", "strategy"]
+GROUP = ["task", "model", "preset", "strategy", "variant"]
+# Keys that never make a run a different experiment (seeds are averaged; the rest is bookkeeping).
+_NOT_VARIANT = {"seed", "device", "deterministic", "latency_time", "log_every", "strategy", "keeper"}
+
+
+def variant(rec: dict) -> str:
+    """The settings a run changed from its preset (``--set`` and flags), e.g. ``model.lam=6e-05``:
+    runs of one preset with different settings are different rows, not seeds of one."""
+    try:
+        from . import config, registry
+        base = config.resolve(registry.get_model(rec["model"]), registry.get_task(rec["task"]), rec["preset"]).flat()
+    except Exception:  # a model or task this install no longer has: compare nothing
+        return ""
+    diff = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec["config"].items()
+            if k not in _NOT_VARIANT and k in base and base[k] != v]
+    return " ".join(sorted(diff))
+
+
+def strategy_label(rec: dict) -> str:
+    """The strategy, with MPTT's keeper delta (two rows of the MPTT paper's table)."""
+    s = rec.get("strategy") or rec["config"].get("strategy")
+    return f"{s} δ={rec['config'].get('keeper', 1.0):g}" if s == "mptt" else s
 
 
 def _row(rec: dict) -> dict:
     m, meas, ti = rec["metrics"] or {}, rec["measure"] or {}, rec["task_info"] or {}
+    strategy = strategy_label(rec)
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "model": rec["model"], "task": rec["task"],
-        "preset": rec["preset"], "strategy": rec.get("strategy") or rec["config"].get("strategy"),
+        "preset": rec["preset"], "strategy": strategy, "variant": variant(rec),
         "seed": rec["seed"], "select": ti.get("select"), "best_epoch": m.get("best_epoch"),
         "epochs": rec["timing"].get("epochs"), "wall_s": rec["timing"].get("wall_s"),
         "train_s": rec["timing"].get("train_s"), "device": rec["env"].get("device"),
@@ -31,6 +53,8 @@ def _row(rec: dict) -> dict:
         "started": rec["timing"].get("started"), "failure": rec.get("failure"),
         # a task's memoryless baseline for its selection metric, when it declares one (copy, adding)
         "baseline": ti.get(f"baseline_{ti.get('select')}"),
+        # a published number for this strategy on this task, when the task carries one (climate-hydro)
+        "paper": (ti.get(f"paper_{ti.get('select')}") or {}).get(strategy),
     }
     for split in ("val", "test"):
         for k, v in (m.get(split) or {}).items():
@@ -96,6 +120,8 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
             a[c] = _pm(g[c], ".4g")
         a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4g")
         a["baseline"] = _pm(g["baseline"], ".4g")
+        if g["paper"].notna().any():
+            a["paper"] = _pm(g["paper"], ".4g")
         a["epochs"] = _pm(g["epochs"], ".0f")
         a["train_min"] = _pm(g["train_s"] / 60, ".1f")
         acc.append(a)
@@ -134,7 +160,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
     for task, g in ok.groupby("task") if len(ok) else []:
         sel = g["select"].iloc[0]
         higher = next(r for r in recs if r["task"] == task)["task_info"]["metrics"][sel] == "higher"
-        agg = g.groupby(["model", "preset", "strategy"], dropna=False).agg(
+        agg = g.groupby(["model", "preset", "strategy", "variant"], dropna=False).agg(
             lat=("lat_b1_ms", "mean"), val=(f"test_{sel}", "mean")).reset_index().dropna(subset=["lat", "val"])
         fig, ax = plt.subplots(figsize=(6, 4))
         pts = list(zip(agg.lat, agg.val))

@@ -1,0 +1,171 @@
+"""ISS-LSTM: inference time of a dense language model against its ISS-pruned version.
+
+    python scripts/bench_iss.py                                   # the paper's 1500,1500 vs 373,315
+    python scripts/bench_iss.py --quick                           # seconds: short timings, T 5
+    python scripts/bench_iss.py --sizes 200,200 --pruned-sizes 120,90 --emb 200
+    python scripts/bench_iss.py --run iss-lstm-ptb-fast-s0-...    # a trained run's checkpoint
+
+The model is the PTB language model's shape: embedding (vocab x emb) -> iss-lstm -> linear head
+over the vocabulary, in eval mode without autograd. Timed: one forward over T tokens at batch 1,
+divided by T (ms per token), with torch.utils.benchmark (blocked_autorange, medians), at one
+thread and at torch's default thread count. The weights' values do not change dense kernels' time,
+so without ``--run`` both models are random; the default pruned sizes 373,315 are the paper's
+ISS result for the large model (Wen et al. 2018, Table 1, ``ptb_word_lm_heter.py`` in the
+reference). With ``--run``: a run's ``pruned.pt`` (the runner's pruned model; the dense model gets
+the widths it was pruned from, random weights) or else its ``best.pt`` / ``last.pt`` weights,
+pruned here with ``pruned(head)`` (then the two models' outputs are compared too).
+
+Multiply-adds per token count the LSTMs and the head (the embedding lookup: none); parameters
+count everything, the embedding included. Results are printed and written as JSON to
+results/benchmarks/ (or --out).
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+
+import torch
+import torch.nn as nn
+from torch.utils import benchmark
+
+from seqbench import records
+from seqbench.errors import SeqbenchError
+from seqbench.models.iss import ISSLSTM, ISSParams
+
+
+class LM(nn.Module):
+    def __init__(self, embedding: nn.Embedding, backbone: ISSLSTM, head: nn.Linear):
+        super().__init__()
+        self.embedding, self.backbone, self.head = embedding, backbone, head
+
+    def forward(self, x):
+        return self.head(self.backbone(self.embedding(x))[0])
+
+
+def build(vocab: int, emb: int, sizes: str) -> LM:
+    backbone = ISSLSTM(emb, ISSParams(sizes=sizes))
+    return LM(nn.Embedding(vocab, emb), backbone, nn.Linear(backbone.d_output, vocab))
+
+
+def counts(lm: LM) -> dict:
+    tot = lm.backbone.structure(lm.head)["total"]
+    return {"sizes": lm.backbone.sizes, "params": sum(p.numel() for p in lm.parameters()),
+            "macs_per_token": tot["macs_per_token"]}
+
+
+def from_run(run_id: str) -> tuple[LM, LM | None, dict]:
+    folder = records.results_dir() / "checkpoints" / run_id
+    pruned_file = folder / "pruned.pt"
+    if pruned_file.is_file():
+        model = torch.load(pruned_file, map_location="cpu", weights_only=False)["model"]
+        bb, head = model.backbone, model.head
+        if not isinstance(bb, ISSLSTM):
+            raise SeqbenchError(f"run '{run_id}' is not an iss-lstm run")
+        embedding = getattr(model, "embedding", None) or nn.Embedding(head.out_features, bb.d_input)
+        small = LM(embedding, bb, head)
+        dense = build(embedding.num_embeddings, bb.d_input, ",".join(map(str, bb.pruned_from or bb.sizes)))
+        return dense, small, {"source": str(pruned_file)}
+    for name in ("best.pt", "last.pt"):
+        if (folder / name).is_file():
+            state = torch.load(folder / name, map_location="cpu", weights_only=False)["model"]
+            break
+    else:
+        raise SeqbenchError(f"no pruned.pt, best.pt or last.pt in {folder}")
+    keys = sorted((int(m.group(1)), k) for k in state if (m := re.fullmatch(r"backbone\.lstms\.(\d+)\.weight_hh_l0", k)))
+    if not keys:
+        raise SeqbenchError(f"run '{run_id}' has no iss-lstm weights in {folder}")
+    sizes = ",".join(str(state[k].shape[1]) for _, k in keys)
+    d_input = state["backbone.lstms.0.weight_ih_l0"].shape[1]
+    vocab = state["head.weight"].shape[0]
+    dense = build(vocab, d_input, sizes)
+    dense.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("backbone", "head", "embedding")},
+                          strict=False)  # a task without an embedding: a random one for timing
+    out = dense.backbone.pruned(dense.head)
+    if out is None:
+        return dense, None, {"source": str(folder / name)}
+    small = LM(dense.embedding, *out)
+    x = torch.randint(0, vocab, (2, 20))
+    with torch.no_grad():
+        ref = dense.eval()(x)
+        err = float((small.eval()(x) - ref).norm() / ref.norm().clamp_min(1e-30))
+    return dense, small, {"source": str(folder / name), "rel_err_pruned_vs_dense": err}
+
+
+def time_per_token(lm: LM, x, threads: int, min_run_time: float) -> dict:
+    lm.eval()
+
+    def call():
+        with torch.no_grad():
+            lm(x)
+
+    call()  # warm-up
+    m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads).blocked_autorange(
+        min_run_time=min_run_time)
+    T = x.shape[1]
+    return {"ms_per_token": m.median * 1e3 / T, "iqr_ms_per_token": m.iqr * 1e3 / T, "runs": len(m.times),
+            "calls_per_run": m.number_per_run}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--sizes", default="1500,1500", help="dense per-layer widths")
+    ap.add_argument("--pruned-sizes", default="373,315", help="pruned per-layer widths (the paper's ISS result)")
+    ap.add_argument("--run", default=None, help="a run id: time its trained (and pruned) model instead "
+                    "(--sizes, --pruned-sizes, --vocab, --emb are then read from the run)")
+    ap.add_argument("--vocab", type=int, default=10000)
+    ap.add_argument("--emb", type=int, default=1500, help="embedding size = the first LSTM's input")
+    ap.add_argument("--T", type=int, default=35, help="tokens per timed forward (batch 1)")
+    ap.add_argument("--min-run-time", type=float, default=2.0, help="seconds per timing (blocked_autorange)")
+    ap.add_argument("--quick", action="store_true", help="T 5 and 0.2 s per timing")
+    ap.add_argument("--threads", type=int, default=0, help="the 'all' thread count (0 = torch's default)")
+    ap.add_argument("--out", default=None, help="folder for the JSON result (default results/benchmarks)")
+    a = ap.parse_args(argv)
+    if a.quick:
+        a.T, a.min_run_time = 5, 0.2
+    all_threads = a.threads or torch.get_num_threads()
+    torch.manual_seed(0)
+    extra = {}
+    if a.run:
+        dense, small, extra = from_run(a.run)
+    else:
+        dense, small = build(a.vocab, a.emb, a.sizes), build(a.vocab, a.emb, a.pruned_sizes)
+    models = {"dense": dense} if small is None else {"dense": dense, "pruned": small}
+    x = torch.randint(0, dense.head.out_features, (1, a.T))
+    print(f"ISS-LSTM LM forward at batch 1, T {a.T}, vocab {dense.head.out_features}, emb {dense.backbone.d_input}, "
+          f"torch {torch.__version__}; median ms per token")
+    result = {"benchmark": "iss", "T": a.T, "batch": 1, "vocab": dense.head.out_features, "emb": dense.backbone.d_input,
+              "min_run_time": a.min_run_time, **extra}
+    for name, lm in models.items():
+        result[name] = counts(lm)
+        for th in sorted({1, all_threads}):
+            result[name][f"threads_{th}"] = time_per_token(lm, x, th, a.min_run_time)
+    thread_counts = sorted({1, all_threads})
+    print(f"{'model':8s} {'sizes':>12s} {'params':>12s} {'MACs/token':>12s} " + " ".join(f"{f'{t} thr ms':>10s}" for t in thread_counts))
+    for name in models:
+        r = result[name]
+        print(f"{name:8s} {','.join(map(str, r['sizes'])):>12s} {r['params']:12,d} {r['macs_per_token']:12,d} "
+              + " ".join(f"{r[f'threads_{t}']['ms_per_token']:10.3f}" for t in thread_counts))
+    if small is not None:
+        d, s = result["dense"], result["pruned"]
+        result["speedup"] = {f"threads_{t}": d[f"threads_{t}"]["ms_per_token"] / s[f"threads_{t}"]["ms_per_token"]
+                             for t in thread_counts}
+        result["params_ratio"] = d["params"] / s["params"]
+        result["macs_ratio"] = d["macs_per_token"] / s["macs_per_token"]
+        print("speedup (dense / pruned): " + ", ".join(f"{v:.2f}x at {k.split('_')[1]} thread(s)" for k, v in result["speedup"].items())
+              + f"; params {result['params_ratio']:.2f}x fewer, MACs/token {result['macs_ratio']:.2f}x fewer")
+        if "rel_err_pruned_vs_dense" in result:
+            print(f"pruned vs dense outputs: relative error {result['rel_err_pruned_vs_dense']:.2e}")
+    else:
+        print("nothing to prune in this run: the dense model only")
+    result.update({"threads": thread_counts, "env": records.environment(torch.device("cpu"))})
+    print(f"written {records.write_benchmark(result, 'iss', a.out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except SeqbenchError as e:
+        print(f"bench_iss: {e}", file=sys.stderr)
+        sys.exit(2)
