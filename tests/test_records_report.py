@@ -100,7 +100,7 @@ def test_report_shows_a_tasks_memoryless_baseline(tmp_path):
     lines = (tmp_path / "report.md").read_text().splitlines()
     copy_row = next(r for r in lines if r.startswith("| copy |"))
     pmnist_row = next(r for r in lines if r.startswith("| pmnist |"))
-    header = lines[lines.index(next(r for r in lines if r.startswith("| task | model | preset | strategy | n |")))]
+    header = lines[lines.index(next(r for r in lines if r.startswith("| task | model | preset | strategy | variant | n |")))]
     col = [c.strip() for c in header.split("|")].index("baseline")
     assert [c.strip() for c in copy_row.split("|")][col] == "0.0945"
     assert [c.strip() for c in pmnist_row.split("|")][col] == "–"
