@@ -11,7 +11,11 @@ from seqbench.model import RecurrentBackbone
 from seqbench.registry import SERIES, register_model
 
 # Hidden sizes per preset, shared by the baselines. `paper`: the HiPPO paper's baselines use 512.
-BASELINE_PRESETS = {"tiny": {"model.hidden": 16}, "fast": {"model.hidden": 64}, "paper": {"model.hidden": 512}}
+# On the climate series the width is the MPTT paper's backbone (its scripts: one layer, hidden_size 32).
+SERIES_TASKS = ("climate-hydro", "climate-melbourne", "climate-seattle", "climate-co2", "climate-elnino")
+SERIES_PRESETS = {f"{t}:{p}": {"model.hidden": 32} for t in SERIES_TASKS for p in ("fast", "paper")}
+BASELINE_PRESETS = {"tiny": {"model.hidden": 16}, "fast": {"model.hidden": 64}, "paper": {"model.hidden": 512},
+                    **SERIES_PRESETS}
 # On smnist the LSTM's fast preset adds chrono initialisation: with torch's default init it sat
 # near chance for the first thousand updates here (the last ~100 pixels are mostly blank, so the
 # label must survive that long); on pmnist torch's init learned faster than chrono.
