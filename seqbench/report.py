@@ -64,7 +64,7 @@ def _row(rec: dict) -> dict:
         row.update({
             "params": p.get("total"), "params_nonzero": p.get("nonzero"),
             "sparsity": (meas.get("sparsity") or {}).get("overall"),
-            "structure": _structure_text(meas.get("structure")),
+            "structure": _structure_text(meas.get("structure"), meas),
             "flops_per_sample": meas.get("flops_per_sample"),
             "throughput": meas.get("train_throughput"), "torch_threads": meas.get("torch_threads"),
             "peak_rss_mb": (meas.get("memory") or {}).get("peak_rss_mb"),
@@ -76,9 +76,18 @@ def _row(rec: dict) -> dict:
     return row
 
 
-def _structure_text(s) -> str | None:
+def _structure_text(s, meas: dict | None = None) -> str | None:
     if not s:
         return None
+    if isinstance(s, dict) and s.get("method") == "iss":  # widths trained -> kept, and what pruning saved
+        before, to = s.get("pruned_from") or s.get("sizes"), s.get("sizes_pruned") or s.get("sizes")
+        txt = f"ISS widths {','.join(map(str, before))} -> {','.join(map(str, to))}"
+        pr = (meas or {}).get("pruning")
+        if pr:
+            pb, pa = pr["before"]["params"]["total"], meas["params"]["total"]
+            fb, fa = pr["before"]["flops_per_sample"], meas["flops_per_sample"]
+            txt += f"; params {pb} -> {pa} ({pb / pa:.2f}x fewer); FLOPs/sample {fb / fa:.2f}x fewer"
+        return txt
     return "; ".join(f"{k}={v}" for k, v in s.items()) if isinstance(s, dict) else str(s)
 
 

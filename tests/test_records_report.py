@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from seqbench import records, report
+from seqbench import records, registry, report
 from seqbench.errors import SeqbenchError
 
 
@@ -105,3 +105,30 @@ def test_report_shows_a_tasks_memoryless_baseline(tmp_path):
     assert [c.strip() for c in copy_row.split("|")][col] == "0.0945"
     assert [c.strip() for c in pmnist_row.split("|")][col] == "–"
     assert (tmp_path / "plots" / "curves_copy.png").stat().st_size > 5000
+
+
+def test_report_rows_split_by_variant_strategy_label_and_iss_structure(tmp_path):
+    """Runs of one preset with a changed setting (--set) are a separate row, not seeds of one; MPTT
+    rows carry their keeper; an ISS run's structure cell says what pruning kept and saved."""
+    from seqbench import config
+    base = config.resolve(registry.get_model("lstm"), registry.get_task("pmnist"), "tiny").flat()
+    a = fake_record("a", acc=0.5)
+    a["config"] = dict(base)
+    b = fake_record("b", acc=0.7)
+    b["config"] = {**base, "lr": 0.01}
+    m = fake_record("m", task="pmnist", acc=0.6)
+    m["strategy"] = "mptt"
+    m["config"] = {**base, "strategy": "mptt", "keeper": 0.0}
+    i = fake_record("i", model="iss-lstm", acc=0.8)
+    i["measure"]["structure"] = {"method": "iss", "sizes": [3, 2], "sizes_pruned": [3, 2], "pruned_from": [8, 6]}
+    i["measure"]["pruning"] = {"before": {"params": {"total": 4000}, "flops_per_sample": 8_000_000}}
+    for r in (a, b, m, i):
+        records.write(r, tmp_path)
+    df = report.frame(records.load_all(tmp_path))
+    assert report.variant(b) == "lr=0.01" and report.variant(a) == ""
+    assert report.strategy_label(m) == "mptt δ=0"
+    rows = report.tables(df)["accuracy"]
+    assert len(rows) == 4  # a and b are not averaged together
+    s = report.tables(df)["sparsity"]
+    cell = next(r["structure"] for r in s if r["model"] == "iss-lstm")
+    assert cell == "ISS widths 8,6 -> 3,2; params 4000 -> 1000 (4.00x fewer); FLOPs/sample 4.00x fewer"
