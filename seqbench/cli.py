@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import sys
 
 from .errors import SeqbenchError
@@ -62,9 +63,18 @@ def _cmd_list() -> int:
         print(f"  {name:<12} kinds: {', '.join(sorted(e.kinds)):<26} params: {fields}")
     print("tasks:")
     for name, e in ts.items():
-        s = e.cls(params_class(e.cls)(), data_root()).spec()
-        print(f"  {name:<12} kind: {s.kind:<9} d_input {s.d_input:<4} d_output {s.d_output:<5} "
+        try:  # shapes that depend on the data (a vocabulary, a record's channels) need the files
+            s = e.cls(params_class(e.cls)(), data_root()).spec()
+        except SeqbenchError as err:
+            print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err})")
+            continue
+        print(f"  {name:<17} kind: {s.kind:<9} d_input {s.d_input:<4} d_output {s.d_output:<5} "
               f"length {s.seq_len:<6} select {s.select}")
+    from .strategy import _STRATEGIES
+    print("strategies (--strategy):")
+    for name, c in sorted(_STRATEGIES.items()):
+        doc = re.split(r"\.\s+(?=[A-Z])|: ", " ".join((c.__doc__ or "").split()))[0]  # its first clause
+        print(f"  {name:<12} {'series tasks' if c.layout else 'any task':<13} {doc}")
     width = max(len(n) for n in ms) if ms else 5
     print("\ncompatible pairs (x = runs):")
     print(" " * (width + 2) + " ".join(f"{t:>{max(len(t), 3)}}" for t in ts))
