@@ -1,0 +1,158 @@
+"""RHN: Recurrent Highway Network (Zilly, Srivastava, Koutník & Schmidhuber, "Recurrent Highway
+Networks", ICML 2017), with the coupled carry gate, and ISS on it (Wen et al., ICLR 2018, section
+4.2: RHN width 830 -> ~517 at the same perplexity).
+
+One time step runs ``depth`` highway micro-layers on the state s (width w), eq. 6-8 of the paper
+with c = 1 - t (coupled carry):
+
+    s_0 = s_{t-1}
+    h_l = tanh(W_H x_t [l = 1] + R_H,l s_{l-1} + b_H,l)
+    g_l = sigmoid(W_T x_t [l = 1] + R_T,l s_{l-1} + b_T,l)
+    s_l = h_l * g_l + s_{l-1} * (1 - g_l),          s_t = y_t = s_depth
+
+The input enters the first micro-layer only. Here W = [W_H; W_T] is one [2w, d] matrix and each
+R_l = [R_H,l; R_T,l] one [2w, w] matrix (rows k and w + k are unit k's h and gate). The transform
+gates' biases start at ``gate_bias`` (negative: start by carrying, the paper's -2 .. -4).
+
+ISS component k (the paper's RHN groups; with a tied embedding, the task's ``task.tie``, the
+head's column k is also the embedding's column k):
+    rows k and w + k of W and of every R_l (what writes unit k in every micro-layer),
+    column k of every R_l (what reads s[k]: the next micro-layer, or the next step's first),
+    column k of the head (what reads y[k]).
+Biases travel with their unit but are not penalised (as ``iss-lstm``). When a whole group is zero,
+s[k] still moves (towards tanh of its bias) but nobody reads it, so the unit can go without changing
+any output. The input columns of W are not in any
+group: the embedding's width stays, and ``pruned`` keeps W's columns (with a tied embedding the
+pruned head is a copy of the kept columns; the embedding keeps its zero columns).
+
+Group Lasso, thresholding and the lam scaling are ``iss-lstm``'s (``models/iss.py``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from seqbench.model import RecurrentBackbone
+from seqbench.registry import register_model
+
+EPS = 1e-8
+
+
+@dataclass
+class RHNParams:
+    hidden: int = 128  # width w
+    depth: int = 3  # micro-layers per time step (the paper's PTB model: 10)
+    init_range: float = 0.0  # 0: U(-1/sqrt(w), 1/sqrt(w)); r > 0: U(-r, r)
+    gate_bias: float = -2.0  # initial transform-gate bias (negative: carry)
+    lam: float = 0.0  # group Lasso strength per token of a mean loss (0: plain RHN)
+    threshold: float = 0.0  # after every step, zero weights with |w| < threshold
+    prune: bool = True
+
+
+@register_model("rhn")
+class RHN(RecurrentBackbone):
+    Params = RHNParams
+    # The paper's PTB RHN (depth 10, width 830, tied embeddings; Zilly et al. Table 3, 65.4 test ppl).
+    presets = {
+        "tiny": {"model.hidden": 16, "model.depth": 2},
+        "fast": {"model.hidden": 64, "model.depth": 3},
+        "paper": {"model.hidden": 830, "model.depth": 10},
+        "ptb:paper": {"model.hidden": 830, "model.depth": 10, "model.init_range": 0.04},
+    }
+
+    def __init__(self, d_input: int, p: RHNParams):
+        super().__init__()
+        self.p, self.d_input, self.w, self.d_output = p, d_input, p.hidden, p.hidden
+        w = p.hidden
+        self.W = nn.Linear(d_input, 2 * w, bias=False)
+        self.R = nn.ModuleList(nn.Linear(w, 2 * w) for _ in range(p.depth))
+        with torch.no_grad():
+            r = p.init_range if p.init_range > 0 else w ** -0.5
+            for prm in self.parameters():
+                prm.uniform_(-r, r)
+            for lin in self.R:
+                lin.bias[:w].zero_()
+                lin.bias[w:].fill_(p.gate_bias)
+
+    def forward(self, x, state=None):
+        B, T, _ = x.shape
+        w = self.w
+        s = state if state is not None else x.new_zeros(B, w)
+        xw = self.W(x).unbind(1)  # the input's part of the first micro-layer, all steps at once
+        ys = []
+        for t in range(T):
+            for layer, lin in enumerate(self.R):
+                pre = lin(s) + xw[t] if layer == 0 else lin(s)
+                h, g = torch.tanh(pre[:, :w]), torch.sigmoid(pre[:, w:])
+                s = s + g * (h - s)  # = h g + s (1 - g)
+            ys.append(s)
+        return (torch.stack(ys, 1) if ys else x.new_zeros(B, 0, w)), s
+
+    def flops_per_step(self) -> int:
+        w, d, L = self.w, self.d_input, self.p.depth
+        return 2 * 2 * w * d + L * (2 * 2 * w * w + 2 * w + 2 * w + 3 * w)  # W x; R s + b; tanh, sigmoid; s + g (h - s)
+
+    # ------------------------------------------------------------------ ISS
+    def group_sq_norms(self, head=None) -> torch.Tensor:
+        """[w]: every unit's squared group norm (see the module docstring)."""
+        w = self.w
+        rows = lambda m: m.pow(2).sum(1)  # noqa: E731
+        sq = rows(self.W.weight[:w]) + rows(self.W.weight[w:])
+        for lin in self.R:
+            sq = sq + rows(lin.weight[:w]) + rows(lin.weight[w:]) + lin.weight.pow(2).sum(0)
+        if head is not None:
+            sq = sq + head.weight.pow(2).sum(0)
+        return sq
+
+    def regularization(self, head=None) -> torch.Tensor:
+        if self.p.lam == 0:
+            return self.W.weight.new_zeros(())
+        return self.p.lam * torch.sqrt(self.group_sq_norms(head) + EPS).sum()
+
+    @torch.no_grad()
+    def after_step(self, head=None) -> None:
+        if self.p.threshold <= 0:
+            return
+        for prm in list(self.parameters()) + (list(head.parameters()) if head is not None else []):
+            prm.masked_fill_(prm.abs() < self.p.threshold, 0.0)
+
+    @torch.no_grad()
+    def kept(self, head=None) -> torch.Tensor:
+        """Units whose group is not all zero (without a head: all of them)."""
+        if head is None:
+            return torch.arange(self.w)
+        k = torch.nonzero(self.group_sq_norms(head) > 0).reshape(-1)
+        return k if k.numel() else torch.zeros(1, dtype=torch.long)
+
+    def structure(self, head=None) -> dict:
+        k = int(self.kept(head).numel())
+        return {"method": "iss", "lam": self.p.lam, "threshold": self.p.threshold, "sizes": [self.w],
+                "sizes_pruned": [k], "pruned_from": getattr(self, "pruned_from", None), "depth": self.p.depth}
+
+    @torch.no_grad()
+    def pruned(self, head):
+        """A narrower RHN and head without the all-zero units, or None. A unit whose weights are all
+        zero still has biases: h = tanh(b_H), g = sigmoid(b_T) make its state drift to tanh(b_H) and
+        nobody reads it, so dropping it changes no output."""
+        if not self.p.prune or head is None:
+            return None
+        k = self.kept(head)
+        if k.numel() == self.w:
+            return None
+        w, n = self.w, int(k.numel())
+        rows = torch.cat([k, k + w])
+        new = type(self)(self.d_input, dataclasses.replace(self.p, hidden=n)).to(self.W.weight)
+        new.W.weight.copy_(self.W.weight[rows])
+        for a, b in zip(new.R, self.R):
+            a.weight.copy_(b.weight[rows][:, k])
+            a.bias.copy_(b.bias[rows])
+        new_head = nn.Linear(n, head.out_features, bias=head.bias is not None).to(head.weight)
+        new_head.weight.copy_(head.weight[:, k])
+        if head.bias is not None:
+            new_head.bias.copy_(head.bias)
+        new.pruned_from = list(getattr(self, "pruned_from", None) or [self.w])
+        new.train(self.training)
+        return new, new_head

@@ -1,0 +1,79 @@
+"""RHN: the coupled-carry highway step by hand, ISS group membership by hand, pruned = masked."""
+import pytest
+import torch
+import torch.nn as nn
+
+from seqbench import registry
+
+RHN = registry.get_model("rhn").cls
+
+
+def _model(d=2, w=3, depth=2, **kw):
+    torch.manual_seed(0)
+    return RHN(d, RHN.Params(hidden=w, depth=depth, **kw)).double()
+
+
+def test_one_step_by_hand():
+    m = _model()
+    x = torch.randn(1, 1, 2, dtype=torch.float64)
+    s = torch.randn(1, 3, dtype=torch.float64)
+    y, _ = m(x, s)
+    w = 3
+    for layer, lin in enumerate(m.R):
+        pre = lin.weight @ s[0] + lin.bias + (m.W.weight @ x[0, 0] if layer == 0 else 0)
+        h, g = torch.tanh(pre[:w]), torch.sigmoid(pre[w:])
+        s = (h * g + s[0] * (1 - g))[None]
+    assert torch.allclose(y[0, 0], s[0])
+
+
+def test_group_membership_by_hand():
+    """Unit k owns rows k and w+k of W and of every R_l, column k of every R_l, column k of the head."""
+    m = _model(w=3, depth=2)
+    head = nn.Linear(3, 4).double()
+    for k in range(3):
+        want = m.W.weight[k].pow(2).sum() + m.W.weight[3 + k].pow(2).sum()
+        for lin in m.R:
+            want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
+        want = want + head.weight[:, k].pow(2).sum()
+        assert m.group_sq_norms(head)[k].item() == pytest.approx(want.item())
+    # the regulariser's gradient is finite at an all-zero group
+    m2 = _model(lam=0.1)
+    with torch.no_grad():
+        m2.W.weight[[0, 3]] = 0
+        for lin in m2.R:
+            lin.weight[[0, 3]] = 0
+            lin.weight[:, 0] = 0
+        head.weight[:, 0] = 0
+    m2.regularization(head).backward()
+    assert all(torch.isfinite(p.grad).all() for p in m2.parameters() if p.grad is not None)
+
+
+def test_pruned_equals_masked_and_shrinks():
+    m = _model(d=4, w=6, depth=3)
+    head = nn.Linear(6, 5).double()
+    dead = [1, 4]
+    with torch.no_grad():
+        rows = dead + [6 + k for k in dead]
+        m.W.weight[rows] = 0
+        for lin in m.R:
+            lin.weight[rows] = 0
+            lin.weight[:, dead] = 0
+            lin.bias.uniform_(-1, 1)  # the dead units' biases stay non-zero: they must not matter
+        head.weight[:, dead] = 0
+    x = torch.randn(3, 7, 4, dtype=torch.float64)
+    ref = head(m(x)[0])
+    small, small_head = m.pruned(head)
+    assert small.w == 4 and small_head.in_features == 4 and small.pruned_from == [6]
+    out = small_head(small(x)[0])
+    assert (out - ref).norm() / ref.norm() < 1e-5
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in m.parameters())
+    assert m.structure(head)["sizes_pruned"] == [4]
+    assert small.pruned(small_head) is None  # nothing more to remove
+
+
+def test_threshold_zeroes_small_weights_only():
+    m = _model(threshold=0.05)
+    head = nn.Linear(3, 2).double()
+    m.after_step(head)
+    for p in list(m.parameters()) + list(head.parameters()):
+        assert ((p == 0) | (p.abs() >= 0.05)).all()
