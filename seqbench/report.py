@@ -212,6 +212,42 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
     return out
 
 
+def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
+    """Per task with ISS runs: the test metric against the hidden units kept (all layers), one point
+    per run, labelled with its lam; the dense runs (lam 0) are the baseline points."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = []
+    by_task: dict[str, list] = {}
+    for r in recs:
+        st = (r.get("measure") or {}).get("structure")
+        if r["status"] != "completed" or not isinstance(st, dict) or st.get("method") != "iss":
+            continue
+        sel = r["task_info"]["select"]
+        kept = sum(st.get("sizes_pruned") or st.get("sizes"))
+        by_task.setdefault(r["task"], []).append((kept, r["metrics"]["test"][sel], st.get("lam", 0.0), r["model"], sel))
+    for task, pts in sorted(by_task.items()):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for model in sorted({p[3] for p in pts}):
+            mp = sorted(p for p in pts if p[3] == model)
+            ax.plot([p[0] for p in mp], [p[1] for p in mp], "o", label=model)
+            for k, v, lam, _, _ in mp:
+                ax.annotate(f"λ={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel("hidden units kept (all layers)")
+        ax.set_ylabel(f"test {pts[0][4]}")
+        ax.set_title(f"{task}: ISS, {pts[0][4]} vs components kept")
+        ax.legend(fontsize=8)
+        fig.tight_layout()
+        p = folder / f"iss_{task}.png"
+        fig.savefig(p, dpi=120)
+        plt.close(fig)
+        out.append(p)
+    return out
+
+
 def _atomic_write(path: Path, text: str) -> None:
     """Replace ``path`` whole or not at all: an interrupted report never leaves half a file."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -227,6 +263,7 @@ def build(results=None) -> dict:
     _atomic_write(res / "summary.csv", df.to_csv(index=False))
     tabs = tables(df)
     pngs = plots(df, recs, res / "plots")
+    pngs += iss_plots(recs, res / "plots")
     failed = df[df.status != "completed"] if len(df) else df
     lines = [
         "# seqbench report",

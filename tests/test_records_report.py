@@ -132,3 +132,12 @@ def test_report_rows_split_by_variant_strategy_label_and_iss_structure(tmp_path)
     s = report.tables(df)["sparsity"]
     cell = next(r["structure"] for r in s if r["model"] == "iss-lstm")
     assert cell == "ISS widths 8,6 -> 3,2; params 4000 -> 1000 (4.00x fewer); FLOPs/sample 4.00x fewer"
+
+
+def test_iss_plot_from_iss_records(tmp_path):
+    for n, (kept, acc, lam) in enumerate([([8, 6], 0.9, 0.0), ([3, 2], 0.8, 1e-3)]):
+        r = fake_record(f"i{n}", model="iss-lstm", acc=acc, seed=n)
+        r["measure"]["structure"] = {"method": "iss", "sizes": kept, "sizes_pruned": kept, "lam": lam}
+        records.write(r, tmp_path)
+    out = report.build(tmp_path)
+    assert (tmp_path / "plots" / "iss_pmnist.png") in out["plots"]
