@@ -35,6 +35,11 @@ SWEEPS = {
     "mptt-hydro": _grid(["gru"], ["climate-hydro"], ["fast"], MPTT_STRATEGIES),
     "mptt-seattle": _grid(["gru"], ["climate-seattle"], ["fast"], MPTT_STRATEGIES),
     "mptt-melbourne": _grid(["gru"], ["climate-melbourne"], ["fast"], MPTT_STRATEGIES),
+    # ISS on PTB: perplexity against the units kept over lam (2 of the fast preset's 6 epochs;
+    # lam 0.00245 / 20 = 1.2e-4 is the paper's value per token of the 20-step small model)
+    "iss-ptb-lambda": _grid(["iss-lstm"], ["ptb"], ["fast"],
+                            [{"epochs": 2, "model.lam": lam, "model.threshold": 1e-4 if lam else 0.0}
+                             for lam in (0.0, 3e-5, 1.2e-4, 3e-4, 6e-4)], seeds=[0]),
 }
 
 
@@ -53,6 +58,7 @@ def main(argv=None) -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--dry-run", action="store_true")
     ap.add_argument("--results", default=None)
+    ap.add_argument("--shard", default="0/1", help="i/n: run only the runs with index %% n == i (parallel sweeps)")
     a = ap.parse_args(argv)
     if a.list or not a.sweep:
         for name, runs in SWEEPS.items():
@@ -62,8 +68,16 @@ def main(argv=None) -> int:
         print(f"sweep: error: unknown sweep '{a.sweep}'; known: {', '.join(SWEEPS)}", file=sys.stderr)
         return 2
     runs = SWEEPS[a.sweep]
+    try:
+        shard, n_shards = (int(v) for v in a.shard.split("/"))
+        assert 0 <= shard < n_shards
+    except (ValueError, AssertionError):
+        print(f"sweep: error: --shard expects i/n with 0 <= i < n, got '{a.shard}'", file=sys.stderr)
+        return 2
     recs = records.load_all(records.results_dir(a.results))
     for i, (model, task, preset, over) in enumerate(runs, 1):
+        if (i - 1) % n_shards != shard:
+            continue
         tag = f"[{i}/{len(runs)}] {model} {task} {preset} {over}"
         if _done(recs, model, task, preset, over):
             print(f"{tag}: done already")
