@@ -100,7 +100,7 @@ def _pm(values: pd.Series, fmt: str) -> str:
     v = values.dropna().astype(float)
     if not len(v):
         return "–"
-    if len(v) == 1:
+    if len(v) == 1 or v.nunique() == 1:  # one run, or a value all runs share (epochs, a reference)
         return format(v.iloc[0], fmt)
     return f"{format(v.mean(), fmt)} ± {format(v.std(ddof=1), fmt)}"
 
