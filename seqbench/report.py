@@ -214,7 +214,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
 
 def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
     """Per task with ISS runs: the test metric against the hidden units kept (all layers), one point
-    per run, labelled with its lam; the dense runs (lam 0) are the baseline points."""
+    per run labelled with its lam, one series per (model, epochs); lam 0 is the dense baseline."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -228,12 +228,13 @@ def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
             continue
         sel = r["task_info"]["select"]
         kept = sum(st.get("sizes_pruned") or st.get("sizes"))
-        by_task.setdefault(r["task"], []).append((kept, r["metrics"]["test"][sel], st.get("lam", 0.0), r["model"], sel))
+        series = f"{r['model']}, {r['timing'].get('epochs')} epochs"  # a lambda sweep at one budget
+        by_task.setdefault(r["task"], []).append((kept, r["metrics"]["test"][sel], st.get("lam", 0.0), series, sel))
     for task, pts in sorted(by_task.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
-        for model in sorted({p[3] for p in pts}):
-            mp = sorted(p for p in pts if p[3] == model)
-            ax.plot([p[0] for p in mp], [p[1] for p in mp], "o", label=model)
+        for series in sorted({p[3] for p in pts}):
+            mp = sorted(p for p in pts if p[3] == series)
+            ax.plot([p[0] for p in mp], [p[1] for p in mp], "o-", label=series)
             for k, v, lam, _, _ in mp:
                 ax.annotate(f"λ={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("hidden units kept (all layers)")
