@@ -142,6 +142,13 @@ class _Series(MiniBatch):
         if train:
             self.epoch += 1
 
+    def _structure(self, model, x):
+        """The state's template and per-leaf batch dims, found once (one step of the model)."""
+        if getattr(self, "template", None) is None:
+            self.template = _template(model, x)
+            self.dims = batch_dims(_backbone(model), self.template)
+        return self.template, self.dims
+
     def state_dict(self) -> dict:
         return {"epoch": self.epoch}
 
@@ -198,8 +205,7 @@ class SSMB_SSIF(_Series):
         if not self.training:
             return model(batch[0], None)
         x = batch[0]
-        template = _template(model, x)
-        dims = batch_dims(_backbone(model), template)
+        template, dims = self._structure(model, x)
         starts, st = [], self.carry
         with torch.no_grad():
             for i in range(x.shape[0]):
@@ -338,9 +344,7 @@ class MPTT(_Series):
             return model(batch[0], None)
         x, starts = batch[0], batch[2]
         rows = [self.index[int(s)] for s in starts.tolist()]
-        if getattr(self, "template", None) is None:
-            self.template = _template(model, x)
-            self.dims = batch_dims(_backbone(model), self.template)
+        self._structure(model, x)
         if self.mu is None:
             self._alloc(self.template, self.dims)
         state = None
