@@ -75,8 +75,3 @@ def batch_dims(backbone, state) -> list:
     """Per leaf: its batch dimension, or None for a scalar shared by the batch (HiPPO's clock)."""
     d = getattr(backbone, "state_batch_dim", 0)
     return [d if leaf.dim() > 0 else None for leaf in state_leaves(state)]
-
-
-def state_take(state, index, dims) -> list:
-    """Leaves of the samples ``index`` (a LongTensor) of a batch state."""
-    return [leaf if d is None else leaf.index_select(d, index) for leaf, d in zip(state_leaves(state), dims)]
