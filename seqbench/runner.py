@@ -174,7 +174,7 @@ class Runner:
                    disable=self.quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
-            x, y = batch[0], batch[1]
+            y = batch[1]
             with self._autocast():
                 out, state = self.strategy.forward(model, batch)
                 loss = self.task.loss(out, y)
