@@ -144,6 +144,15 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
     return {"accuracy": acc, "sparsity": spa, "latency": lat}
 
 
+def _savefig(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
+
+
 def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
     """Indices of points not dominated in (lower latency, better metric), by latency."""
     order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1] if higher_is_better else points[i][1]))
@@ -186,11 +195,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         ax.set_xlabel("batch-1 latency, ms (median)")
         ax.set_ylabel(f"test {sel}")
         ax.set_title(f"{task}: test {sel} vs latency")
-        fig.tight_layout()
-        p = folder / f"acc_vs_latency_{task}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        out.append(p)
+        out.append(_savefig(fig, folder / f"acc_vs_latency_{task}.png"))
 
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in recs:
@@ -204,11 +209,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         ax.set_ylabel(f"validation {sel}")
         ax.set_title(f"{task}: training curves")
         ax.legend(fontsize=7)
-        fig.tight_layout()
-        p = folder / f"curves_{task}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        out.append(p)
+        out.append(_savefig(fig, folder / f"curves_{task}.png"))
     return out
 
 
@@ -241,11 +242,7 @@ def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
         ax.set_ylabel(f"test {pts[0][4]}")
         ax.set_title(f"{task}: ISS, {pts[0][4]} vs components kept")
         ax.legend(fontsize=8)
-        fig.tight_layout()
-        p = folder / f"iss_{task}.png"
-        fig.savefig(p, dpi=120)
-        plt.close(fig)
-        out.append(p)
+        out.append(_savefig(fig, folder / f"iss_{task}.png"))
     return out
 
 
