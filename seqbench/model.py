@@ -52,6 +52,14 @@ def no_autocast(device_type: str):
     return torch.autocast(device_type, enabled=False) if on else contextlib.nullcontext()
 
 
+def variational_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
+    """An inverted-dropout mask (0 or 1 / (1 - p)) of ``shape``, to be held over time steps:
+    variational dropout (Gal & Ghahramani, "A Theoretically Grounded Application of Dropout in
+    Recurrent Neural Networks", NeurIPS 2016), as the RHN reference samples its noise_i/h/o."""
+    keep = 1.0 - p
+    return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep) / keep
+
+
 # ---- per-sample states: a state is a tensor or a (nested) tuple/list of tensors
 def state_leaves(state) -> list:
     if isinstance(state, torch.Tensor):

@@ -40,7 +40,9 @@ Model: ``LanguageModel`` = embedding (``emb`` = the backbone's input size) -> dr
 dropout -> linear ``head`` over the vocabulary (optionally tied to the embedding, Press & Wolf 2017 /
 Inan et al. 2017). Embedding and head weights start U(-init_range, init_range), the head's bias 0;
 Zaremba's code initialises every parameter that way, the backbone's own weights included: that is
-the backbone's business (its presets).
+the backbone's business (its presets). Dropout is Zaremba's (a fresh mask per element and step) or,
+``variational``, one mask per row held over the chunk; ``word_dropout`` drops whole word types per
+row and chunk (both Gal & Ghahramani 2016, as the RHN reference: its noise_x, noise_i, noise_o).
 """
 from __future__ import annotations
 
@@ -63,6 +65,7 @@ import torch.nn.functional as F
 
 from seqbench.data import download_enabled, verify_enabled
 from seqbench.errors import SeqbenchError
+from seqbench.model import variational_mask
 from seqbench.registry import TOKENS, register_task
 from seqbench.task import Metric, Task, TaskSpec
 
@@ -242,14 +245,42 @@ def batchify_eval(stream: torch.Tensor, rows: int, bptt: int) -> StreamLoader:
 
 
 # ---------------------------------------------------------------------------------------- model
-class LanguageModel(nn.Module):
-    """embedding -> dropout -> backbone -> dropout -> head (logits over the vocabulary)."""
+def word_mask(x: torch.Tensor, p: float) -> torch.Tensor:
+    """[B, T] inverted-dropout mask that drops word *types* per row of a chunk: every occurrence
+    of a word in a row shares the draw of its first occurrence (Gal & Ghahramani 2016's embedding
+    dropout; the RHN reference's noise_x, rhn_train.py get_noise)."""
+    keep = 1.0 - p
+    draw = torch.empty(x.shape, device=x.device).bernoulli_(keep) / keep
+    first = (x.unsqueeze(2) == x.unsqueeze(1)).to(torch.uint8).argmax(2)  # index of the first equal token
+    return draw.gather(1, first)
 
-    def __init__(self, backbone, vocab: int, emb: int, bptt: int, dropout: float, tie: bool, init_range: float):
+
+class SeqDropout(nn.Module):
+    """Dropout on [B, T, D]: a fresh mask per element (Zaremba et al.) or, ``variational``, one
+    mask per row held over the chunk's time steps (Gal & Ghahramani 2016)."""
+
+    def __init__(self, p: float, variational: bool):
+        super().__init__()
+        self.p, self.variational = p, variational
+
+    def forward(self, x):
+        if not self.training or self.p == 0:
+            return x
+        if not self.variational:
+            return F.dropout(x, self.p, True)
+        return x * variational_mask((x.shape[0], 1, x.shape[2]), self.p, x)
+
+
+class LanguageModel(nn.Module):
+    """embedding -> (word dropout) -> dropout -> backbone -> dropout -> head (logits over the vocabulary)."""
+
+    def __init__(self, backbone, vocab: int, emb: int, bptt: int, dropout: float, tie: bool, init_range: float,
+                 variational: bool = False, word_dropout: float = 0.0):
         super().__init__()
         self.backbone = backbone
         self.embedding = nn.Embedding(vocab, emb)
-        self.drop = nn.Dropout(dropout)
+        self.drop = SeqDropout(dropout, variational)
+        self.word_dropout = word_dropout
         self.head = nn.Linear(backbone.d_output, vocab)
         self.seq_len = bptt
         nn.init.uniform_(self.embedding.weight, -init_range, init_range)
@@ -259,7 +290,10 @@ class LanguageModel(nn.Module):
             self.head.weight = self.embedding.weight
 
     def forward(self, x, state=None):
-        y, state = self.backbone(self.drop(self.embedding(x)), state)
+        e = self.embedding(x)
+        if self.training and self.word_dropout > 0:
+            e = e * word_mask(x, self.word_dropout).unsqueeze(2).to(e.dtype)
+        y, state = self.backbone(self.drop(e), state)
         return self.head(self.drop(y)), state
 
     def flops_per_sample(self) -> int:
@@ -273,6 +307,8 @@ class PTBParams:
     bptt: int = 35  # truncated-BPTT length (the spec's seq_len)
     emb: int = 200  # embedding size = the backbone's input size
     dropout: float = 0.0  # on the embedding output and the backbone output (Zaremba et al.)
+    variational: bool = False  # dropout: one mask per row held over the chunk (Gal & Ghahramani 2016)
+    word_dropout: float = 0.0  # drop whole word types per row and chunk before the dropout above
     tie: bool = False  # head.weight = embedding.weight (needs the backbone's output size == emb)
     init_range: float = 0.1  # embedding and head weights U(-r, r); head bias 0
     train_tokens: Optional[int] = None  # first N tokens of the training stream (tiny runs)
@@ -373,7 +409,8 @@ class PTB(Task):
             raise SeqbenchError(
                 f"task.tie needs the backbone's output size ({backbone.d_output}) to equal task.emb ({p.emb})"
             )
-        return LanguageModel(backbone, self.spec().d_output, p.emb, p.bptt, p.dropout, p.tie, p.init_range)
+        return LanguageModel(backbone, self.spec().d_output, p.emb, p.bptt, p.dropout, p.tie, p.init_range,
+                             p.variational, p.word_dropout)
 
     def loss(self, out, y):
         return F.cross_entropy(out.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE)

@@ -266,3 +266,74 @@ def test_presets_resolve_and_follow_the_papers():
     assert (t.epochs, t.batch_size, t.lr / 35, t.schedule, t.lr_step, t.lr_gamma, round(t.grad_clip * 35, 9)) == \
         (55, 20, 1.0, "step", 18, 0.1, 10.0)
     assert (paper.task_params.bptt, paper.task_params.dropout) == (35, 0.4)
+
+
+def test_every_models_ptb_preset_trains_statefully_with_sgd():
+    """A model's own ptb presets (iss-lstm's small/medium/large, rhn's paper-iss, ...) keep the
+    task's protocol, also under a name the task itself does not define."""
+    ptb = registry.get_task("ptb")
+    seen = 0
+    for entry in registry.models().values():
+        for key in getattr(entry.cls, "presets", {}) or {}:
+            task, _, name = key.rpartition(":")
+            if task == "ptb":
+                cfg = config.resolve(entry, ptb, name)
+                assert (cfg.train.strategy, cfg.train.optimizer) == ("stateful", "sgd"), (entry.name, name)
+                seen += 1
+    assert seen >= 8
+
+
+def test_rhn_paper_presets_follow_the_reference():
+    """rhns/rhn_train.py ptb_sota and ptb_iss_sota, lr and clip in our per-token units."""
+    rhn, ptb = registry.get_model("rhn"), registry.get_task("ptb")
+    base, iss = config.resolve(rhn, ptb, "paper"), config.resolve(rhn, ptb, "paper-iss")
+    for c in (base, iss):
+        m, t, tr = c.model_params, c.task_params, c.train
+        assert (m.hidden, m.depth, t.emb, t.tie, t.variational, t.bptt, tr.batch_size, tr.eval_batch_size) == \
+            (830, 10, 830, True, True, 35, 20, 1)
+        assert (tr.lr / 35, round(tr.grad_clip * 35, 9), tr.lr_hold, tr.lr_gamma) == (0.2, 10.0, 20, 1 / 1.02)
+        assert tr.weight_decay * 35 == pytest.approx(1e-7)
+    drops = lambda c: (c.task_params.word_dropout, c.task_params.dropout, c.model_params.drop_h)  # noqa: E731
+    assert drops(base) == (0.25, 0.75, 0.25) and drops(iss) == pytest.approx((0.15, 0.45, 0.15))
+    assert (base.train.epochs, base.model_params.lam) == (500, 0.0)
+    assert (iss.train.epochs, iss.model_params.lam * 35, iss.model_params.threshold) == (150, pytest.approx(0.005), 4e-4)
+
+
+# -------------------------------------------------------------------------------------- dropout
+def test_word_dropout_drops_word_types_per_row():
+    torch.manual_seed(0)
+    x = torch.tensor([[5, 7, 5, 9, 7, 5] * 4, [1, 2, 3, 1, 2, 3] * 4])
+    for _ in range(20):
+        m = P.word_mask(x, 0.5)
+        assert set(m.unique().tolist()) <= {0.0, 2.0}
+        for r in range(2):
+            for w in x[r].unique():
+                assert m[r][x[r] == w].unique().numel() == 1  # every occurrence shares one draw
+    draws = torch.stack([P.word_mask(torch.arange(1000)[None], 0.25) for _ in range(4)])
+    assert draws.mean().item() == pytest.approx(1.0, abs=0.05)  # inverted dropout keeps the mean
+    assert (draws == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
+
+
+def test_variational_dropout_holds_one_mask_over_time_and_is_off_in_eval():
+    torch.manual_seed(0)
+    x = torch.ones(3, 7, 50)
+    var, std = P.SeqDropout(0.5, True), P.SeqDropout(0.5, False)
+    y = var(x)
+    assert torch.equal(y, y[:, :1].expand_as(y)) and not torch.equal(y[0], y[1])
+    z = std(x)
+    assert not torch.equal(z[:, 0], z[:, 1])  # Zaremba's: a fresh mask every step
+    var.eval(), std.eval()
+    assert torch.equal(var(x), x) and torch.equal(std(x), x)
+
+
+def test_language_model_dropouts_act_only_in_training(env):
+    t = _task("ptb", env["data"], emb=8, bptt=6, dropout=0.5, variational=True, word_dropout=0.3)
+    lstm = registry.get_model("lstm").cls
+    torch.manual_seed(0)
+    model = t.wrap(lstm(8, lstm.Params(hidden=8)))
+    x = torch.randint(0, t.spec().d_output, (4, 6))
+    model.train()
+    a, b = model(x)[0], model(x)[0]
+    assert not torch.allclose(a, b)
+    model.eval()
+    assert torch.equal(model(x)[0], model(x)[0])

@@ -1,4 +1,6 @@
 """RHN: the coupled-carry highway step by hand, ISS group membership by hand, pruned = masked."""
+import sys
+
 import pytest
 import torch
 import torch.nn as nn
@@ -77,3 +79,28 @@ def test_threshold_zeroes_small_weights_only():
     m.after_step(head)
     for p in list(m.parameters()) + list(head.parameters()):
         assert ((p == 0) | (p.abs() >= 0.05)).all()
+
+
+def test_state_dropout_masks_what_R_reads_with_one_mask(monkeypatch):
+    """drop_h (the reference's noise_h): R_l reads s * m with one mask m for every micro-layer and
+    step; the highway update uses the undropped s; off in eval."""
+    mod = sys.modules[RHN.__module__]
+    m = _model(d=2, w=3, depth=2, drop_h=0.5)
+    mask = torch.tensor([[2.0, 0.0, 2.0], [0.0, 2.0, 2.0]], dtype=torch.float64)
+    calls = []
+    monkeypatch.setattr(mod, "variational_mask", lambda shape, p, like: calls.append((shape, p)) or mask)
+    x = torch.randn(2, 4, 2, dtype=torch.float64)
+    m.train()
+    y, _ = m(x)
+    assert calls == [((2, 3), 0.5)]  # one draw per chunk
+    s = torch.zeros(2, 3, dtype=torch.float64)
+    for t in range(4):
+        for layer, lin in enumerate(m.R):
+            pre = (s * mask) @ lin.weight.T + lin.bias + (x[:, t] @ m.W.weight.T if layer == 0 else 0)
+            h, g = torch.tanh(pre[:, :3]), torch.sigmoid(pre[:, 3:])
+            s = h * g + s * (1 - g)
+        assert torch.allclose(y[:, t], s)
+    m.eval()
+    calls.clear()
+    ref = _model(d=2, w=3, depth=2)
+    assert torch.equal(m(x)[0], ref(x)[0]) and calls == []
