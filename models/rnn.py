@@ -15,7 +15,7 @@ from seqbench.registry import SERIES, register_model
 SERIES_TASKS = ("climate-hydro", "climate-melbourne", "climate-seattle", "climate-co2", "climate-elnino")
 SERIES_PRESETS = {f"{t}:{p}": {"model.hidden": 32} for t in SERIES_TASKS for p in ("fast", "paper")}
 BASELINE_PRESETS = {"tiny": {"model.hidden": 16}, "fast": {"model.hidden": 64}, "paper": {"model.hidden": 512},
-                    **SERIES_PRESETS}
+                    "ptb-char:fast": {"model.hidden": 256}, **SERIES_PRESETS}
 # On smnist the LSTM's fast preset adds chrono initialisation: with torch's default init it sat
 # near chance for the first thousand updates here (the last ~100 pixels are mostly blank, so the
 # label must survive that long); on pmnist torch's init learned faster than chrono.
