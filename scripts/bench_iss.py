@@ -1,35 +1,35 @@
-"""ISS-LSTM: inference time of a dense language model against its ISS-pruned version.
+"""ISS: inference time of a dense language model against its ISS-pruned version.
 
     python scripts/bench_iss.py                                   # the paper's 1500,1500 vs 373,315
     python scripts/bench_iss.py --quick                           # seconds: short timings, T 5
     python scripts/bench_iss.py --sizes 200,200 --pruned-sizes 120,90 --emb 200
-    python scripts/bench_iss.py --run iss-lstm-ptb-fast-s0-...    # a trained run's checkpoint
+    python scripts/bench_iss.py --run iss-lstm-ptb-fast-s0-...    # a trained run (iss-lstm or rhn)
 
-The model is the PTB language model's shape: embedding (vocab x emb) -> iss-lstm -> linear head
+The model is the PTB language model's shape: embedding (vocab x emb) -> backbone -> linear head
 over the vocabulary, in eval mode without autograd. Timed: one forward over T tokens at batch 1,
 divided by T (ms per token), with torch.utils.benchmark (blocked_autorange, medians), at one
-thread and at torch's default thread count. The weights' values do not change dense kernels' time,
-so without ``--run`` both models are random; the default pruned sizes 373,315 are the paper's
-ISS result for the large model (Wen et al. 2018, Table 1, ``ptb_word_lm_heter.py`` in the
-reference). With ``--run``: a run's ``pruned.pt`` (the runner's pruned model; the dense model gets
-the widths it was pruned from, random weights) or else its ``best.pt`` / ``last.pt`` weights,
-pruned here with ``pruned(head)`` (then the two models' outputs are compared too).
+thread and at torch's default thread count. Without ``--run`` the backbone is iss-lstm with random
+weights (the weights' values do not change dense kernels' time); the default pruned sizes 373,315
+are the paper's ISS result for the large model (Wen et al. 2018, Table 1, ``ptb_word_lm_heter.py``
+in the reference). With ``--run``: the run's trained weights (``best.pt``, else ``last.pt``, with
+the run's config), any backbone with ISS pruning, pruned here with ``pruned(head)`` as the runner
+does; the two models' outputs are compared.
 
-Multiply-adds per token count the LSTMs and the head (the embedding lookup: none); parameters
-count everything, the embedding included. Results are printed and written as JSON to
-results/benchmarks/ (or --out).
+FLOPs per token: the backbone's ``flops_per_step`` and the head (the embedding lookup: none); for
+iss-lstm also the LSTMs' and head's multiply-adds. Parameters count everything, the embedding
+included. Results are printed and written as JSON to results/benchmarks/ (or --out).
 """
 from __future__ import annotations
 
 import argparse
-import re
+import json
 import sys
 
 import torch
 import torch.nn as nn
 from torch.utils import benchmark
 
-from seqbench import records
+from seqbench import config, records, registry
 from seqbench.errors import SeqbenchError
 from seqbench.models.iss import ISSLSTM, ISSParams
 
@@ -49,47 +49,50 @@ def build(vocab: int, emb: int, sizes: str) -> LM:
 
 
 def counts(lm: LM) -> dict:
-    tot = lm.backbone.structure(lm.head)["total"]
-    return {"sizes": lm.backbone.sizes, "params": sum(p.numel() for p in lm.parameters()),
-            "macs_per_token": tot["macs_per_token"]}
+    """Widths, parameters (embedding included) and per-token cost: FLOPs in the suite's convention
+    (the backbone's flops_per_step + the head's 2 h v + v) and, for iss-lstm, its multiply-adds."""
+    st = lm.backbone.structure(lm.head)
+    h, v = lm.head.in_features, lm.head.out_features
+    out = {"sizes": st["sizes"], "params": sum(p.numel() for p in lm.parameters()),
+           "flops_per_token": lm.backbone.flops_per_step() + 2 * h * v + v}
+    if "total" in st:
+        out["macs_per_token"] = st["total"]["macs_per_token"]
+    return out
 
 
 def from_run(run_id: str) -> tuple[LM, LM | None, dict]:
-    folder = records.results_dir() / "checkpoints" / run_id
-    pruned_file = folder / "pruned.pt"
-    if pruned_file.is_file():
-        model = torch.load(pruned_file, map_location="cpu", weights_only=False)["model"]
-        bb, head = model.backbone, model.head
-        if not isinstance(bb, ISSLSTM):
-            raise SeqbenchError(f"run '{run_id}' is not an iss-lstm run")
-        embedding = getattr(model, "embedding", None) or nn.Embedding(head.out_features, bb.d_input)
-        small = LM(embedding, bb, head)
-        dense = build(embedding.num_embeddings, bb.d_input, ",".join(map(str, bb.pruned_from or bb.sizes)))
-        return dense, small, {"source": str(pruned_file)}
-    for name in ("best.pt", "last.pt"):
-        if (folder / name).is_file():
-            state = torch.load(folder / name, map_location="cpu", weights_only=False)["model"]
-            break
+    """The run's trained language model (best.pt, else last.pt) and its pruned(head) version, for
+    any backbone with ISS pruning (iss-lstm, rhn); the two models' outputs are compared."""
+    res = records.results_dir()
+    folder = res / "checkpoints" / run_id
+    path = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+    if path is None:
+        raise SeqbenchError(f"no best.pt or last.pt in {folder}")
+    record = res / "runs" / f"{run_id}.json"
+    if record.is_file():
+        flat = json.loads(record.read_text())["config"]
     else:
-        raise SeqbenchError(f"no pruned.pt, best.pt or last.pt in {folder}")
-    keys = sorted((int(m.group(1)), k) for k in state if (m := re.fullmatch(r"backbone\.lstms\.(\d+)\.weight_hh_l0", k)))
-    if not keys:
-        raise SeqbenchError(f"run '{run_id}' has no iss-lstm weights in {folder}")
-    sizes = ",".join(str(state[k].shape[1]) for _, k in keys)
-    d_input = state["backbone.lstms.0.weight_ih_l0"].shape[1]
-    vocab = state["head.weight"].shape[0]
-    dense = build(vocab, d_input, sizes)
-    dense.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("backbone", "head", "embedding")},
-                          strict=False)  # a task without an embedding: a random one for timing
+        flat = torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
+    state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    if "embedding.weight" not in state or "head.weight" not in state:
+        raise SeqbenchError(f"run '{run_id}' is not a language-model run (no embedding and head)")
+    entry = registry.get_model(flat["model"])
+    cfg = config.from_flat(flat, entry, registry.get_task(flat["task"]))
+    vocab, emb = state["embedding.weight"].shape
+    backbone = entry.cls(emb, cfg.model_params)
+    if not callable(getattr(backbone, "pruned", None)):
+        raise SeqbenchError(f"run '{run_id}' is a {flat['model']} run: that model has no ISS pruning")
+    dense = LM(nn.Embedding(vocab, emb), backbone, nn.Linear(backbone.d_output, vocab))
+    dense.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("backbone", "head", "embedding")})
     out = dense.backbone.pruned(dense.head)
     if out is None:
-        return dense, None, {"source": str(folder / name)}
+        return dense, None, {"source": str(path), "model": flat["model"]}
     small = LM(dense.embedding, *out)
     x = torch.randint(0, vocab, (2, 20))
     with torch.no_grad():
         ref = dense.eval()(x)
         err = float((small.eval()(x) - ref).norm() / ref.norm().clamp_min(1e-30))
-    return dense, small, {"source": str(folder / name), "rel_err_pruned_vs_dense": err}
+    return dense, small, {"source": str(path), "model": flat["model"], "rel_err_pruned_vs_dense": err}
 
 
 def time_per_token(lm: LM, x, threads: int, min_run_time: float) -> dict:
@@ -132,7 +135,8 @@ def main(argv=None) -> int:
         dense, small = build(a.vocab, a.emb, a.sizes), build(a.vocab, a.emb, a.pruned_sizes)
     models = {"dense": dense} if small is None else {"dense": dense, "pruned": small}
     x = torch.randint(0, dense.head.out_features, (1, a.T))
-    print(f"ISS-LSTM LM forward at batch 1, T {a.T}, vocab {dense.head.out_features}, emb {dense.backbone.d_input}, "
+    name = extra.get("model", "iss-lstm")
+    print(f"{name} LM forward at batch 1, T {a.T}, vocab {dense.head.out_features}, emb {dense.backbone.d_input}, "
           f"torch {torch.__version__}; median ms per token")
     result = {"benchmark": "iss", "T": a.T, "batch": 1, "vocab": dense.head.out_features, "emb": dense.backbone.d_input,
               "min_run_time": a.min_run_time, **extra}
@@ -141,19 +145,22 @@ def main(argv=None) -> int:
         for th in sorted({1, all_threads}):
             result[name][f"threads_{th}"] = time_per_token(lm, x, th, a.min_run_time)
     thread_counts = sorted({1, all_threads})
-    print(f"{'model':8s} {'sizes':>12s} {'params':>12s} {'MACs/token':>12s} " + " ".join(f"{f'{t} thr ms':>10s}" for t in thread_counts))
+    print(f"{'model':8s} {'sizes':>12s} {'params':>12s} {'FLOPs/token':>12s} " + " ".join(f"{f'{t} thr ms':>10s}" for t in thread_counts))
     for name in models:
         r = result[name]
-        print(f"{name:8s} {','.join(map(str, r['sizes'])):>12s} {r['params']:12,d} {r['macs_per_token']:12,d} "
+        print(f"{name:8s} {','.join(map(str, r['sizes'])):>12s} {r['params']:12,d} {r['flops_per_token']:12,d} "
               + " ".join(f"{r[f'threads_{t}']['ms_per_token']:10.3f}" for t in thread_counts))
     if small is not None:
         d, s = result["dense"], result["pruned"]
         result["speedup"] = {f"threads_{t}": d[f"threads_{t}"]["ms_per_token"] / s[f"threads_{t}"]["ms_per_token"]
                              for t in thread_counts}
         result["params_ratio"] = d["params"] / s["params"]
-        result["macs_ratio"] = d["macs_per_token"] / s["macs_per_token"]
+        result["flops_ratio"] = d["flops_per_token"] / s["flops_per_token"]
+        if "macs_per_token" in d:
+            result["macs_ratio"] = d["macs_per_token"] / s["macs_per_token"]
         print("speedup (dense / pruned): " + ", ".join(f"{v:.2f}x at {k.split('_')[1]} thread(s)" for k, v in result["speedup"].items())
-              + f"; params {result['params_ratio']:.2f}x fewer, MACs/token {result['macs_ratio']:.2f}x fewer")
+              + f"; params {result['params_ratio']:.2f}x fewer, FLOPs/token {result['flops_ratio']:.2f}x fewer"
+              + (f" (LSTM and head multiply-adds {result['macs_ratio']:.2f}x)" if "macs_ratio" in result else ""))
         if "rel_err_pruned_vs_dense" in result:
             print(f"pruned vs dense outputs: relative error {result['rel_err_pruned_vs_dense']:.2e}")
     else:
