@@ -69,7 +69,8 @@ class RHN(RecurrentBackbone):
         # for 20 epochs then / 1.02 every epoch ('quick_start'), 500 epochs, test at batch 1.
         "ptb:paper": {"strategy": "stateful", "optimizer": "sgd", "model.hidden": 830, "model.depth": 10,
                       "model.init_range": 0.04, "model.gate_bias": -2.0, "model.drop_h": 0.25,
-                      "task.emb": 830, "task.tie": True, "task.init_range": 0.04, "task.bptt": 35, "task.dropout": 0.75, "task.variational": True, "task.word_dropout": 0.25,
+                      "task.emb": 830, "task.tie": True, "task.init_range": 0.04, "task.bptt": 35,
+                      "task.dropout": 0.75, "task.variational": True, "task.word_dropout": 0.25,
                       "batch_size": 20, "eval_batch_size": 1, "lr": 0.2 * 35, "grad_clip": 10.0 / 35,
                       "weight_decay": 1e-7 / 35, "schedule": "decay_after", "lr_hold": 20, "lr_gamma": 1 / 1.02,
                       "epochs": 500},
