@@ -14,16 +14,21 @@ The input enters the first micro-layer only. Here W = [W_H; W_T] is one [2w, d] 
 R_l = [R_H,l; R_T,l] one [2w, w] matrix (rows k and w + k are unit k's h and gate). The transform
 gates' biases start at ``gate_bias`` (negative: start by carrying, the paper's -2 .. -4).
 
-ISS component k (the paper's RHN groups; with a tied embedding, the task's ``task.tie``, the
-head's column k is also the embedding's column k):
+ISS component k (the reference's groups, wenwei202/iss-rnns rhns/groups_hidden830.json, in
+PyTorch's [out, in] layout):
     rows k and w + k of W and of every R_l (what writes unit k in every micro-layer),
     column k of every R_l (what reads s[k]: the next micro-layer, or the next step's first),
-    column k of the head (what reads y[k]).
+    column k of the head (what reads y[k]),
+    with ``tied_groups`` (a tied embedding, ``task.tie``, of width w): also column k of W, the
+    weights that read input feature k. The head's column k is then the embedding's column k, so
+    component k is embedding dimension k as much as state unit k; without W's column k in the
+    group the input path keeps feeding gradient into that embedding column and the group never
+    reaches zero (a 6-epoch PTB run here kept all 256 units with 4 of them at norms below 0.01).
 Biases travel with their unit but are not penalised (as ``iss-lstm``). When a whole group is zero,
 s[k] still moves (towards tanh of its bias) but nobody reads it, so the unit can go without changing
-any output. The input columns of W are not in any
-group: the embedding's width stays, and ``pruned`` keeps W's columns (with a tied embedding the
-pruned head is a copy of the kept columns; the embedding keeps its zero columns).
+any output. ``pruned`` keeps W's input width (the embedding stays as it is; with ``tied_groups``
+the dropped units' W columns are zero, 2 n (w - n) multiply-adds per token left in), and with a
+tied embedding the pruned head is a copy of the kept columns.
 
 Group Lasso, thresholding and the lam scaling are ``iss-lstm``'s (``models/iss.py``).
 """
@@ -36,6 +41,7 @@ import torch
 import torch.nn as nn
 
 from seqbench.model import RecurrentBackbone, variational_mask
+from seqbench.errors import SeqbenchError
 from seqbench.registry import register_model
 
 EPS = 1e-8
@@ -51,6 +57,7 @@ class RHNParams:
     threshold: float = 0.0  # after every step, zero weights with |w| < threshold
     prune: bool = True
     drop_h: float = 0.0  # variational dropout on the state every R_l reads (one mask per row and chunk)
+    tied_groups: bool = False  # ISS group k also holds W's column k (a tied embedding; needs d_input == hidden)
 
 
 @register_model("rhn")
@@ -69,6 +76,7 @@ class RHN(RecurrentBackbone):
         # for 20 epochs then / 1.02 every epoch ('quick_start'), 500 epochs, test at batch 1.
         "ptb:paper": {"strategy": "stateful", "optimizer": "sgd", "model.hidden": 830, "model.depth": 10,
                       "model.init_range": 0.04, "model.gate_bias": -2.0, "model.drop_h": 0.25,
+                      "model.tied_groups": True,
                       "task.emb": 830, "task.tie": True, "task.init_range": 0.04, "task.bptt": 35,
                       "task.dropout": 0.75, "task.variational": True, "task.word_dropout": 0.25,
                       "batch_size": 20, "eval_batch_size": 1, "lr": 0.2 * 35, "grad_clip": 10.0 / 35,
@@ -79,6 +87,7 @@ class RHN(RecurrentBackbone):
         # ISS on it: --set model.lam=0.000143 --set model.threshold=0.0004 (the reference's
         # structure_wd 0.005 / 35 and zero_threshold).
         "ptb:fast": {"model.hidden": 256, "model.depth": 5, "model.init_range": 0.04, "model.gate_bias": -2.0,
+                     "model.tied_groups": True,
                      "task.emb": 256, "task.tie": True, "task.init_range": 0.04, "task.bptt": 35,
                      "lr": 0.2 * 35, "grad_clip": 10.0 / 35},
     }
@@ -91,6 +100,9 @@ class RHN(RecurrentBackbone):
 
     def __init__(self, d_input: int, p: RHNParams):
         super().__init__()
+        if p.tied_groups and d_input != p.hidden:
+            raise SeqbenchError(f"rhn model.tied_groups needs the input width ({d_input}) to equal model.hidden "
+                                f"({p.hidden}): a tied embedding of the state's width")
         self.p, self.d_input, self.w, self.d_output = p, d_input, p.hidden, p.hidden
         w = p.hidden
         self.W = nn.Linear(d_input, 2 * w, bias=False)
@@ -131,6 +143,8 @@ class RHN(RecurrentBackbone):
         w = self.w
         rows = lambda m: m.pow(2).sum(1)  # noqa: E731
         sq = rows(self.W.weight[:w]) + rows(self.W.weight[w:])
+        if self.p.tied_groups:
+            sq = sq + self.W.weight.pow(2).sum(0)  # the reference's first-layer input row k
         for lin in self.R:
             sq = sq + rows(lin.weight[:w]) + rows(lin.weight[w:]) + lin.weight.pow(2).sum(0)
         if head is not None:
@@ -174,7 +188,8 @@ class RHN(RecurrentBackbone):
             return None
         w, n = self.w, int(k.numel())
         rows = torch.cat([k, k + w])
-        new = type(self)(self.d_input, dataclasses.replace(self.p, hidden=n)).to(self.W.weight)
+        # the input width stays (see the module docstring), so the small model's groups are untied
+        new = type(self)(self.d_input, dataclasses.replace(self.p, hidden=n, tied_groups=False)).to(self.W.weight)
         new.W.weight.copy_(self.W.weight[rows])
         for a, b in zip(new.R, self.R):
             a.weight.copy_(b.weight[rows][:, k])

@@ -38,6 +38,14 @@ def test_group_membership_by_hand():
             want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
         want = want + head.weight[:, k].pow(2).sum()
         assert m.group_sq_norms(head)[k].item() == pytest.approx(want.item())
+    # tied_groups (a tied embedding of width w): W's column k, the reading of input feature k, too
+    t = _model(d=3, w=3, depth=2, tied_groups=True)
+    for k in range(3):
+        want = t.W.weight[k].pow(2).sum() + t.W.weight[3 + k].pow(2).sum() + t.W.weight[:, k].pow(2).sum()
+        for lin in t.R:
+            want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
+        want = want + head.weight[:, k].pow(2).sum()
+        assert t.group_sq_norms(head)[k].item() == pytest.approx(want.item())
     # the regulariser's gradient is finite at an all-zero group
     m2 = _model(lam=0.1)
     with torch.no_grad():
@@ -104,3 +112,34 @@ def test_state_dropout_masks_what_R_reads_with_one_mask(monkeypatch):
     calls.clear()
     ref = _model(d=2, w=3, depth=2)
     assert torch.equal(m(x)[0], ref(x)[0]) and calls == []
+
+
+def test_tied_groups_prune_with_a_tied_embedding_and_need_equal_widths():
+    """A tied LM (embedding = head weight, width w): a dead component has its W rows and column,
+    R rows and columns and its embedding column zero; pruning keeps the outputs."""
+    from seqbench.errors import SeqbenchError
+
+    w, dead = 6, [0, 3]
+    m = _model(d=w, w=w, depth=2, tied_groups=True)
+    emb = nn.Embedding(11, w).double()
+    head = nn.Linear(w, 11).double()
+    head.weight = emb.weight
+    with torch.no_grad():
+        rows = dead + [w + k for k in dead]
+        m.W.weight[rows] = 0
+        m.W.weight[:, dead] = 0
+        for lin in m.R:
+            lin.weight[rows] = 0
+            lin.weight[:, dead] = 0
+        emb.weight[:, dead] = 0
+    assert m.kept(head).tolist() == [1, 2, 4, 5]
+    x = torch.randint(0, 11, (2, 5))
+    ref = head(m(emb(x))[0])
+    small, small_head = m.pruned(head)
+    assert small.w == 4 and small.d_input == w
+    assert (small_head(small(emb(x))[0]) - ref).norm() / ref.norm() < 1e-5
+    m.W.weight.data[0, 0] = 1.0  # input feature 0 read again: component 0 is alive
+    assert 0 in m.kept(head).tolist()
+    with pytest.raises(SeqbenchError, match="tied_groups needs the input width") as e:
+        RHN(4, RHN.Params(hidden=6, tied_groups=True))
+    assert "\n" not in str(e.value)
