@@ -91,6 +91,11 @@ def _structure_text(s, meas: dict | None = None) -> str | None:
     return "; ".join(f"{k}={v}" for k, v in s.items()) if isinstance(s, dict) else str(s)
 
 
+def _text_or_dash(v) -> str:
+    """A structure cell: its text, or a dash where a run has none (pandas gives NaN or None)."""
+    return v if isinstance(v, str) and v else "–"
+
+
 def frame(recs: list[dict]) -> pd.DataFrame:
     df = pd.DataFrame([_row(r) for r in recs])
     return df.sort_values(["task", "model", "preset", "seed", "started"]).reset_index(drop=True) if len(df) else df
@@ -135,7 +140,7 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         a["train_min"] = _pm(g["train_s"] / 60, ".1f")
         acc.append(a)
         spa.append(dict(name, params=int(g["params"].iloc[0]), nonzero=_pm(g["params_nonzero"], ".0f"),
-                        sparsity=_pm(g["sparsity"], ".4f"), structure=g["structure"].iloc[0] or "–"))
+                        sparsity=_pm(g["sparsity"], ".4f"), structure=_text_or_dash(g["structure"].iloc[0])))
         lat.append(dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]),
                         b1_ms=_pm(g["lat_b1_ms"], ".3f"), b1_iqr_ms=_pm(g["lat_b1_iqr_ms"], ".3f"),
                         b64_ms=_pm(g["lat_b64_ms"], ".3f"), b64_iqr_ms=_pm(g["lat_b64_iqr_ms"], ".3f"),

@@ -132,6 +132,7 @@ def test_report_rows_split_by_variant_strategy_label_and_iss_structure(tmp_path)
     s = report.tables(df)["sparsity"]
     cell = next(r["structure"] for r in s if r["model"] == "iss-lstm")
     assert cell == "ISS widths 8,6 -> 3,2; params 4000 -> 1000 (4.00x fewer); FLOPs/sample 4.00x fewer"
+    assert {r["structure"] for r in s if r["model"] == "lstm"} == {"–"}  # no structure: a dash, never "nan"
 
 
 def test_iss_plot_from_iss_records(tmp_path):
