@@ -135,8 +135,7 @@ def main(argv=None) -> int:
         dense, small = build(a.vocab, a.emb, a.sizes), build(a.vocab, a.emb, a.pruned_sizes)
     models = {"dense": dense} if small is None else {"dense": dense, "pruned": small}
     x = torch.randint(0, dense.head.out_features, (1, a.T))
-    name = extra.get("model", "iss-lstm")
-    print(f"{name} LM forward at batch 1, T {a.T}, vocab {dense.head.out_features}, emb {dense.backbone.d_input}, "
+    print(f"{extra.get('model', 'iss-lstm')} LM forward at batch 1, T {a.T}, vocab {dense.head.out_features}, emb {dense.backbone.d_input}, "
           f"torch {torch.__version__}; median ms per token")
     result = {"benchmark": "iss", "T": a.T, "batch": 1, "vocab": dense.head.out_features, "emb": dense.backbone.d_input,
               "min_run_time": a.min_run_time, **extra}
