@@ -245,12 +245,11 @@ def batchify_eval(stream: torch.Tensor, rows: int, bptt: int) -> StreamLoader:
 
 
 # ---------------------------------------------------------------------------------------- model
-def word_mask(x: torch.Tensor, p: float) -> torch.Tensor:
-    """[B, T] inverted-dropout mask that drops word *types* per row of a chunk: every occurrence
-    of a word in a row shares the draw of its first occurrence (Gal & Ghahramani 2016's embedding
-    dropout; the RHN reference's noise_x, rhn_train.py get_noise)."""
-    keep = 1.0 - p
-    draw = torch.empty(x.shape, device=x.device).bernoulli_(keep) / keep
+def word_mask(x: torch.Tensor, p: float, like: torch.Tensor) -> torch.Tensor:
+    """[B, T] inverted-dropout mask (``like``'s dtype) that drops word *types* per row of a chunk:
+    every occurrence of a word in a row shares the draw of its first occurrence (Gal & Ghahramani
+    2016's embedding dropout; the RHN reference's noise_x, rhn_train.py get_noise)."""
+    draw = variational_mask(x.shape, p, like)
     first = (x.unsqueeze(2) == x.unsqueeze(1)).to(torch.uint8).argmax(2)  # index of the first equal token
     return draw.gather(1, first)
 
@@ -292,7 +291,7 @@ class LanguageModel(nn.Module):
     def forward(self, x, state=None):
         e = self.embedding(x)
         if self.training and self.word_dropout > 0:
-            e = e * word_mask(x, self.word_dropout).unsqueeze(2).to(e.dtype)
+            e = e * word_mask(x, self.word_dropout, e).unsqueeze(2)
         y, state = self.backbone(self.drop(e), state)
         return self.head(self.drop(y)), state
 

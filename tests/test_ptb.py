@@ -305,12 +305,12 @@ def test_word_dropout_drops_word_types_per_row():
     torch.manual_seed(0)
     x = torch.tensor([[5, 7, 5, 9, 7, 5] * 4, [1, 2, 3, 1, 2, 3] * 4])
     for _ in range(20):
-        m = P.word_mask(x, 0.5)
+        m = P.word_mask(x, 0.5, torch.ones(1))
         assert set(m.unique().tolist()) <= {0.0, 2.0}
         for r in range(2):
             for w in x[r].unique():
                 assert m[r][x[r] == w].unique().numel() == 1  # every occurrence shares one draw
-    draws = torch.stack([P.word_mask(torch.arange(1000)[None], 0.25) for _ in range(4)])
+    draws = torch.stack([P.word_mask(torch.arange(1000)[None], 0.25, torch.ones(1)) for _ in range(4)])
     assert draws.mean().item() == pytest.approx(1.0, abs=0.05)  # inverted dropout keeps the mean
     assert (draws == 0).float().mean().item() == pytest.approx(0.25, abs=0.03)
 
