@@ -26,9 +26,11 @@ PyTorch's [out, in] layout):
     reaches zero (a 6-epoch PTB run here kept all 256 units with 4 of them at norms below 0.01).
 Biases travel with their unit but are not penalised (as ``iss-lstm``). When a whole group is zero,
 s[k] still moves (towards tanh of its bias) but nobody reads it, so the unit can go without changing
-any output. ``pruned`` keeps W's input width (the embedding stays as it is; with ``tied_groups``
-the dropped units' W columns are zero, 2 n (w - n) multiply-adds per token left in), and with a
-tied embedding the pruned head is a copy of the kept columns.
+any output. ``pruned`` without ``tied_groups`` keeps W's input width. With ``tied_groups`` it also
+drops W's columns of the removed units (zero: they are in the group) and the small RHN's
+``kept_inputs`` names the input features it still reads: the wrapper drops the others
+(``LanguageModel.keep_inputs``: the embedding keeps those columns and the head is tied to it again),
+so component k leaves the embedding too, as the paper counts it (830 -> 517: 23M -> 11.1M params).
 
 Group Lasso, thresholding and the lam scaling are ``iss-lstm``'s (``models/iss.py``).
 """
@@ -176,11 +178,17 @@ class RHN(RecurrentBackbone):
         return {"method": "iss", "lam": self.p.lam, "threshold": self.p.threshold, "sizes": [self.w],
                 "sizes_pruned": [k], "pruned_from": getattr(self, "pruned_from", None), "depth": self.p.depth}
 
+    @property
+    def prunes_inputs(self) -> bool:
+        """Whether ``pruned`` may drop input features (the wrapper must then have ``keep_inputs``)."""
+        return self.p.tied_groups and self.p.prune
+
     @torch.no_grad()
     def pruned(self, head):
         """A narrower RHN and head without the all-zero units, or None. A unit whose weights are all
         zero still has biases: h = tanh(b_H), g = sigmoid(b_T) make its state drift to tanh(b_H) and
-        nobody reads it, so dropping it changes no output."""
+        nobody reads it, so dropping it changes no output. With ``tied_groups`` the input features
+        of the dropped units go too (``kept_inputs``; see the module docstring)."""
         if not self.p.prune or head is None:
             return None
         k = self.kept(head)
@@ -188,9 +196,9 @@ class RHN(RecurrentBackbone):
             return None
         w, n = self.w, int(k.numel())
         rows = torch.cat([k, k + w])
-        # the input width stays (see the module docstring), so the small model's groups are untied
-        new = type(self)(self.d_input, dataclasses.replace(self.p, hidden=n, tied_groups=False)).to(self.W.weight)
-        new.W.weight.copy_(self.W.weight[rows])
+        cols = k if self.p.tied_groups else torch.arange(self.d_input)
+        new = type(self)(int(cols.numel()), dataclasses.replace(self.p, hidden=n)).to(self.W.weight)
+        new.W.weight.copy_(self.W.weight[rows][:, cols])
         for a, b in zip(new.R, self.R):
             a.weight.copy_(b.weight[rows][:, k])
             a.bias.copy_(b.bias[rows])
@@ -198,6 +206,8 @@ class RHN(RecurrentBackbone):
         new_head.weight.copy_(head.weight[:, k])
         if head.bias is not None:
             new_head.bias.copy_(head.bias)
+        if self.p.tied_groups:
+            new.kept_inputs = k
         new.pruned_from = list(getattr(self, "pruned_from", None) or [self.w])
         new.train(self.training)
         return new, new_head

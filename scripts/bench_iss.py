@@ -13,54 +13,52 @@ weights (the weights' values do not change dense kernels' time); the default pru
 are the paper's ISS result for the large model (Wen et al. 2018, Table 1, ``ptb_word_lm_heter.py``
 in the reference). With ``--run``: the run's trained weights (``best.pt``, else ``last.pt``, with
 the run's config), any backbone with ISS pruning, pruned here with ``pruned(head)`` as the runner
-does; the two models' outputs are compared.
+does (``install_pruned``: a tied RHN's embedding loses the pruned columns too); the two models'
+outputs are compared.
 
 FLOPs per token: the backbone's ``flops_per_step`` and the head (the embedding lookup: none); for
 iss-lstm also the LSTMs' and head's multiply-adds. Parameters count everything, the embedding
-included. Results are printed and written as JSON to results/benchmarks/ (or --out).
+included (a tied head's weight once). Results are printed and written as JSON to results/benchmarks/ (or --out).
 """
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import sys
 
 import torch
-import torch.nn as nn
 from torch.utils import benchmark
 
 from seqbench import config, records, registry
 from seqbench.errors import SeqbenchError
+from seqbench.model import install_pruned
 from seqbench.models.iss import ISSLSTM, ISSParams
+from seqbench.tasks.ptb import LanguageModel
 
 
-class LM(nn.Module):
-    def __init__(self, embedding: nn.Embedding, backbone: ISSLSTM, head: nn.Linear):
-        super().__init__()
-        self.embedding, self.backbone, self.head = embedding, backbone, head
-
-    def forward(self, x):
-        return self.head(self.backbone(self.embedding(x))[0])
+def lm(backbone, vocab: int, emb: int, tie: bool = False) -> LanguageModel:
+    """The PTB task's language model around ``backbone``, without dropout (timing is in eval mode)."""
+    return LanguageModel(backbone, vocab, emb, bptt=1, dropout=0.0, tie=tie, init_range=0.1)
 
 
-def build(vocab: int, emb: int, sizes: str) -> LM:
-    backbone = ISSLSTM(emb, ISSParams(sizes=sizes))
-    return LM(nn.Embedding(vocab, emb), backbone, nn.Linear(backbone.d_output, vocab))
+def build(vocab: int, emb: int, sizes: str) -> LanguageModel:
+    return lm(ISSLSTM(emb, ISSParams(sizes=sizes)), vocab, emb)
 
 
-def counts(lm: LM) -> dict:
+def counts(model: LanguageModel) -> dict:
     """Widths, parameters (embedding included) and per-token cost: FLOPs in the suite's convention
     (the backbone's flops_per_step + the head's 2 h v + v) and, for iss-lstm, its multiply-adds."""
-    st = lm.backbone.structure(lm.head)
-    h, v = lm.head.in_features, lm.head.out_features
-    out = {"sizes": st["sizes"], "params": sum(p.numel() for p in lm.parameters()),
-           "flops_per_token": lm.backbone.flops_per_step() + 2 * h * v + v}
+    st = model.backbone.structure(model.head)
+    h, v = model.head.in_features, model.head.out_features
+    out = {"sizes": st["sizes"], "params": sum(p.numel() for p in model.parameters()),  # a tied weight once
+           "flops_per_token": model.backbone.flops_per_step() + 2 * h * v + v}
     if "total" in st:
         out["macs_per_token"] = st["total"]["macs_per_token"]
     return out
 
 
-def from_run(run_id: str) -> tuple[LM, LM | None, dict]:
+def from_run(run_id: str) -> tuple[LanguageModel, LanguageModel | None, dict]:
     """The run's trained language model (best.pt, else last.pt) and its pruned(head) version, for
     any backbone with ISS pruning (iss-lstm, rhn); the two models' outputs are compared."""
     res = records.results_dir()
@@ -82,25 +80,26 @@ def from_run(run_id: str) -> tuple[LM, LM | None, dict]:
     backbone = entry.cls(emb, cfg.model_params)
     if not callable(getattr(backbone, "pruned", None)):
         raise SeqbenchError(f"run '{run_id}' is a {flat['model']} run: that model has no ISS pruning")
-    dense = LM(nn.Embedding(vocab, emb), backbone, nn.Linear(backbone.d_output, vocab))
+    dense = lm(backbone, vocab, emb, tie=bool(flat.get("task.tie", False)))
     dense.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in ("backbone", "head", "embedding")})
     out = dense.backbone.pruned(dense.head)
     if out is None:
         return dense, None, {"source": str(path), "model": flat["model"]}
-    small = LM(dense.embedding, *out)
+    small = copy.deepcopy(dense)
+    install_pruned(small, *out)  # as the runner does (a tied RHN's embedding shrinks too)
     x = torch.randint(0, vocab, (2, 20))
     with torch.no_grad():
-        ref = dense.eval()(x)
-        err = float((small.eval()(x) - ref).norm() / ref.norm().clamp_min(1e-30))
+        ref = dense.eval()(x)[0]
+        err = float((small.eval()(x)[0] - ref).norm() / ref.norm().clamp_min(1e-30))
     return dense, small, {"source": str(path), "model": flat["model"], "rel_err_pruned_vs_dense": err}
 
 
-def time_per_token(lm: LM, x, threads: int, min_run_time: float) -> dict:
-    lm.eval()
+def time_per_token(model: LanguageModel, x, threads: int, min_run_time: float) -> dict:
+    model.eval()
 
     def call():
         with torch.no_grad():
-            lm(x)
+            model(x)
 
     call()  # warm-up
     m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=threads).blocked_autorange(
@@ -139,10 +138,10 @@ def main(argv=None) -> int:
           f"torch {torch.__version__}; median ms per token")
     result = {"benchmark": "iss", "T": a.T, "batch": 1, "vocab": dense.head.out_features, "emb": dense.backbone.d_input,
               "min_run_time": a.min_run_time, **extra}
-    for name, lm in models.items():
-        result[name] = counts(lm)
+    for name, model in models.items():
+        result[name] = counts(model)
         for th in sorted({1, all_threads}):
-            result[name][f"threads_{th}"] = time_per_token(lm, x, th, a.min_run_time)
+            result[name][f"threads_{th}"] = time_per_token(model, x, th, a.min_run_time)
     thread_counts = sorted({1, all_threads})
     print(f"{'model':8s} {'sizes':>12s} {'params':>12s} {'FLOPs/token':>12s} " + " ".join(f"{f'{t} thr ms':>10s}" for t in thread_counts))
     for name in models:

@@ -17,6 +17,9 @@ backbone's output (an nn.Linear; every wrapper names it ``head``), or None:
                                    after training, on the best checkpoint: a physically smaller
                                    model that computes the same (ISS); the runner tests, measures
                                    and saves it in place of the trained one
+                                   (``install_pruned``); a backbone whose pruning may drop input
+                                   features says so (``prunes_inputs``) and sets ``kept_inputs``
+                                   on the small one: the wrapper then needs ``keep_inputs(idx)``
     optimizer_groups(lr) -> list   optimiser param groups for some of its parameters, each a dict
                                    with "params" and its own "lr" (the rest get the base lr)
 """
@@ -27,6 +30,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from .errors import SeqbenchError
 from .registry import RECURRENT_KINDS
 
 
@@ -61,6 +65,23 @@ def variational_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
 
 
 # ---- per-sample states: a state is a tensor or a (nested) tuple/list of tensors
+def install_pruned(model: nn.Module, backbone: nn.Module, head: nn.Module) -> None:
+    """Put an ISS-pruned backbone and head (what ``pruned(head)`` returns) into ``model`` in place.
+    A backbone that also dropped input features says which it still reads (``kept_inputs``): the
+    wrapper keeps only those (``keep_inputs``: a tied RHN's component k is embedding column k)."""
+    model.backbone, model.head = backbone, head
+    kept = getattr(backbone, "kept_inputs", None)
+    if kept is not None:
+        model.keep_inputs(kept)
+
+
+def check_prunable(model: nn.Module, backbone: nn.Module, what: str) -> None:
+    """Before training: a backbone whose pruning drops input features needs a wrapper that can."""
+    if getattr(backbone, "prunes_inputs", False) and not callable(getattr(model, "keep_inputs", None)):
+        raise SeqbenchError(f"{what}: the model's ISS pruning drops input features (model.tied_groups) but "
+                            f"this task's wrapper cannot drop them (only a language model's embedding can)")
+
+
 def state_leaves(state) -> list:
     if isinstance(state, torch.Tensor):
         return [state]

@@ -25,6 +25,7 @@ from . import config as C
 from . import measure, records, registry
 from .data import data_root
 from .errors import SeqbenchError
+from .model import check_prunable, install_pruned
 from .strategy import get_strategy
 
 
@@ -98,6 +99,7 @@ class Runner:
         backbone = self.model_entry.cls(self.spec.d_input, cfg.model_params)
         self.model = self.task.wrap(backbone).to(self.device)
         self.backbone = backbone
+        check_prunable(self.model, backbone, f"{cfg.model} on {cfg.task}")
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.strategy = strategy_cls(self.task, self.model, t)
@@ -333,7 +335,7 @@ class Runner:
         small = fn(head)
         if small is None:
             return None
-        self.model.backbone, self.model.head = small
+        install_pruned(self.model, *small)
         self.backbone = self.model.backbone
         self.model.to(self.device)
         self._save("pruned.pt", {"model": self.model, "epoch": self.best["epoch"]})

@@ -285,7 +285,21 @@ class LanguageModel(nn.Module):
         nn.init.uniform_(self.embedding.weight, -init_range, init_range)
         nn.init.uniform_(self.head.weight, -init_range, init_range)
         nn.init.zeros_(self.head.bias)
+        self.tie = tie
         if tie:
+            self.head.weight = self.embedding.weight
+
+    @torch.no_grad()
+    def keep_inputs(self, idx: torch.Tensor) -> None:
+        """ISS dropped the backbone's input features outside ``idx`` (a tied RHN: component k is
+        embedding column k): the embedding keeps only those columns and a tied head, already cut to
+        the same columns by the pruning, shares the embedding's weight again."""
+        old = self.embedding.weight
+        self.embedding = nn.Embedding(old.shape[0], int(idx.numel())).to(old)
+        self.embedding.weight.copy_(old[:, idx.to(old.device)])
+        if self.tie:
+            if not torch.equal(self.head.weight, self.embedding.weight):
+                raise SeqbenchError("keep_inputs: the pruned head is not the kept embedding columns")
             self.head.weight = self.embedding.weight
 
     def forward(self, x, state=None):

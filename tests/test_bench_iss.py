@@ -20,7 +20,8 @@ def test_bench_iss_times_a_trained_run_and_its_pruned_model(env, model, capsys):
     # a threshold of 1 zeroes every weight after the first step: one unit per layer survives
     over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0"}
     if model == "rhn":
-        over.update({"model.hidden": "16", "model.depth": "2", "task.emb": "16", "task.tie": "true"})
+        over.update({"model.hidden": "16", "model.depth": "2", "task.emb": "16", "task.tie": "true",
+                     "model.tied_groups": "true"})  # the pruned embedding shrinks to one column
     rec = Runner(config.resolve(registry.get_model(model), registry.get_task("ptb"), "tiny", over), quiet=True).fit()
     assert rec["status"] == "completed", rec["failure"]
     out = env["tmp"] / "bench"
@@ -29,6 +30,9 @@ def test_bench_iss_times_a_trained_run_and_its_pruned_model(env, model, capsys):
     assert res["model"] == model and res["rel_err_pruned_vs_dense"] < 1e-5
     assert res["dense"]["sizes"] != res["pruned"]["sizes"] and max(res["pruned"]["sizes"]) == 1
     assert res["dense"]["params"] > res["pruned"]["params"] and res["flops_ratio"] > 1
+    if model == "rhn":  # tied: the vocabulary x width matrix counted once, 15 of its 16 columns gone
+        assert res["dense"]["params"] - res["pruned"]["params"] > 15 * res["vocab"]
+        assert res["pruned"]["params"] < res["vocab"] * 16
     assert res["speedup"]["threads_1"] > 0
     assert "speedup (dense / pruned)" in capsys.readouterr().out
 

@@ -136,10 +136,70 @@ def test_tied_groups_prune_with_a_tied_embedding_and_need_equal_widths():
     x = torch.randint(0, 11, (2, 5))
     ref = head(m(emb(x))[0])
     small, small_head = m.pruned(head)
-    assert small.w == 4 and small.d_input == w
-    assert (small_head(small(emb(x))[0]) - ref).norm() / ref.norm() < 1e-5
+    # the dead units' input features go too: W loses their (zero) columns and names what it reads
+    assert small.w == 4 and small.d_input == 4 and small.kept_inputs.tolist() == [1, 2, 4, 5]
+    assert small.p.tied_groups and small.pruned(small_head) is None
+    small_emb = nn.Embedding(11, 4).double()
+    small_emb.weight.data.copy_(emb.weight[:, small.kept_inputs])
+    assert torch.equal(small_head.weight, small_emb.weight)  # the head is still the embedding
+    assert (small_head(small(small_emb(x))[0]) - ref).norm() / ref.norm() < 1e-5
     m.W.weight.data[0, 0] = 1.0  # input feature 0 read again: component 0 is alive
     assert 0 in m.kept(head).tolist()
     with pytest.raises(SeqbenchError, match="tied_groups needs the input width") as e:
         RHN(4, RHN.Params(hidden=6, tied_groups=True))
     assert "\n" not in str(e.value)
+
+
+def test_pruned_tied_language_model_shrinks_its_embedding_and_stays_tied():
+    """Through the PTB language model (tied, tied_groups): install_pruned cuts the embedding to the
+    kept columns and re-ties the head; outputs equal, and the whole LM has fewer parameters."""
+    from seqbench.model import install_pruned
+    from seqbench.tasks.ptb import LanguageModel
+
+    w, dead = 6, [2, 5]
+    lm = LanguageModel(_model(d=w, w=w, depth=2, tied_groups=True).float(), 11, w, bptt=5, dropout=0.0,
+                       tie=True, init_range=0.1)
+    with torch.no_grad():
+        rows = dead + [w + k for k in dead]
+        lm.backbone.W.weight[rows] = 0
+        lm.backbone.W.weight[:, dead] = 0
+        for lin in lm.backbone.R:
+            lin.weight[rows] = 0
+            lin.weight[:, dead] = 0
+        lm.embedding.weight[:, dead] = 0  # = the head's columns: tied
+    x = torch.randint(0, 11, (3, 5))
+    lm.eval()
+    ref = lm(x)[0]
+    n_dense, flops_dense = sum(p.numel() for p in lm.parameters()), lm.flops_per_sample()
+    install_pruned(lm, *lm.backbone.pruned(lm.head))
+    assert lm.embedding.weight.shape == (11, 4) and lm.head.weight is lm.embedding.weight
+    assert (lm(x)[0] - ref).norm() / ref.norm() < 1e-6
+    # 2 embedding (= head) columns; W [12, 6] -> [8, 4]; each R [12, 6] -> [8, 4] and its bias 12 -> 8
+    assert n_dense - sum(p.numel() for p in lm.parameters()) == 2 * 11 + 3 * (12 * 6 - 8 * 4) + 2 * (12 - 8)
+    assert lm.flops_per_sample() < flops_dense
+
+
+def test_runner_prunes_a_tied_rhn_embedding_and_refuses_a_wrapper_that_cannot(env):
+    """A tiny tied RHN with ISS on ptb (threshold 1: one unit survives): the record's params fall
+    and pruned.pt's embedding has the kept width, tied to the head. A model whose pruning drops
+    input features on a task whose wrapper cannot drop them is refused before training."""
+    from conftest import QUICK
+    from seqbench import config
+    from seqbench.errors import SeqbenchError
+    from seqbench.model import check_prunable
+    from seqbench.runner import Runner
+
+    over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0", "model.hidden": "16", "model.depth": "2",
+            "model.tied_groups": "true", "task.emb": "16", "task.tie": "true"}
+    rec = Runner(config.resolve(registry.get_model("rhn"), registry.get_task("ptb"), "tiny", over), quiet=True).fit()
+    assert rec["status"] == "completed", rec["failure"]
+    meas = rec["measure"]
+    assert meas["structure"]["sizes"] == [1] and meas["structure"]["pruned_from"] == [16]
+    before, after = meas["pruning"]["before"]["params"]["total"], meas["params"]["total"]
+    assert before - after >= 15 * rec["task_info"]["d_output"]  # 15 embedding columns gone
+    small = torch.load(meas["pruning"]["file"], weights_only=False)["model"]
+    assert small.embedding.weight.shape[1] == 1 and small.head.weight is small.embedding.weight
+    with pytest.raises(SeqbenchError, match="cannot drop them") as e:
+        check_prunable(nn.Sequential(), RHN(4, RHN.Params(hidden=4, tied_groups=True)), "rhn on copy")
+    assert "\n" not in str(e.value)
+    check_prunable(nn.Sequential(), RHN(4, RHN.Params(hidden=4)), "rhn on copy")  # untied: nothing to drop
