@@ -64,7 +64,6 @@ def variational_mask(shape, p: float, like: torch.Tensor) -> torch.Tensor:
     return torch.empty(shape, dtype=like.dtype, device=like.device).bernoulli_(keep) / keep
 
 
-# ---- per-sample states: a state is a tensor or a (nested) tuple/list of tensors
 def install_pruned(model: nn.Module, backbone: nn.Module, head: nn.Module) -> None:
     """Put an ISS-pruned backbone and head (what ``pruned(head)`` returns) into ``model`` in place.
     A backbone that also dropped input features says which it still reads (``kept_inputs``): the
@@ -82,6 +81,7 @@ def check_prunable(model: nn.Module, backbone: nn.Module, what: str) -> None:
                             f"this task's wrapper cannot drop them (only a language model's embedding can)")
 
 
+# ---- per-sample states: a state is a tensor or a (nested) tuple/list of tensors
 def state_leaves(state) -> list:
     if isinstance(state, torch.Tensor):
         return [state]
