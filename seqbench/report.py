@@ -220,7 +220,8 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
 
 def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
     """Per task with ISS runs: the test metric against the hidden units kept (all layers), one point
-    per run labelled with its lam, one series per (model, epochs); lam 0 is the dense baseline."""
+    per run labelled with its lam, one series per (model, epochs): the ISS runs joined by a line,
+    the lam-0 runs (dense baseline, direct designs trained at a kept width) as open squares."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -240,7 +241,11 @@ def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for series in sorted({p[3] for p in pts}):
             mp = sorted(p for p in pts if p[3] == series)
-            ax.plot([p[0] for p in mp], [p[1] for p in mp], "o-", label=series)
+            iss, dense = [p for p in mp if p[2]], [p for p in mp if not p[2]]
+            line = ax.plot([p[0] for p in iss], [p[1] for p in iss], "o-", label=f"{series}: ISS")[0]
+            # lam 0: trained dense at its width (the baseline, or a "direct design" at a kept width)
+            ax.plot([p[0] for p in dense], [p[1] for p in dense], "s", mfc="none", color=line.get_color(),
+                    label=f"{series}: dense at that width")
             for k, v, lam, _, _ in mp:
                 ax.annotate(f"λ={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
         ax.set_xlabel("hidden units kept (all layers)")
