@@ -15,6 +15,20 @@ def _model(d=2, w=3, depth=2, **kw):
     return RHN(d, RHN.Params(hidden=w, depth=depth, **kw)).double()
 
 
+@torch.no_grad()
+def _kill(m, dead, reader):
+    """Zero the ISS groups of units ``dead`` (with ``tied_groups`` also W's columns) and their
+    columns of ``reader``, the weight that reads the RHN's output (the head, or a tied embedding)."""
+    rows = dead + [m.w + k for k in dead]
+    m.W.weight[rows] = 0
+    if m.p.tied_groups:
+        m.W.weight[:, dead] = 0
+    for lin in m.R:
+        lin.weight[rows] = 0
+        lin.weight[:, dead] = 0
+    reader[:, dead] = 0
+
+
 def test_one_step_by_hand():
     m = _model()
     x = torch.randn(1, 1, 2, dtype=torch.float64)
@@ -32,20 +46,16 @@ def test_group_membership_by_hand():
     """Unit k owns rows k and w+k of W and of every R_l, column k of every R_l, column k of the head."""
     m = _model(w=3, depth=2)
     head = nn.Linear(3, 4).double()
-    for k in range(3):
-        want = m.W.weight[k].pow(2).sum() + m.W.weight[3 + k].pow(2).sum()
-        for lin in m.R:
-            want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
-        want = want + head.weight[:, k].pow(2).sum()
-        assert m.group_sq_norms(head)[k].item() == pytest.approx(want.item())
     # tied_groups (a tied embedding of width w): W's column k, the reading of input feature k, too
-    t = _model(d=3, w=3, depth=2, tied_groups=True)
-    for k in range(3):
-        want = t.W.weight[k].pow(2).sum() + t.W.weight[3 + k].pow(2).sum() + t.W.weight[:, k].pow(2).sum()
-        for lin in t.R:
-            want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
-        want = want + head.weight[:, k].pow(2).sum()
-        assert t.group_sq_norms(head)[k].item() == pytest.approx(want.item())
+    for model in (m, _model(d=3, w=3, depth=2, tied_groups=True)):
+        for k in range(3):
+            want = model.W.weight[k].pow(2).sum() + model.W.weight[3 + k].pow(2).sum()
+            if model.p.tied_groups:
+                want = want + model.W.weight[:, k].pow(2).sum()
+            for lin in model.R:
+                want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
+            want = want + head.weight[:, k].pow(2).sum()
+            assert model.group_sq_norms(head)[k].item() == pytest.approx(want.item())
     # the regulariser's gradient is finite at an all-zero group
     m2 = _model(lam=0.1)
     with torch.no_grad():
@@ -62,14 +72,10 @@ def test_pruned_equals_masked_and_shrinks():
     m = _model(d=4, w=6, depth=3)
     head = nn.Linear(6, 5).double()
     dead = [1, 4]
+    _kill(m, dead, head.weight)
     with torch.no_grad():
-        rows = dead + [6 + k for k in dead]
-        m.W.weight[rows] = 0
         for lin in m.R:
-            lin.weight[rows] = 0
-            lin.weight[:, dead] = 0
             lin.bias.uniform_(-1, 1)  # the dead units' biases stay non-zero: they must not matter
-        head.weight[:, dead] = 0
     x = torch.randn(3, 7, 4, dtype=torch.float64)
     ref = head(m(x)[0])
     small, small_head = m.pruned(head)
@@ -124,14 +130,7 @@ def test_tied_groups_prune_with_a_tied_embedding_and_need_equal_widths():
     emb = nn.Embedding(11, w).double()
     head = nn.Linear(w, 11).double()
     head.weight = emb.weight
-    with torch.no_grad():
-        rows = dead + [w + k for k in dead]
-        m.W.weight[rows] = 0
-        m.W.weight[:, dead] = 0
-        for lin in m.R:
-            lin.weight[rows] = 0
-            lin.weight[:, dead] = 0
-        emb.weight[:, dead] = 0
+    _kill(m, dead, emb.weight)
     assert m.kept(head).tolist() == [1, 2, 4, 5]
     x = torch.randint(0, 11, (2, 5))
     ref = head(m(emb(x))[0])
@@ -159,14 +158,7 @@ def test_pruned_tied_language_model_shrinks_its_embedding_and_stays_tied():
     w, dead = 6, [2, 5]
     lm = LanguageModel(_model(d=w, w=w, depth=2, tied_groups=True).float(), 11, w, bptt=5, dropout=0.0,
                        tie=True, init_range=0.1)
-    with torch.no_grad():
-        rows = dead + [w + k for k in dead]
-        lm.backbone.W.weight[rows] = 0
-        lm.backbone.W.weight[:, dead] = 0
-        for lin in lm.backbone.R:
-            lin.weight[rows] = 0
-            lin.weight[:, dead] = 0
-        lm.embedding.weight[:, dead] = 0  # = the head's columns: tied
+    _kill(lm.backbone, dead, lm.embedding.weight)  # = the head's columns: tied
     x = torch.randint(0, 11, (3, 5))
     lm.eval()
     ref = lm(x)[0]
