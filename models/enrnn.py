@@ -87,6 +87,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from seqbench.config import NONNEGATIVE, POSITIVE, POSITIVE_REAL, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import RecurrentBackbone, no_autocast
 from seqbench.models.rnn import RNNParams, TorchRNN
@@ -157,14 +158,19 @@ def reference_d2_init(n: int, generator=None) -> torch.Tensor:
 # ------------------------------------------------------------------------------------ params
 @dataclass
 class ScoRNNParams:
-    hidden: int = 128  # n1: the orthogonal (scaled Cayley) block
-    n_neg: Optional[int] = None  # number of -1 entries of D; None: hidden // 2 (the scoRNN references' choice)
-    lr_A: Optional[float] = None  # learning rate of the skew parameter A; None: the run's lr
+    hidden: int = setting(128, POSITIVE, "n1: the orthogonal (scaled Cayley) block")
+    # number of -1 entries of D, at most hidden; None: hidden // 2 (the scoRNN references' choice)
+    n_neg: Optional[int] = setting(None, NONNEGATIVE)
+    lr_A: Optional[float] = setting(None, POSITIVE_REAL, "learning rate of the skew parameter A; None: the run's lr")
+
+    def validate(self):
+        if self.n_neg is not None and self.n_neg > self.hidden:
+            raise SeqbenchError(f"bad value {self.n_neg} for 'model.n_neg': expected an integer in [0, model.hidden = {self.hidden}]")
 
 
 @dataclass
 class ENRNNParams(ScoRNNParams):
-    n2: int = 32  # the eigenvalue-normalised block
+    n2: int = setting(32, NONNEGATIVE, "the eigenvalue-normalised block")
 
 
 # ENRNN_copying.py: n1 = 172 with 52 negative entries, n2 = 20, RMSprop 1e-3, A 1e-5.
@@ -205,13 +211,6 @@ class ENRNN(RecurrentBackbone):
         super().__init__()
         n1, n2 = p.hidden, getattr(p, "n2", 0)
         n_neg = p.n_neg if p.n_neg is not None else n1 // 2
-        name = getattr(self, "name", type(self).__name__)
-        if n1 < 1 or n2 < 0:
-            raise SeqbenchError(f"{name}: hidden must be >= 1 and n2 >= 0 (got {n1}, {n2})")
-        if not 0 <= n_neg <= n1:
-            raise SeqbenchError(f"{name}: n_neg must be in [0, hidden] (got {n_neg}, hidden {n1})")
-        if p.lr_A is not None and p.lr_A <= 0:
-            raise SeqbenchError(f"{name}: lr_A must be > 0 or none (got {p.lr_A})")
         self.d_input, self.n1, self.n2, self.n_neg, self.lr_A = d_input, n1, n2, n_neg, p.lr_A
         self.d_output = n1 + n2
         n = n1 + n2

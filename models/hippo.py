@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench.config import _choice
+from seqbench.config import POSITIVE, POSITIVE_REAL, _choice, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import RecurrentBackbone, no_autocast
 from seqbench.registry import register_model
@@ -362,9 +362,9 @@ def fast_step_flops(N: int, discretization: str = "bilinear") -> int:
 # ------------------------------------------------------------------------------- the cell
 @dataclass
 class HiPPOParams:
-    hidden: int = 256
-    memory_order: Optional[int] = None  # N; None = hidden (the reference's memory_order=-1)
-    memory_size: int = 1  # M, memory channels
+    hidden: int = setting(256, POSITIVE)
+    memory_order: Optional[int] = setting(None, POSITIVE, "N; None = hidden (the reference's memory_order=-1)")
+    memory_size: int = setting(1, POSITIVE, "M, memory channels")
     discretization: str = _choice("bilinear", DISCRETIZATIONS)
     step: str = _choice("dense", ("dense", "fast"), "dense: cached N x N matrices; fast: O(N) LegS step")
 
@@ -390,8 +390,6 @@ class HiPPOLegS(RecurrentBackbone):
         super().__init__()
         H, M = p.hidden, p.memory_size
         N = p.memory_order if p.memory_order is not None else H
-        if H < 1 or M < 1 or N < 1:
-            raise SeqbenchError(f"hippo: hidden, memory_size and memory_order must be >= 1 (got {H}, {M}, {N})")
         if p.discretization not in DISCRETIZATIONS:
             raise SeqbenchError(f"hippo: unknown discretization '{p.discretization}'")
         self.d_input, self.d_output, self.M, self.N = d_input, H, M, N
@@ -499,7 +497,7 @@ class HiPPOLegS(RecurrentBackbone):
 
 @dataclass
 class HiPPOLegTParams(HiPPOParams):
-    theta: float = 784.0  # window length in steps (LMU theta); 784 = one MNIST sequence
+    theta: float = setting(784.0, POSITIVE_REAL, "window length in steps (LMU theta); 784 = one MNIST sequence")
     step: str = _choice("dense", ("dense",), "LegT is time invariant: one dense N x N pair")
     normalized: bool = False  # True: the reference's normalised 'legt' form instead of the LMU's
 
@@ -512,8 +510,6 @@ class HiPPOLegT(HiPPOLegS):
     Params = HiPPOLegTParams
 
     def _setup_memory(self, p):
-        if p.theta <= 0:
-            raise SeqbenchError(f"hippo-legt: theta must be > 0 (got {p.theta})")
         if self.step != "dense":
             raise SeqbenchError("hippo-legt: only step=dense (LegT's A is dense)")
         A, B = legt_matrices(self.N, p.theta, p.normalized)

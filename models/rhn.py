@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from seqbench.model import RecurrentBackbone, variational_mask
+from seqbench.config import FINITE, NONNEGATIVE_REAL, POSITIVE, PROBABILITY, setting
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_model
 
@@ -51,14 +52,14 @@ EPS = 1e-8
 
 @dataclass
 class RHNParams:
-    hidden: int = 128  # width w
-    depth: int = 3  # micro-layers per time step (the paper's PTB model: 10)
-    init_range: float = 0.0  # 0: U(-1/sqrt(w), 1/sqrt(w)); r > 0: U(-r, r)
-    gate_bias: float = -2.0  # initial transform-gate bias (negative: carry)
-    lam: float = 0.0  # group Lasso strength per token of a mean loss (0: plain RHN)
-    threshold: float = 0.0  # after every step, zero weights with |w| < threshold
+    hidden: int = setting(128, POSITIVE, "width w")
+    depth: int = setting(3, POSITIVE, "micro-layers per time step (the paper's PTB model: 10)")
+    init_range: float = setting(0.0, NONNEGATIVE_REAL, "0: U(-1/sqrt(w), 1/sqrt(w)); r > 0: U(-r, r)")
+    gate_bias: float = setting(-2.0, FINITE, "initial transform-gate bias (negative: carry)")
+    lam: float = setting(0.0, NONNEGATIVE_REAL, "group Lasso strength per token of a mean loss (0: plain RHN)")
+    threshold: float = setting(0.0, NONNEGATIVE_REAL, "after every step, zero weights with |w| < threshold")
     prune: bool = True
-    drop_h: float = 0.0  # variational dropout on the state every R_l reads (one mask per row and chunk)
+    drop_h: float = setting(0.0, PROBABILITY)  # variational dropout on the state every R_l reads (one mask per row and chunk)
     tied_groups: bool = False  # ISS group k also holds W's column k (a tied embedding; needs d_input == hidden)
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from seqbench.config import _choice
+from seqbench.config import POSITIVE, PROBABILITY, _choice, ints, setting
 from seqbench.model import RecurrentBackbone
 from seqbench.registry import SERIES, register_model
 
@@ -31,9 +31,9 @@ LSTM_PRESETS = {
 
 @dataclass
 class RNNParams:
-    hidden: int = 128
-    layers: int = 1
-    dropout: float = 0.0  # between stacked layers
+    hidden: int = setting(128, POSITIVE)
+    layers: int = setting(1, POSITIVE)
+    dropout: float = setting(0.0, PROBABILITY, "between stacked layers")
 
 
 class TorchRNN(RecurrentBackbone):
@@ -73,7 +73,7 @@ class LSTMParams(RNNParams):
     # forget-gate bias log(U(1, T_max - 1)), input-gate bias its negative, so memory time scales
     # spread up to T_max steps from the start; the other weights keep torch's init.
     init: str = _choice("torch", ("torch", "chrono"))
-    chrono_tmax: int = 784
+    chrono_tmax: int = setting(784, ints(2))
 
 
 @register_model("lstm")

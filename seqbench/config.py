@@ -14,44 +14,131 @@ task only with the key ``"<task>:<preset>"``. A task or model may define further
 from __future__ import annotations
 
 import dataclasses
+import math
+import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, Optional
 
-from .errors import SeqbenchError
+from .errors import SeqbenchError, clip
 
 PRESETS = ("tiny", "fast", "paper")
 DEFAULT_PRESET = "fast"
+
+
+# ---------------------------------------------------------------------------- domains
+# Every setting declares its domain where it is declared (a field of TrainConfig, of a model's or a
+# task's Params); values are checked when the config resolves, before anything is built, so a bad
+# value is one line naming the key and its domain. A test generated from these declarations tries an
+# out-of-domain value for every key of every registered model and task.
+@dataclass(frozen=True)
+class Domain:
+    text: Any  # what a valid value is, for the error line ("an integer >= 1"), or a function giving it
+    check: Callable[[Any], bool]
+    bad: Any  # an out-of-domain value of the field's type (for the generated test)
+
+    def __call__(self, v) -> bool:
+        return self.check(v)
+
+    def describe(self) -> str:
+        return self.text() if callable(self.text) else self.text
+
+
+def _num(x) -> str:
+    return f"{x:g}" if isinstance(x, float) else str(x)
+
+
+def ints(lo: int | None = None, hi: int | None = None) -> Domain:
+    """Integers in [lo, hi] (either end open-ended when None)."""
+    if lo is not None and hi is not None:
+        text = f"an integer in [{lo}, {hi}]"
+    else:
+        text = f"an integer >= {lo}" if lo is not None else f"an integer <= {hi}"
+    bad = lo - 1 if lo is not None else hi + 1
+    return Domain(text, lambda v: (lo is None or v >= lo) and (hi is None or v <= hi), bad)
+
+
+def reals(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False,
+          what: str = "a finite number") -> Domain:
+    """Finite numbers between lo and hi; ``*_open`` excludes that end. NaN and inf are never in."""
+    if lo is not None and hi is not None:
+        text = f"{what} in {'(' if lo_open else '['}{_num(lo)}, {_num(hi)}{')' if hi_open else ']'}"
+    elif lo is not None:
+        text = f"{what} {'>' if lo_open else '>='} {_num(lo)}"
+    else:
+        text = f"{what} {'<' if hi_open else '<='} {_num(hi)}"
+
+    def check(v):
+        return (math.isfinite(v) and (lo is None or (v > lo if lo_open else v >= lo))
+                and (hi is None or (v < hi if hi_open else v <= hi)))
+
+    bad = float(lo) - 1.0 if lo is not None else float(hi) + 1.0
+    return Domain(text, check, bad)
+
+
+def pattern(regex: str, text: str, bad: str) -> Domain:
+    """Strings matching ``regex`` whole."""
+    rx = re.compile(regex)
+    return Domain(text, lambda v: rx.fullmatch(v) is not None, bad)
+
+
+FINITE = Domain("a finite number", math.isfinite, float("nan"))
+POSITIVE = ints(1)  # sizes, counts, epochs, batch sizes
+NONNEGATIVE = ints(0)
+SEED = ints(0, 2**32 - 1)  # numpy's seed range
+POSITIVE_REAL = reals(0.0, lo_open=True)  # learning rates, times, scales
+NONNEGATIVE_REAL = reals(0.0)  # weight decay, clipping (0 = off), penalties
+PROBABILITY = reals(0.0, 1.0, hi_open=True, what="a probability")  # dropout rates
+FRACTION = reals(0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")  # a split that must be non-empty on both sides
+MOMENTUM = reals(0.0, 1.0, hi_open=True)
+
+
+def _strategies() -> list[str]:
+    from .strategy import _STRATEGIES
+    return sorted(_STRATEGIES)
+
+
+STRATEGY = Domain(lambda: "a registered strategy: " + ", ".join(_strategies()), lambda v: v in _strategies(), "no-such-strategy")
+
+
+def setting(default, domain: Domain, help: str = ""):
+    """A dataclass field with its domain (``domain``) and a help text."""
+    return field(default=default, metadata={"domain": domain, "help": help})
 
 
 def _choice(default, choices, help=""):
     return field(default=default, metadata={"choices": tuple(choices), "help": help})
 
 
+choice = _choice
+
+
 @dataclass
 class TrainConfig:
-    epochs: int = 10
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    lr: float = 1e-3
+    epochs: int = setting(10, POSITIVE)
+    batch_size: int = setting(64, POSITIVE)
+    eval_batch_size: int = setting(256, POSITIVE)
+    lr: float = setting(1e-3, POSITIVE_REAL)
     optimizer: str = _choice("adam", ("adam", "adamw", "sgd", "rmsprop"))
-    momentum: float = 0.0
-    weight_decay: float = 0.0
+    momentum: float = setting(0.0, MOMENTUM)
+    weight_decay: float = setting(0.0, NONNEGATIVE_REAL)
     schedule: str = _choice("none", ("none", "cosine", "step", "decay_after"), "per-epoch LR schedule")
-    lr_step: int = 1  # step schedule: decay every lr_step epochs
-    lr_gamma: float = 0.1  # step / decay_after: decay factor
-    lr_hold: int = 0  # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
-    grad_clip: float = 0.0  # max global grad norm; 0 = off
+    lr_step: int = setting(1, POSITIVE, "step schedule: decay every lr_step epochs")
+    lr_gamma: float = setting(0.1, POSITIVE_REAL, "step / decay_after: decay factor")
+    # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
+    lr_hold: int = setting(0, NONNEGATIVE)
+    grad_clip: float = setting(0.0, NONNEGATIVE_REAL, "max global grad norm; 0 = off")
     amp: str = _choice("off", ("off", "bf16", "fp16"))
-    strategy: str = "minibatch"  # training strategy (seqbench.strategy registry)
-    keeper: float = 1.0  # MPTT's delta: weight of the carried message against this epoch's mean
-    mptt_warmup: int = 0  # MPTT: epochs (from 0) up to this one start from zero states
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    strategy: str = setting("minibatch", STRATEGY, "training strategy (seqbench.strategy registry)")
+    keeper: float = setting(1.0, NONNEGATIVE_REAL, "MPTT's delta: weight of the carried message against this epoch's mean")
+    mptt_warmup: int = setting(0, NONNEGATIVE, "MPTT: epochs (from 0) up to this one start from zero states")
+    seed: int = setting(0, SEED)
+    device: str = setting("auto", pattern(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N", "mps"))
     deterministic: bool = False
-    limit_batches: int = 0  # cap on batches per epoch and per evaluation; 0 = all (smoke tests)
-    latency_time: float = 1.0  # seconds of timing per latency measurement
-    log_every: int = 20  # steps between progress-bar updates (and non-finite loss checks)
+    threads: Optional[int] = setting(None, POSITIVE, "torch threads; none: torch's default, at most the cores this process may use")
+    limit_batches: int = setting(0, NONNEGATIVE, "cap on batches per epoch and per evaluation; 0 = all (smoke tests)")
+    latency_time: float = setting(1.0, POSITIVE_REAL, "seconds of timing per latency measurement")
+    log_every: int = setting(20, POSITIVE, "steps between progress updates (and non-finite loss checks)")
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
@@ -92,14 +179,7 @@ def _targets(train, mp, tp) -> dict[str, tuple[Any, str]]:
 
 def _coerce(key: str, value: Any, obj: Any, name: str) -> Any:
     """Turn ``value`` (a string from the CLI or a typed preset value) into the field's type."""
-    hints = typing.get_type_hints(type(obj))
-    tp = hints[name]
-    optional = False
-    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        optional = len(args) < len(typing.get_args(tp))
-        tp = args[0]
-    f = next(f for f in dataclasses.fields(obj) if f.name == name)
+    tp, optional = field_type(obj, name)
     try:
         if isinstance(value, str):
             s = value.strip()
@@ -127,14 +207,42 @@ def _coerce(key: str, value: Any, obj: Any, name: str) -> Any:
                 v = value
             else:
                 raise ValueError
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise SeqbenchError(
-            f"bad value {value!r} for '{key}': expected {tp.__name__}{' or none' if optional else ''}"
+            f"bad value {clip(repr(value))} for '{key}': expected {_TYPE_TEXT.get(tp, tp.__name__)}"
+            f"{' or none' if optional else ''}"
         ) from None
-    choices = f.metadata.get("choices")
+    choices = field_meta(obj, name, "choices")
     if choices and v not in choices:
-        raise SeqbenchError(f"bad value {v!r} for '{key}': choose one of {', '.join(choices)}")
+        raise SeqbenchError(f"bad value {clip(repr(v))} for '{key}': choose one of {', '.join(choices)}")
+    dom = field_meta(obj, name, "domain")
+    if tp is float and not math.isfinite(v) or dom is not None and not dom(v):
+        what = dom.describe() if dom is not None else "a finite number"
+        raise SeqbenchError(f"bad value {clip(repr(value))} for '{key}': expected {what}{' or none' if optional else ''}")
     return v
+
+
+def field_meta(obj_or_cls, name: str, key: str):
+    """A field's declared ``choices``, ``domain`` or ``help``: from the nearest class in the MRO that
+    declares it, so a subclass that only changes a default (``window: int = 365``) keeps the domain."""
+    cls = obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls)
+    for c in cls.__mro__:
+        f = getattr(c, "__dataclass_fields__", {}).get(name)
+        if f is not None and key in f.metadata:
+            return f.metadata[key]
+    return None
+
+
+_TYPE_TEXT = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def field_type(obj_or_cls, name: str) -> tuple[type, bool]:
+    """A dataclass field's type and whether it is Optional."""
+    tp = typing.get_type_hints(obj_or_cls if isinstance(obj_or_cls, type) else type(obj_or_cls))[name]
+    if typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        return args[0], len(args) < len(typing.get_args(tp))
+    return tp, False
 
 
 def apply(cfg: RunConfig, updates: dict[str, Any], source: str) -> None:
@@ -142,7 +250,7 @@ def apply(cfg: RunConfig, updates: dict[str, Any], source: str) -> None:
     for key, value in updates.items():
         if key not in targets:
             raise SeqbenchError(
-                f"unknown key '{key}' ({source}); valid keys: {', '.join(targets)}"
+                f"unknown key {clip(repr(key))} ({source}); valid keys: {', '.join(targets)}"
             )
         obj, name = targets[key]
         setattr(obj, name, _coerce(key, value, obj, name))
@@ -171,7 +279,7 @@ def preset_names(model_cls, task_cls, task_name: str) -> list[str]:
 def resolve(model_entry, task_entry, preset: str = DEFAULT_PRESET, overrides: dict | None = None) -> RunConfig:
     names = preset_names(model_entry.cls, task_entry.cls, task_entry.name)
     if preset not in names:
-        raise SeqbenchError(f"unknown preset '{preset}' for {model_entry.name} on {task_entry.name}; "
+        raise SeqbenchError(f"unknown preset {clip(repr(preset))} for {model_entry.name} on {task_entry.name}; "
                             f"choose one of {', '.join(names)}")
     cfg = RunConfig(
         model=model_entry.name,
@@ -184,7 +292,17 @@ def resolve(model_entry, task_entry, preset: str = DEFAULT_PRESET, overrides: di
     for source, layer in preset_layers(model_entry.cls, task_entry.cls, task_entry.name, preset):
         apply(cfg, layer, source)
     apply(cfg, overrides or {}, "override")
+    validate(cfg)
     return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Checks between keys of one part (``Params.validate()``, e.g. series fractions that must leave a
+    test part), after every layer is applied; single values were checked against their domains."""
+    for part in (cfg.train, cfg.model_params, cfg.task_params):
+        fn = getattr(part, "validate", None)
+        if callable(fn):
+            fn()
 
 
 def from_flat(flat: dict, model_entry, task_entry) -> RunConfig:
@@ -205,7 +323,7 @@ def parse_set(items: list[str]) -> dict[str, str]:
     out = {}
     for item in items:
         if "=" not in item:
-            raise SeqbenchError(f"--set expects key=value, got '{item}'")
+            raise SeqbenchError(f"--set expects key=value, got {clip(repr(item))}")
         k, v = item.split("=", 1)
         out[k.strip()] = v
     return out

@@ -11,3 +11,9 @@ class SeqbenchError(Exception):
     def __init__(self, message: str, code: int = 2):
         super().__init__(message)
         self.code = code
+
+
+def clip(text: str, limit: int = 80) -> str:
+    """Echoed user input, cut to ``limit`` characters (an error line stays one readable line)."""
+    text = str(text).replace("\n", "\\n")
+    return text if len(text) <= limit else f"{text[: limit - 1]}…({len(text)} chars)"

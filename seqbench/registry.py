@@ -12,7 +12,7 @@ import importlib
 import pkgutil
 from dataclasses import dataclass, field
 
-from .errors import SeqbenchError
+from .errors import SeqbenchError, clip
 
 # Input kinds a task can declare (its contract) and a backbone can support.
 SEQUENCE = "sequence"  # real-valued sequence x[B, T, D]
@@ -107,7 +107,7 @@ def _get(table: dict, what: str, name: str) -> Entry:
     discover()
     if name in table:
         return table[name]
-    msg = f"unknown {what} '{name}'; known {what}s: {', '.join(sorted(table)) or '(none)'}"
+    msg = f"unknown {what} {clip(repr(name))}; known {what}s: {', '.join(sorted(table)) or '(none)'}"
     broken = [m for m in _BROKEN if m.startswith(f"seqbench.{what}s.")]
     if broken:
         msg += "; modules that failed to import: " + "; ".join(f"{m} ({_BROKEN[m]})" for m in broken)

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import TensorLoader
+from .config import FRACTION, POSITIVE, setting
 from .errors import SeqbenchError
 from .registry import SERIES
 from .task import Metric, PerStepHead, Task, TaskSpec
@@ -47,10 +48,15 @@ class SeriesFrame:
 
 @dataclass
 class SeriesParams:
-    window: int = 366  # L, steps per training window
-    stride: int = 183  # between window starts (L / 2 in the reference)
-    train_frac: float = 0.5
-    val_frac: float = 0.1
+    window: int = setting(366, POSITIVE, "L, steps per training window")
+    stride: int = setting(183, POSITIVE, "between window starts (L / 2 in the reference)")
+    train_frac: float = setting(0.5, FRACTION, "the first part of the record, for training")
+    val_frac: float = setting(0.1, FRACTION, "the part after it, for validation; the rest is the test part")
+
+    def validate(self):
+        if self.train_frac + self.val_frac >= 1:
+            raise SeqbenchError(f"bad values for 'task.train_frac' ({self.train_frac:g}) and 'task.val_frac' "
+                                f"({self.val_frac:g}): expected a sum < 1 (the rest is the test part)")
 
 
 def window_starts(n: int, window: int, stride: int) -> np.ndarray:
@@ -97,8 +103,6 @@ class SeriesTask(Task):
             raise SeqbenchError(f"task '{self.name}': drivers {x.shape} and targets {y.shape} do not line up")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise SeqbenchError(f"task '{self.name}': the record has missing or non-finite values")
-        if not (0 < p.train_frac and 0 < p.val_frac and p.train_frac + p.val_frac < 1):
-            raise SeqbenchError("task.train_frac and task.val_frac must be > 0 and leave a test part")
         n = len(x)
         a, b = int(n * p.train_frac), int(n * p.train_frac) + int(n * p.val_frac)
         bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}

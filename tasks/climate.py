@@ -159,7 +159,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqbench.config import _choice
+from seqbench.config import POSITIVE, SEED, _choice, setting
 from seqbench.data import ensure_files, file_digest
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_task
@@ -842,8 +842,8 @@ class HydroStandIn(_ClimateTask):
     class Params(SeriesParams):
         target: str = _choice("soil_water", tuple(HYDRO_TARGETS),
                               "soil_water (mm) | snowpack (mm SWE) | streamflow (mm/day)")
-        years: int = 1000
-        gen_seed: int = 0
+        years: int = setting(1000, POSITIVE)
+        gen_seed: int = setting(0, SEED)
 
     presets = _presets({"task.years": 6, "task.window": 32, "task.stride": 16}, fast_epochs=20)
     folder = "climate/vega"  # the generator's fitting input
@@ -882,10 +882,6 @@ class HydroStandIn(_ClimateTask):
 
     def _series(self) -> pd.DataFrame:
         p = self.params
-        if p.years < 1:
-            raise SeqbenchError(f"climate-hydro: task.years must be >= 1 (got {p.years})")
-        if p.gen_seed < 0:
-            raise SeqbenchError(f"climate-hydro: task.gen_seed must be >= 0 (got {p.gen_seed})")
         seattle_path = self._paths()["seattle-weather.csv"]
         header = self._header(file_digest(seattle_path, "sha256"))
         seattle = read_seattle(seattle_path)

@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from seqbench.config import _choice
+from seqbench.config import FRACTION, POSITIVE, SEED, _choice, setting
 from seqbench.data import TensorLoader, ensure_files
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
@@ -88,11 +88,11 @@ def make_permutation(kind: str, n: int, seed: int) -> Optional[np.ndarray]:
 @dataclass
 class MNISTParams:
     permutation: str = _choice("none", ("none", "bitreversal", "random"))
-    perm_seed: int = 0  # for permutation=random
-    val_fraction: float = 0.1
-    train_subset: Optional[int] = None  # first N of the (shuffled-split) training part
-    val_subset: Optional[int] = None
-    test_subset: Optional[int] = None
+    perm_seed: int = setting(0, SEED, "for permutation=random")
+    val_fraction: float = setting(0.1, FRACTION, "of the 60k training images, held out for validation")
+    train_subset: Optional[int] = setting(None, POSITIVE, "first N of the (shuffled-split) training part")
+    val_subset: Optional[int] = setting(None, POSITIVE)
+    test_subset: Optional[int] = setting(None, POSITIVE)
 
 
 MNIST_PRESETS = {

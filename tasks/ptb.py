@@ -63,7 +63,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench.data import download_enabled, verify_enabled
+from seqbench.data import short_reason, download_enabled, verify_enabled
+from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, ints, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import variational_mask
 from seqbench.registry import TOKENS, register_task
@@ -108,10 +109,14 @@ def read_text(path: Path) -> bytes:
         raise SeqbenchError(f"PTB file {path} is unreadable: {e}") from None
 
 
-def _download(folder: Path, names: list[str]) -> None:
-    """Fetch ``names`` from Mikolov's archive, then the raw mirror (word files); failures are quiet
-    (the caller reports what is still missing)."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _download(folder: Path, names: list[str]) -> str:
+    """Fetch ``names`` from Mikolov's archive, then the raw mirror (word files); returns why the last
+    attempt failed (the caller reports what is still missing, and this)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"the download could not create {folder} ({e.strerror or type(e).__name__})"
+    why = f"the download failed (no mirror holds {', '.join(names)})"
     try:
         with tempfile.TemporaryFile() as tmp:
             with urllib.request.urlopen(TGZ_URL, timeout=60) as r:
@@ -123,15 +128,16 @@ def _download(folder: Path, names: list[str]) -> None:
                     base = os.path.basename(m.name)
                     if base in names and m.isfile() and m.name.endswith(f"data/{base}") and _path(folder, base) is None:
                         (folder / base).write_bytes(tar.extractfile(m).read())
-    except Exception:  # offline, or the archive moved: try the mirror
-        pass
+    except Exception as e:  # offline, or the archive moved: try the mirror
+        why = f"the download failed ({short_reason(e)}: {TGZ_URL})"
     for n in names:
         if _path(folder, n) is None and n in WORD_MD5:
             try:
                 with urllib.request.urlopen(RAW_MIRROR + n, timeout=60) as r:
                     (folder / n).write_bytes(r.read())
-            except Exception:
-                pass
+            except Exception as e:
+                why = f"the download failed ({short_reason(e)}: {RAW_MIRROR + n})"
+    return why
 
 
 def load_texts(folder: Path, md5: dict[str, str]) -> tuple[dict[str, bytes], dict[str, str]]:
@@ -139,13 +145,14 @@ def load_texts(folder: Path, md5: dict[str, str]) -> tuple[dict[str, bytes], dic
     Downloads what is missing (SEQBENCH_DOWNLOAD != 0); one-line SeqbenchError when still missing or
     when a checksum does not match (SEQBENCH_VERIFY=0 skips the check)."""
     missing = [n for n in md5 if _path(folder, n) is None]
+    why = "downloads are off (SEQBENCH_DOWNLOAD=0)"
     if missing and download_enabled():
-        _download(folder, missing)
+        why = _download(folder, missing)
         missing = [n for n in md5 if _path(folder, n) is None]
     if missing:
         raise SeqbenchError(
-            f"PTB data not found: missing {', '.join(f'{n}[.gz]' for n in missing)} in {folder} "
-            f"(set SEQBENCH_DATA to a folder holding them, or allow a download when online)"
+            f"PTB data not found: missing {', '.join(f'{n}[.gz]' for n in missing)} in {folder}; {why} "
+            f"(set SEQBENCH_DATA to a folder holding them)"
         )
     texts, checked = {}, {}
     for n, want in md5.items():
@@ -317,15 +324,15 @@ class LanguageModel(nn.Module):
 # ----------------------------------------------------------------------------------------- tasks
 @dataclass
 class PTBParams:
-    bptt: int = 35  # truncated-BPTT length (the spec's seq_len)
-    emb: int = 200  # embedding size = the backbone's input size
-    dropout: float = 0.0  # on the embedding output and the backbone output (Zaremba et al.)
+    bptt: int = setting(35, POSITIVE, "truncated-BPTT length (the spec's seq_len)")
+    emb: int = setting(200, POSITIVE, "embedding size = the backbone's input size")
+    dropout: float = setting(0.0, PROBABILITY, "on the embedding output and the backbone output (Zaremba et al.)")
     variational: bool = False  # dropout: one mask per row held over the chunk (Gal & Ghahramani 2016)
-    word_dropout: float = 0.0  # drop whole word types per row and chunk before the dropout above
+    word_dropout: float = setting(0.0, PROBABILITY)  # drop whole word types per row and chunk before the dropout above
     tie: bool = False  # head.weight = embedding.weight (needs the backbone's output size == emb)
-    init_range: float = 0.1  # embedding and head weights U(-r, r); head bias 0
-    train_tokens: Optional[int] = None  # first N tokens of the training stream (tiny runs)
-    eval_tokens: Optional[int] = None  # first N tokens of the val and test streams
+    init_range: float = setting(0.1, NONNEGATIVE_REAL, "embedding and head weights U(-r, r); head bias 0")
+    train_tokens: Optional[int] = setting(None, ints(2), "first N tokens of the training stream (tiny runs)")
+    eval_tokens: Optional[int] = setting(None, ints(2), "first N tokens of the val and test streams")
 
 
 _STATEFUL_SGD = {"strategy": "stateful", "optimizer": "sgd"}

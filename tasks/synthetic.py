@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 
 from seqbench.data import TensorLoader
+from seqbench.config import POSITIVE, SEED, setting
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
 from seqbench.task import Metric, PerStepHead, SequenceClassifier, Task, TaskSpec
@@ -70,11 +71,11 @@ COPY_CLASSES = 9  # output classes: blank and 1..8 (n_classes)
 
 @dataclass
 class SyntheticParams:
-    seq_len: int = 200  # T: copy, the delay (the sequence has T + 20 steps); adding, the length
-    n_train: int = 10000
-    n_val: int = 1000
-    n_test: int = 1000
-    data_seed: int = 0  # generates the data; independent of the run seed
+    seq_len: int = setting(200, POSITIVE, "T: copy, the delay (the sequence has T + 20 steps); adding, the length")
+    n_train: int = setting(10000, POSITIVE)
+    n_val: int = setting(1000, POSITIVE)
+    n_test: int = setting(1000, POSITIVE)
+    data_seed: int = setting(0, SEED, "generates the data; independent of the run seed")
 
 
 def split_rng(task: str, data_seed: int, split: str) -> np.random.Generator:
@@ -111,11 +112,6 @@ class SyntheticTask(Task):
         p, name = params, getattr(self, "name", type(self).__name__)
         if p.seq_len < self.min_seq_len:
             raise SeqbenchError(f"{name}: task.seq_len must be >= {self.min_seq_len} (got {p.seq_len})")
-        for k in ("n_train", "n_val", "n_test"):
-            if getattr(p, k) < 1:
-                raise SeqbenchError(f"{name}: task.{k} must be >= 1 (got {getattr(p, k)})")
-        if p.data_seed < 0:
-            raise SeqbenchError(f"{name}: task.data_seed must be >= 0 (got {p.data_seed})")
 
     # ---- what a subclass provides
     def generate(self, n: int, rng: np.random.Generator) -> tuple:

@@ -234,8 +234,9 @@ def test_hydro_failed_write_leaves_no_file_and_falls_back(env, monkeypatch):
 
 
 def test_hydro_bad_params(env):
-    with pytest.raises(SeqbenchError, match="years"):
-        _task(C.HydroStandIn, env["data"], years=0).load_frame()
+    from seqbench import config, registry
+    with pytest.raises(SeqbenchError, match="'task.years': expected an integer >= 1"):
+        config.resolve(registry.get_model("gru"), registry.get_task("climate-hydro"), "tiny", {"task.years": 0})
 
 
 def test_fitted_statistics_follow_the_record(fake_seattle):

@@ -354,7 +354,13 @@ def test_flops_by_hand():
 def test_bad_params_are_reported():
     from seqbench.errors import SeqbenchError
 
-    with pytest.raises(SeqbenchError, match="n_neg"):
-        cell(hidden=4, n_neg=5, n2=2)
-    with pytest.raises(SeqbenchError, match="lr_A"):
-        cell(hidden=4, n2=2, lr_A=0.0)
+    from seqbench import config, registry
+
+    def resolve(**over):
+        return config.resolve(registry.get_model("enrnn"), registry.get_task("copy"), "tiny",
+                              {f"model.{k}": v for k, v in over.items()})
+
+    with pytest.raises(SeqbenchError, match=r"'model.n_neg': expected an integer in \[0, model.hidden = 4\]"):
+        resolve(hidden=4, n_neg=5, n2=2)
+    with pytest.raises(SeqbenchError, match="'model.lr_A': expected a finite number > 0 or none"):
+        resolve(hidden=4, n2=2, lr_A=0.0)
