@@ -9,19 +9,30 @@ import argparse
 import dataclasses
 import re
 import sys
+from pathlib import Path
 
-from .errors import SeqbenchError
+from .errors import SeqbenchError, clip
 
 # Shortcut flags and the config keys they set.
 SHORTCUTS = {
     "epochs": "epochs", "batch_size": "batch_size", "lr": "lr", "hidden": "model.hidden",
-    "seed": "seed", "device": "device", "amp": "amp", "strategy": "strategy",
+    "seed": "seed", "device": "device", "amp": "amp", "strategy": "strategy", "threads": "threads",
 }
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message):  # one line, exit 2 (argparse prints usage + message otherwise)
         raise SeqbenchError(f"{message} (see '{self.prog} --help')")
+
+
+def _positive(s: str) -> int:
+    try:
+        n = int(s)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {clip(repr(s))}")
+    return n
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -39,8 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key (repeatable); a bad key lists the valid ones")
     r.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
-    r.add_argument("--stop-after-epochs", type=int, default=None, metavar="N",
-                   help="stop after N epochs of this invocation, leaving a checkpoint to --resume")
+    r.add_argument("--stop-after-epochs", type=_positive, default=None, metavar="N",
+                   help="stop after N >= 1 epochs of this invocation, leaving a checkpoint to --resume")
     r.add_argument("--results", default=None, help="results folder (default $SEQBENCH_RESULTS or ./results)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -95,14 +106,32 @@ def _summary(rec: dict) -> None:
         test = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["test"] or {}).items())
         val = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["val"] or {}).items())
         lat = meas["latency"]
-        print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
+        if m["best_epoch"] is None:  # no epoch had a finite validation score: the last weights were tested
+            print(f"  test: {test}   (no epoch had a finite validation {rec['task_info']['select']}: "
+                  f"the last epoch's weights were tested)")
+        else:
+            print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
         print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "
               f"sparsity {meas['sparsity']['overall']:.4f}), FLOPs/sample {meas['flops_per_sample']:,}")
-        print(f"  latency b1 {lat['b1']['median_ms']:.3f} ms (IQR {lat['b1']['iqr_ms']:.3f}), "
-              f"b64 {lat['b64']['median_ms']:.3f} ms (IQR {lat['b64']['iqr_ms']:.3f}) on {rec['env']['device']}, "
-              f"{meas['torch_threads']} threads; train {fmt_float(meas['train_throughput'])} samples/s")
+        print(f"  latency {_latency(lat, 'b1')}, {_latency(lat, 'b64')} on {rec['env']['device']}, "
+              f"{meas['torch_threads']} thread(s); train {fmt_float(meas['train_throughput'])} samples/s")
     t = rec["timing"]
     print(f"  wall {t['wall_s']:.1f} s (train {t['train_s']:.1f} s), record {rec['path']}")
+
+
+def _latency(lat: dict, key: str) -> str:
+    d = lat[key]
+    if d.get("runs", 2) < 2:  # one timed block: torch.utils.benchmark has no spread to report
+        return f"{key} {d['median_ms']:.3f} ms (1 timing run: no IQR)"
+    return f"{key} {d['median_ms']:.3f} ms (IQR {d['iqr_ms']:.3f})"
+
+
+def _resume_hint(runner) -> str:
+    """What to type to continue: with --results when the run does not write to the default folder."""
+    if runner.epoch == 0:
+        return "no epoch finished, so there is nothing to resume; start the run again"
+    flag = "" if runner.results == Path("results") else f" --results {runner.results}"
+    return f"continue with: seqbench run --resume {runner.run_id}{flag}"
 
 
 def _cmd_run(a) -> int:
@@ -128,15 +157,14 @@ def _cmd_run(a) -> int:
             overrides["deterministic"] = "true"
         cfg = config.resolve(model, task, a.preset or config.DEFAULT_PRESET, overrides)
         runner = Runner(cfg, results=a.results, quiet=a.quiet)
-        print(f"run {runner.run_id} on {runner.device}", flush=True)
+        print(f"run {runner.run_id} on {runner.device}, {runner.threads} thread(s)", flush=True)
     try:
         rec = runner.fit(stop_after_epochs=a.stop_after_epochs)
     except KeyboardInterrupt:
-        print(f"\ninterrupted after epoch {runner.epoch}; continue with: seqbench run --resume {runner.run_id}",
-              file=sys.stderr)
+        print(f"\ninterrupted after epoch {runner.epoch}; {_resume_hint(runner)}", file=sys.stderr)
         return 130
     if rec is None:
-        print(f"stopped after epoch {runner.epoch}; continue with: seqbench run --resume {runner.run_id}")
+        print(f"stopped after epoch {runner.epoch}; {_resume_hint(runner)}")
         return 0
     _summary(rec)
     return 0 if rec["status"] == "completed" else 1
@@ -161,6 +189,9 @@ def main(argv=None) -> int:
     except SeqbenchError as e:
         print(f"seqbench: error: {e}", file=sys.stderr)
         return e.code
+    except KeyboardInterrupt:  # before training started (loading data, building): nothing to keep
+        print("\nseqbench: interrupted", file=sys.stderr)
+        return 130
 
 
 def entry() -> None:

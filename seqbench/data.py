@@ -19,7 +19,10 @@ from .errors import SeqbenchError
 
 
 def data_root() -> Path:
-    return Path(os.environ.get("SEQBENCH_DATA", "~/.cache/seqbench")).expanduser()
+    root = Path(os.environ.get("SEQBENCH_DATA", "~/.cache/seqbench")).expanduser()
+    if root.exists() and not root.is_dir():
+        raise SeqbenchError(f"data root {root} (SEQBENCH_DATA) is a file, not a folder")
+    return root
 
 
 def verify_enabled() -> bool:
@@ -47,13 +50,14 @@ def ensure_files(
     missing and cannot be fetched, or when a checksum does not match.
     """
     missing = [n for n in files if not (folder / n).is_file()]
+    why = "downloads are off (SEQBENCH_DOWNLOAD=0)"
     if missing and download_enabled():
-        _download(folder, missing, files, urls, algo)
+        why = _download(folder, missing, files, urls, algo)
         missing = [n for n in files if not (folder / n).is_file()]
     if missing:
         raise SeqbenchError(
-            f"{dataset} data not found: missing {', '.join(missing)} in {folder} "
-            f"(set SEQBENCH_DATA to a folder holding them, or allow a download when online)"
+            f"{dataset} data not found: missing {', '.join(missing)} in {folder}; {why} "
+            f"(set SEQBENCH_DATA to a folder holding them)"
         )
     paths = {n: folder / n for n in files}
     if verify_enabled():
@@ -67,23 +71,35 @@ def ensure_files(
     return paths
 
 
-def _download(folder: Path, names, files, urls, algo) -> None:
+def _download(folder: Path, names, files, urls, algo) -> str:
+    """Fetch ``names`` from their mirrors; returns why the last one that failed did (for the error line)."""
+    from torchvision.datasets.utils import download_url
+
+    why = "no download address is known for them"
     try:
-        from torchvision.datasets.utils import download_url
-    except ImportError:  # pragma: no cover - torchvision is a dependency
-        return
-    folder.mkdir(parents=True, exist_ok=True)
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        return f"the download could not create {folder} ({e.strerror or type(e).__name__})"
     for n in names:
         for url in urls.get(n, []):
             try:
                 # torchvision checks md5 itself; other algorithms are checked in ensure_files.
                 download_url(url, str(folder), filename=n, md5=files[n] if algo == "md5" else None)
                 break
-            except Exception:  # offline or mirror down: try the next mirror, then give up
+            except Exception as e:  # offline or mirror down: try the next mirror, then give up
+                why = f"the download failed ({short_reason(e)}: {url})"
                 part = folder / n
                 if part.exists() and verify_enabled() and file_digest(part, algo) != files[n]:
                     part.unlink()
                 continue
+    return why
+
+
+def short_reason(e: Exception) -> str:
+    """A network error's short cause: 'URLError: [Errno -3] Temporary failure in name resolution'."""
+    inner = getattr(e, "reason", None)
+    text = str(inner if inner is not None else e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:120]}" if text else type(e).__name__
 
 
 class TensorLoader:

@@ -2,11 +2,24 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import resource
 import sys
 
 import torch
-from torch.utils import benchmark
+
+
+def _benchmark():
+    """torch.utils.benchmark, imported when first timed: importing it loads torch's C++-extension
+    helper, which logs "No CUDA runtime is found" on a CUDA build without a GPU at every command."""
+    log = logging.getLogger("torch.utils.cpp_extension")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.setLevel(level)
+    return benchmark
 
 
 def params(model: torch.nn.Module) -> dict:
@@ -48,7 +61,7 @@ def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib
             model(x)
 
     call()  # warm-up (lazy init, cuDNN plans)
-    m = benchmark.Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads()).blocked_autorange(
+    m = _benchmark().Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads()).blocked_autorange(
         min_run_time=min_run_time
     )
     model.train(was_training)

@@ -2,7 +2,9 @@
 
 A record is written once, atomically: the JSON goes to a temporary file in the same folder and
 is then hard-linked to its final name, which fails rather than overwrite an existing record.
-Concurrent runs never see a half-written record and never clobber one another.
+Concurrent runs never see a half-written record and never clobber one another. The temporary file
+is named after its writer (``.tmp-<host>-<pid>-<random>.json``), so one left by a writer killed
+mid-write (kill -9) is recognised and removed by the next writer or reader on that host.
 """
 from __future__ import annotations
 
@@ -13,12 +15,13 @@ import platform
 import secrets
 import socket
 import subprocess
-import tempfile
+import sys
 import time
 from pathlib import Path
 
 import torch
 
+from . import faults
 from .errors import SeqbenchError
 
 SCHEMA_VERSION = 1
@@ -30,6 +33,66 @@ REQUIRED = (
 
 def results_dir(path=None) -> Path:
     return Path(path or os.environ.get("SEQBENCH_RESULTS", "results"))
+
+
+def check_writable(results) -> None:
+    """Before a run trains: its results folder (records and checkpoints) can be written. A folder
+    that is a file, read-only, or on a read-only file system is one line now, not a traceback
+    after an epoch of training."""
+    res = Path(results)
+    try:
+        for sub in ("runs", "checkpoints"):
+            folder = res / sub
+            if folder.exists() and not folder.is_dir():
+                raise SeqbenchError(f"results folder {res}: {folder} is a file, not a folder")
+            folder.mkdir(parents=True, exist_ok=True)
+            probe = folder / f".probe-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+            probe.write_bytes(b"")
+            probe.unlink()
+    except OSError as e:
+        raise SeqbenchError(f"results folder {res} cannot be written ({e.strerror or type(e).__name__}: "
+                            f"{e.filename or res}); choose another with --results") from None
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _tmp_name() -> str:
+    return f".tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_tmp(folder: Path) -> list[Path]:
+    """Remove temporary record files whose writer (a process on this host) is gone."""
+    removed, host = [], socket.gethostname()
+    for p in folder.glob(".tmp-*.json"):
+        parts = p.name[len(".tmp-"):-len(".json")].rsplit("-", 2)
+        if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
+            stale = not _pid_alive(int(parts[1]))
+        else:  # an older naming without the writer: stale once it is an hour old
+            try:
+                stale = time.time() - p.stat().st_mtime > 3600
+            except OSError:
+                continue
+        if stale:
+            try:
+                p.unlink()
+                removed.append(p)
+            except OSError:
+                pass
+    return removed
 
 
 def new_run_id(model: str, task: str, preset: str, seed: int) -> str:
@@ -92,25 +155,65 @@ def write(record: dict, results=None) -> Path:
         raise ValueError(f"record lacks {missing}")
     folder = results_dir(results) / "runs"
     folder.mkdir(parents=True, exist_ok=True)
+    clean_stale_tmp(folder)
     final = folder / f"{record['run_id']}.json"
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    tmp = folder / _tmp_name()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode, as for any file
     try:
         with os.fdopen(fd, "w") as f:
             json.dump(_clean(record), f, indent=1, sort_keys=True, allow_nan=False)
             f.flush()
             os.fsync(f.fileno())
+        faults.point("record:written")
         try:
             os.link(tmp, final)  # atomic, and refuses to replace an existing record
         except FileExistsError:
             raise SeqbenchError(f"record {final} exists already; records are immutable") from None
+        faults.point("record:linked")
     finally:
         os.unlink(tmp)
     return final
 
 
+# What every record's required fields hold: a failed run has an empty ``measure`` and null test metrics.
+_TYPES = {
+    "schema": int, "run_id": str, "status": str, "model": str, "task": str, "preset": str, "seed": int,
+    "config": dict, "env": dict, "task_info": dict, "metrics": dict, "history": list, "measure": dict,
+    "timing": dict,
+}
+
+
+def problem(rec) -> str | None:
+    """Why ``rec`` is not a usable record (a required field missing, null or of the wrong type), or None."""
+    if not isinstance(rec, dict):
+        return "not a JSON object"
+    for k in REQUIRED:
+        if k not in rec:
+            return f"field '{k}' is missing"
+        if not isinstance(rec[k], _TYPES[k]) or isinstance(rec[k], bool):
+            return f"field '{k}' is {'null' if rec[k] is None else type(rec[k]).__name__}, expected {_TYPES[k].__name__}"
+    if rec["status"] not in ("completed", "failed"):
+        return f"status {rec['status']!r} is neither completed nor failed"
+    m = rec["metrics"]
+    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and isinstance(m.get("val"), dict)):
+        return "a completed run without test or validation metrics"
+    if rec["status"] == "completed" and not isinstance(rec["measure"].get("params"), dict):
+        return "a completed run without measurements"
+    if not isinstance(rec["task_info"].get("select"), str):
+        return "task_info has no selection metric"
+    return None
+
+
+def warn(msg: str) -> None:
+    print(f"seqbench: warning: {msg}", file=sys.stderr, flush=True)
+
+
 def load_all(results=None) -> list[dict]:
-    """Every readable record under ``<results>/runs``; unreadable files are skipped with a warning."""
+    """Every usable record under ``<results>/runs``; an unreadable file, or a record whose required
+    fields are missing or null, is skipped with one warning on stderr."""
     folder = results_dir(results) / "runs"
+    if folder.is_dir():
+        clean_stale_tmp(folder)
     out = []
     for p in sorted(folder.glob("*.json")):
         if p.name.startswith(".tmp-"):
@@ -118,10 +221,11 @@ def load_all(results=None) -> list[dict]:
         try:
             rec = json.loads(p.read_text())
         except (OSError, ValueError) as e:
-            print(f"seqbench: warning: skipping unreadable record {p}: {e}", flush=True)
+            warn(f"skipping unreadable record {p}: {e}")
             continue
-        if not isinstance(rec, dict) or any(k not in rec for k in REQUIRED):
-            print(f"seqbench: warning: skipping {p}: not a seqbench record", flush=True)
+        why = problem(rec)
+        if why:
+            warn(f"skipping {p}: not a complete seqbench record ({why})")
             continue
         out.append(rec)
     return out

@@ -15,6 +15,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import records
+from .errors import SeqbenchError
 
 GROUP = ["task", "model", "preset", "strategy", "variant"]
 # Keys that never make a run a different experiment (seeds are averaged; the rest is bookkeeping).
@@ -152,9 +153,14 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
 def _savefig(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
+    try:
+        fig.tight_layout()
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -258,16 +264,30 @@ def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
 
 def _atomic_write(path: Path, text: str) -> None:
     """Replace ``path`` whole or not at all: an interrupted report never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def build(results=None) -> dict:
     res = records.results_dir(results)
+    if not res.exists():
+        raise SeqbenchError(f"results folder {res} does not exist (give the folder runs were written to with --results)")
+    if not res.is_dir():
+        raise SeqbenchError(f"results folder {res} is not a folder")
     recs = records.load_all(res)
+    try:
+        return _write(res, recs)
+    except OSError as e:
+        raise SeqbenchError(f"cannot write the report into {res} ({e.strerror or type(e).__name__}: "
+                            f"{e.filename or res}); every file there is either as it was or wholly replaced") from None
+
+
+def _write(res: Path, recs: list[dict]) -> dict:
     df = frame(recs)
-    res.mkdir(parents=True, exist_ok=True)
     _atomic_write(res / "summary.csv", df.to_csv(index=False))
     tabs = tables(df)
     pngs = plots(df, recs, res / "plots")

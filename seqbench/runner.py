@@ -15,17 +15,19 @@ import contextlib
 import math
 import os
 import random
+import socket
+import secrets
 import time
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import config as C
-from . import measure, records, registry
+from . import faults, measure, records, registry
 from .data import data_root
-from .errors import SeqbenchError
+from .errors import SeqbenchError, clip
 from .model import check_prunable, install_pruned
+from .progress import Progress, write
 from .strategy import get_strategy
 
 
@@ -45,15 +47,38 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def pick_device(name: str) -> torch.device:
+    """The run's device, checked against what this machine has (before anything is built)."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(name)
     except RuntimeError:
-        raise SeqbenchError(f"bad device '{name}'; use auto, cpu, cuda or cuda:N") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SeqbenchError(f"device '{name}' asked for, but no CUDA device is available")
+        raise SeqbenchError(f"bad value {name!r} for 'device': expected auto, cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SeqbenchError(f"bad value {name!r} for 'device': expected auto, cpu, cuda or cuda:N")
+    if dev.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise SeqbenchError(f"device '{name}' asked for, but this machine has no CUDA device")
+        if dev.index is not None and dev.index >= n:
+            raise SeqbenchError(f"device '{name}' asked for, but this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
     return dev
+
+
+def cores_available() -> int:
+    """The cores this process may run on (its affinity mask: taskset, a container's cpuset)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def set_threads(n: int | None) -> int:
+    """torch's intra-op threads for this process: ``n``, or torch's default capped at the cores the
+    process may use (two runs side by side, each with its own cores, never oversubscribe them)."""
+    n = n if n is not None else min(torch.get_num_threads(), cores_available())
+    torch.set_num_threads(n)
+    return torch.get_num_threads()
 
 
 def _to(batch, device):
@@ -75,6 +100,25 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
+def _lock_owner(path) -> str | None:
+    """Who holds a run's lock, or None when nobody does (no lock, or its process on this host is gone)."""
+    try:
+        host, pid, _ = path.read_text().split()
+        pid = int(pid)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # an unreadable or half-written lock: its writer died mid-write
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+    return f"process {pid} on {host}"
+
+
 class Runner:
     def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False):
         self.cfg, self.quiet = cfg, quiet
@@ -88,6 +132,11 @@ class Runner:
         self.run_id = run_id or records.new_run_id(cfg.model, cfg.task, cfg.preset, t.seed)
         self.run_dir = self.results / "checkpoints" / self.run_id
         self.device = pick_device(t.device)
+        if t.amp == "fp16" and self.device.type != "cuda":
+            raise SeqbenchError(f"amp fp16 needs a CUDA device (this run is on {self.device}); use amp bf16 or off")
+        if t.amp == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise SeqbenchError(f"amp bf16 is not supported by {torch.cuda.get_device_name(self.device)}; use fp16 or off")
+        self.threads = set_threads(t.threads)
         self.env = records.environment(self.device)  # at start: the code that trains is the code recorded
         seed_everything(t.seed, t.deterministic)
 
@@ -112,6 +161,29 @@ class Runner:
         self.train_time = 0.0
         self.train_samples = 0
         self.started = time.time()
+        self._lock_token = None
+        self._check_amp()
+        records.check_writable(self.results)  # found now, not after an epoch of training
+
+    def _check_amp(self) -> None:
+        """A mixed-precision mode the machine's kernels lack for this model (oneDNN has no bf16 LSTM
+        on many CPUs) fails here, on two samples, instead of inside the first training step."""
+        if self.cfg.train.amp == "off":
+            return
+        rng = _rng_state()
+        was = self.model.training
+        try:
+            x = self.task.example_input(next(iter(self.loaders["test"]))[0], 2).to(self.device)
+            self.model.eval()
+            with torch.no_grad(), self._autocast():
+                self.model(x)
+        except RuntimeError as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise SeqbenchError(f"amp {self.cfg.train.amp} does not run {self.cfg.model} on {self.device} "
+                                f"here ({first[:150]}); use --amp off") from None
+        finally:
+            self.model.train(was)
+            _set_rng_state(rng)
 
     # ----------------------------------------------------------------- setup
     def _optimizer(self):
@@ -172,8 +244,7 @@ class Runner:
         after_step = getattr(self.backbone, "after_step", None)
         loss_sum = torch.zeros((), device=self.device)
         n = 0
-        bar = tqdm(self._batches("train"), total=self._n_batches("train"), desc=f"epoch {epoch}",
-                   disable=self.quiet, leave=False, mininterval=1.0, dynamic_ncols=True)
+        bar = Progress(self._batches("train"), total=self._n_batches("train"), desc=f"epoch {epoch}", quiet=self.quiet)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
             y = batch[1]
@@ -233,6 +304,7 @@ class Runner:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         tmp = self.run_dir / f".{name}.tmp"
         torch.save(payload, tmp)
+        faults.point(f"save:{name}")
         os.replace(tmp, self.run_dir / name)
 
     def checkpoint(self) -> None:
@@ -253,18 +325,57 @@ class Runner:
             "started": self.started,
         })
 
+    # --------------------------------------------------------------- lock
+    # One process at a time trains a run: its checkpoint folder holds ``lock`` (host, pid, token) while
+    # fit() runs. A lock whose process is gone (kill -9) is stale and taken over.
+    def _acquire_lock(self) -> None:
+        if self._lock_token is not None:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path, token = self.run_dir / "lock", secrets.token_hex(8)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                owner = _lock_owner(path)
+                if owner is not None:
+                    raise SeqbenchError(f"run '{self.run_id}' is in use by {owner} (its checkpoint folder "
+                                        f"{self.run_dir} is locked); wait for it, or delete {path} if it is gone") from None
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()} {token}\n")
+            self._lock_token = token
+            return
+        raise SeqbenchError(f"run '{self.run_id}': could not lock {path}")
+
+    def _release_lock(self) -> None:
+        if self._lock_token is None:
+            return
+        path = self.run_dir / "lock"
+        try:
+            if path.read_text().split()[2] == self._lock_token:
+                path.unlink()
+        except (OSError, IndexError):
+            pass
+        self._lock_token = None
+
     @classmethod
     def resume(cls, run_id: str, results=None, quiet: bool = False) -> "Runner":
         path = records.results_dir(results) / "checkpoints" / run_id / "last.pt"
         if not path.is_file():
-            raise SeqbenchError(f"cannot resume '{run_id}': no checkpoint at {path}")
+            raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: no checkpoint at {clip(str(path), 200)}")
         if (records.results_dir(results) / "runs" / f"{run_id}.json").exists():
             raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
+        owner = _lock_owner(path.parent / "lock")
+        if owner is not None:
+            raise SeqbenchError(f"run '{run_id}' is in use by {owner}; wait for it, or delete {path.parent / 'lock'} if it is gone")
         try:
             ck = torch.load(path, map_location="cpu", weights_only=False)
+            flat = ck["config"]
         except Exception as e:  # a truncated or foreign file
             raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {path} is unreadable ({type(e).__name__})") from None
-        cfg = C.from_flat(ck["config"], registry.get_model(ck["config"]["model"]), registry.get_task(ck["config"]["task"]))
+        cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
@@ -282,12 +393,19 @@ class Runner:
         """Train to the configured number of epochs, then test and record. With
         ``stop_after_epochs``, return None after that many epochs of this call (the checkpoint
         stays for ``resume``). A non-finite loss ends the run with a record of status 'failed'."""
+        self._acquire_lock()
+        try:
+            return self._fit(stop_after_epochs)
+        finally:
+            self._release_lock()
+
+    def _fit(self, stop_after_epochs: int | None) -> dict | None:
         t = self.cfg.train
         measure.reset_peak_memory(self.device)
         done_here = 0
         try:
-            epochs = tqdm(range(self.epoch + 1, t.epochs + 1), desc=self.run_id, disable=self.quiet,
-                          leave=False, dynamic_ncols=True)
+            epochs = Progress(range(self.epoch + 1, t.epochs + 1), total=t.epochs - self.epoch, desc=self.run_id,
+                              quiet=self.quiet, unit="epochs", every=float("inf"))
             for epoch in epochs:
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     return None
@@ -307,10 +425,10 @@ class Runner:
                 self.epoch = epoch
                 done_here += 1
                 self.checkpoint()
-                epochs.set_postfix({"train_loss": f"{row['train_loss']:.4f}",
-                                    f"val_{self.spec.select}": f"{value:.4f}"})
-                tqdm.write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
-                           f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
+                epochs.set_postfix(**{"train_loss": f"{row['train_loss']:.4f}",
+                                      f"val_{self.spec.select}": f"{value:.4f}"})
+                write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
+                      f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
         except NonFiniteLoss as e:
             return self._record(status="failed", failure=str(e))
         return self._finish()
@@ -318,7 +436,14 @@ class Runner:
     def _finish(self) -> dict:
         best_path = self.run_dir / "best.pt"
         if best_path.is_file():
-            self.model.load_state_dict(torch.load(best_path, map_location=self.device, weights_only=False)["model"])
+            try:
+                state = torch.load(best_path, map_location=self.device, weights_only=False)["model"]
+                self.model.load_state_dict(state)
+            except Exception as e:  # truncated, overwritten, foreign: the run cannot be tested
+                why = f"best checkpoint {best_path} is unreadable ({type(e).__name__})"
+                rec = self._record(status="failed", failure=why)
+                raise SeqbenchError(f"{why}: run recorded as failed ({rec['path']}); its last checkpoint "
+                                    f"{self.run_dir / 'last.pt'} is kept") from None
         self.pruning = self._prune()
         test = self.evaluate("test")
         return self._record(status="completed", test=test)

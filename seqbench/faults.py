@@ -1,0 +1,24 @@
+"""Fault injection for the crash tests: ``SEQBENCH_FAULT=<point>[@<n>]`` kills this process with
+SIGKILL the n-th time (default: the first) it reaches ``<point>``. Points sit inside the writes a
+crash must not corrupt: ``save:last.pt`` / ``save:best.pt`` (the checkpoint's temporary file is
+written, not yet renamed), ``record:written`` (the record's temporary file is written, not yet
+linked) and ``record:linked`` (linked, its temporary file not yet removed). Unset, a point costs
+one environment lookup. Used by scripts/kill_resume.py and the tests; never set it otherwise."""
+from __future__ import annotations
+
+import os
+import signal
+
+_reached: dict[str, int] = {}
+
+
+def point(name: str) -> None:
+    spec = os.environ.get("SEQBENCH_FAULT")
+    if not spec:
+        return
+    want, _, n = spec.partition("@")
+    if want != name:
+        return
+    _reached[name] = _reached.get(name, 0) + 1
+    if _reached[name] == int(n or 1):
+        os.kill(os.getpid(), signal.SIGKILL)
