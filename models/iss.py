@@ -80,7 +80,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, pattern, setting
+from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, int_list, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import RecurrentBackbone
 from seqbench.registry import register_model
@@ -118,15 +118,12 @@ ISS_PRESETS = {
 }
 
 
-SIZES = pattern(r"|\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", "comma-separated widths >= 1, e.g. 373,315 (or empty)", "0,5")
-
-
 @dataclass
 class ISSParams:
     hidden: int = setting(128, POSITIVE, "every layer's width (unless sizes is given)")
     layers: int = setting(1, POSITIVE)
     # comma-separated per-layer widths, e.g. "373,315"; overrides hidden and layers
-    sizes: str = setting("", SIZES)
+    sizes: str = setting("", int_list("widths", "373,315"))
     dropout: float = setting(0.0, PROBABILITY, "between stacked layers (the task drops the input and the output)")
     init_range: float = setting(0.0, NONNEGATIVE_REAL, "0: torch's init; r > 0: weights U(-r, r), biases 0")
     lam: float = setting(0.0, NONNEGATIVE_REAL, "group Lasso strength, per token of a mean loss (0: plain LSTM)")

@@ -79,8 +79,7 @@ def _cmd_list() -> int:
         except SeqbenchError as err:
             print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err})")
             continue
-        print(f"  {name:<17} kind: {s.kind:<9} d_input {s.d_input:<4} d_output {s.d_output:<5} "
-              f"length {s.seq_len:<6} select {s.select}")
+        print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.select}")
     from .strategy import _STRATEGIES
     print("strategies (--strategy):")
     for name, c in sorted(_STRATEGIES.items()):
@@ -106,9 +105,13 @@ def _summary(rec: dict) -> None:
         test = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["test"] or {}).items())
         val = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["val"] or {}).items())
         lat = meas["latency"]
-        if m["best_epoch"] is None:  # no epoch had a finite validation score: the last weights were tested
-            print(f"  test: {test}   (no epoch had a finite validation {rec['task_info']['select']}: "
-                  f"the last epoch's weights were tested)")
+        sel = rec["task_info"]["select"]
+        if str(m.get("selection", "")).startswith("last epoch"):  # no validation split (the papers' protocol)
+            tb = m.get("test_best") or {}
+            best = f"; best test {sel} over epochs {fmt_float(tb.get(sel))} at epoch {tb.get('epoch')}" if tb else ""
+            print(f"  test: {test}   (last epoch's weights: no validation split{best})")
+        elif m["best_epoch"] is None:  # no epoch had a finite validation score: the last weights were tested
+            print(f"  test: {test}   (no epoch had a finite validation {sel}: the last epoch's weights were tested)")
         else:
             print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
         print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "

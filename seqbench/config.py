@@ -82,6 +82,11 @@ def pattern(regex: str, text: str, bad: str) -> Domain:
     return Domain(text, lambda v: rx.fullmatch(v) is not None, bad)
 
 
+def int_list(what: str, example: str) -> Domain:
+    """A comma-separated list of integers >= 1 (``what``: "widths", "epochs"), or the empty string."""
+    return pattern(r"|\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", f"comma-separated {what} >= 1, e.g. {example} (or empty)", "0,5")
+
+
 FINITE = Domain("a finite number", math.isfinite, float("nan"))
 POSITIVE = ints(1)  # sizes, counts, epochs, batch sizes
 NONNEGATIVE = ints(0)
@@ -121,14 +126,19 @@ class TrainConfig:
     lr: float = setting(1e-3, POSITIVE_REAL)
     optimizer: str = _choice("adam", ("adam", "adamw", "sgd", "rmsprop"))
     momentum: float = setting(0.0, MOMENTUM)
+    nesterov: bool = False  # SGD with Nesterov momentum (needs momentum > 0)
     weight_decay: float = setting(0.0, NONNEGATIVE_REAL)
-    schedule: str = _choice("none", ("none", "cosine", "step", "decay_after"), "per-epoch LR schedule")
+    # False: no weight decay on biases and normalisation weights (every parameter of dim < 2; nanoGPT's rule)
+    decay_norm_bias: bool = True
+    schedule: str = _choice("none", ("none", "cosine", "step", "multistep", "decay_after"), "per-epoch LR schedule")
     lr_step: int = setting(1, POSITIVE, "step schedule: decay every lr_step epochs")
-    lr_gamma: float = setting(0.1, POSITIVE_REAL, "step / decay_after: decay factor")
+    milestones: str = setting("", int_list("epochs", "60,120"), "multistep schedule: epochs after which lr *= lr_gamma, e.g. 60,120")
+    lr_gamma: float = setting(0.1, POSITIVE_REAL, "step / multistep / decay_after: decay factor")
     # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
     lr_hold: int = setting(0, NONNEGATIVE)
     grad_clip: float = setting(0.0, NONNEGATIVE_REAL, "max global grad norm; 0 = off")
     amp: str = _choice("off", ("off", "bf16", "fp16"))
+    channels_last: bool = False  # 4-D inputs and the model in channels-last memory format (convnets on a GPU)
     strategy: str = setting("minibatch", STRATEGY, "training strategy (seqbench.strategy registry)")
     keeper: float = setting(1.0, NONNEGATIVE_REAL, "MPTT's delta: weight of the carried message against this epoch's mean")
     mptt_warmup: int = setting(0, NONNEGATIVE, "MPTT: epochs (from 0) up to this one start from zero states")
@@ -139,6 +149,20 @@ class TrainConfig:
     limit_batches: int = setting(0, NONNEGATIVE, "cap on batches per epoch and per evaluation; 0 = all (smoke tests)")
     latency_time: float = setting(1.0, POSITIVE_REAL, "seconds of timing per latency measurement")
     log_every: int = setting(20, POSITIVE, "steps between progress updates (and non-finite loss checks)")
+
+    def validate(self):
+        if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
+            raise SeqbenchError("bad value true for 'nesterov': Nesterov momentum needs optimizer sgd and momentum > 0")
+        if self.schedule == "multistep" and not self.milestones.strip():
+            raise SeqbenchError("schedule multistep needs 'milestones' (epochs after which lr *= lr_gamma, e.g. 60,120)")
+        if self.milestones.strip():
+            m = milestone_list(self.milestones)
+            if m != sorted(set(m)):
+                raise SeqbenchError(f"bad value {self.milestones!r} for 'milestones': expected increasing epochs")
+
+
+def milestone_list(text: str) -> list[int]:
+    return [int(v) for v in text.split(",") if v.strip()]
 
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))

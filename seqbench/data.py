@@ -59,6 +59,10 @@ def ensure_files(
             f"{dataset} data not found: missing {', '.join(missing)} in {folder}; {why} "
             f"(set SEQBENCH_DATA to a folder holding them)"
         )
+    return _verified_paths(folder, files, dataset, algo)
+
+
+def _verified_paths(folder: Path, files: dict[str, str], dataset: str, algo: str) -> dict[str, Path]:
     paths = {n: folder / n for n in files}
     if verify_enabled():
         for n, want in files.items():
@@ -69,6 +73,30 @@ def ensure_files(
                     f"(delete it to download again, or SEQBENCH_VERIFY=0 for generated test data)"
                 )
     return paths
+
+
+def ensure_archive(folder: Path, files: dict[str, str], url: str, archive: str, archive_md5: str,
+                   dataset: str) -> dict[str, Path]:
+    """Return paths to ``files`` (name -> md5) in ``folder``; when some are missing and downloads are
+    allowed, the archive at ``url`` (md5 ``archive_md5``) is downloaded and unpacked into folder's
+    parent with torchvision's ``download_and_extract_archive`` (the archive's own layout puts the
+    files in ``folder``), then removed. One-line SeqbenchError as ``ensure_files``."""
+    missing = [n for n in files if not (folder / n).is_file()]
+    why = "downloads are off (SEQBENCH_DOWNLOAD=0)"
+    if missing and download_enabled():
+        from torchvision.datasets.utils import download_and_extract_archive
+
+        try:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            download_and_extract_archive(url, download_root=str(folder.parent), filename=archive, md5=archive_md5,
+                                         remove_finished=True)
+        except Exception as e:  # offline, mirror down, a truncated archive
+            why = f"the download failed ({short_reason(e)}: {url})"
+        missing = [n for n in files if not (folder / n).is_file()]
+    if missing:
+        raise SeqbenchError(f"{dataset} data not found: missing {', '.join(missing)} in {folder}; {why} "
+                            f"(set SEQBENCH_DATA to a folder holding them)")
+    return _verified_paths(folder, files, dataset, "md5")
 
 
 def _download(folder: Path, names, files, urls, algo) -> str:

@@ -195,7 +195,8 @@ def problem(rec) -> str | None:
     if rec["status"] not in ("completed", "failed"):
         return f"status {rec['status']!r} is neither completed nor failed"
     m = rec["metrics"]
-    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and isinstance(m.get("val"), dict)):
+    no_val = str(m.get("selection", "")).startswith("last epoch")  # no validation split: none to show
+    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and (no_val or isinstance(m.get("val"), dict))):
         return "a completed run without test or validation metrics"
     if rec["status"] == "completed" and not isinstance(rec["measure"].get("params"), dict):
         return "a completed run without measurements"

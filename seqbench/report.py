@@ -54,12 +54,18 @@ def _row(rec: dict) -> dict:
         "started": rec["timing"].get("started"), "failure": rec.get("failure"),
         # a task's memoryless baseline for its selection metric, when it declares one (copy, adding)
         "baseline": ti.get(f"baseline_{ti.get('select')}"),
-        # a published number for this strategy on this task, when the task carries one (climate-hydro)
-        "paper": (ti.get(f"paper_{ti.get('select')}") or {}).get(strategy),
+        # a published number, when the task carries one: keyed "<model>:<preset>" (DIANet's CIFAR-100
+        # runs), "<model>", or the strategy (climate-hydro's SWAT numbers)
+        "paper": _paper(ti, rec, strategy),
+        # the data actually used, when it is not the task's full official data (the CIFAR subset)
+        "data": ti.get("data"),
     }
     for split in ("val", "test"):
         for k, v in (m.get(split) or {}).items():
             row[f"{split}_{k}"] = v
+    sel = ti.get("select")
+    if (m.get("test_best") or {}).get(sel) is not None:  # no validation split: best test over epochs, apart
+        row[f"test_best_{sel}"] = m["test_best"][sel]
     if meas:
         p, lat = meas.get("params", {}), meas.get("latency", {})
         row.update({
@@ -75,6 +81,14 @@ def _row(rec: dict) -> dict:
             row[f"lat_{b}_ms"] = d.get("median_ms")
             row[f"lat_{b}_iqr_ms"] = d.get("iqr_ms")
     return row
+
+
+def _paper(ti: dict, rec: dict, strategy: str):
+    table = ti.get(f"paper_{ti.get('select')}") or {}
+    for key in (f"{rec['model']}:{rec['preset']}", rec["model"], strategy):
+        if key in table:
+            return table[key]
+    return None
 
 
 def _structure_text(s, meas: dict | None = None) -> str | None:
@@ -131,9 +145,11 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         name = dict(zip(GROUP, key))
         sel = g["select"].iloc[0]
         a = dict(name, n=len(g))
+        if g["data"].notna().any():  # e.g. "subset 4576/509/1017": not the task's full data
+            a["data"] = g["data"].dropna().iloc[0]
         for c in _metric_cols(g, "test_"):
             a[c] = _pm(g[c], ".4g")
-        a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4g")
+        a[f"val_{sel}"] = _pm(g[f"val_{sel}"], ".4g") if f"val_{sel}" in g else "–"
         a["baseline"] = _pm(g["baseline"], ".4g")
         if g["paper"].notna().any():
             a["paper"] = _pm(g["paper"], ".4g")
@@ -211,13 +227,13 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, 4))
         for r in recs:
             if r["task"] == task and r["status"] == "completed" and r["history"]:
-                ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}") for h in r["history"]],
+                ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]],
                         marker="o", ms=3, label=f"{r['model']}/{r['preset']}/s{r['seed']}")
         for b in sorted(g["baseline"].dropna().unique()):
             ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"validation {sel}")
+        ax.set_ylabel(f"validation {sel} (test where a run has no validation split)")
         ax.set_title(f"{task}: training curves")
         ax.legend(fontsize=7)
         out.append(_savefig(fig, folder / f"curves_{task}.png"))

@@ -81,8 +81,14 @@ def set_threads(n: int | None) -> int:
     return torch.get_num_threads()
 
 
-def _to(batch, device):
-    return tuple(t.to(device, non_blocking=True) if isinstance(t, torch.Tensor) else t for t in batch)
+def _to(batch, device, channels_last: bool = False):
+    def move(t):
+        if not isinstance(t, torch.Tensor):
+            return t
+        t = t.to(device, non_blocking=True)
+        return t.contiguous(memory_format=torch.channels_last) if channels_last and t.dim() == 4 and t.is_floating_point() else t
+
+    return tuple(move(t) for t in batch)
 
 
 def _rng_state() -> dict:
@@ -147,6 +153,8 @@ class Runner:
         self.loaders = self.task.loaders(t.batch_size, t.eval_batch_size, t.seed)
         backbone = self.model_entry.cls(self.spec.d_input, cfg.model_params)
         self.model = self.task.wrap(backbone).to(self.device)
+        if t.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.backbone = backbone
         check_prunable(self.model, backbone, f"{cfg.model} on {cfg.task}")
         self.optimizer = self._optimizer()
@@ -186,21 +194,33 @@ class Runner:
             _set_rng_state(rng)
 
     # ----------------------------------------------------------------- setup
-    def _optimizer(self):
+    def _param_groups(self) -> list[dict]:
+        """The optimiser's parameter groups: a model's own (``optimizer_groups``, e.g. ENRNN's skew A
+        at its own learning rate), then the rest; with ``decay_norm_bias=false`` the parameters of
+        dim < 2 (biases, normalisation weights) get no weight decay."""
         t = self.cfg.train
         params = list(self.model.parameters())
+        groups = []
         groups_fn = getattr(self.backbone, "optimizer_groups", None)
-        if callable(groups_fn):  # e.g. ENRNN's skew-symmetric A at its own learning rate
+        if callable(groups_fn):
             groups = groups_fn(t.lr)
-            grouped = {id(p) for g in groups for p in g["params"]}
-            params = groups + [{"params": [p for p in params if id(p) not in grouped]}]
+        grouped = {id(p) for g in groups for p in g["params"]}
+        rest = [p for p in params if id(p) not in grouped]
+        if t.decay_norm_bias or t.weight_decay == 0:
+            return groups + [{"params": rest}]
+        return groups + [{"params": [p for p in rest if p.dim() >= 2]},
+                         {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
+
+    def _optimizer(self):
+        t = self.cfg.train
+        params = self._param_groups()
         if t.optimizer == "adam":
             return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
         if t.optimizer == "adamw":
             return torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
         if t.optimizer == "rmsprop":
             return torch.optim.RMSprop(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
-        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay)
+        return torch.optim.SGD(params, lr=t.lr, momentum=t.momentum, weight_decay=t.weight_decay, nesterov=t.nesterov)
 
     def _scheduler(self):
         t = self.cfg.train
@@ -208,6 +228,8 @@ class Runner:
             return torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(t.epochs, 1))
         if t.schedule == "step":
             return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
+        if t.schedule == "multistep":  # lr x gamma after each milestone epoch (DIANet's cifar.py schedule)
+            return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestone_list(t.milestones), gamma=t.lr_gamma)
         if t.schedule == "decay_after":  # Zaremba et al.: lr * gamma ** max(epoch - lr_hold, 0), epochs from 1
             hold, gamma = t.lr_hold, t.lr_gamma
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: gamma ** max(i + 1 - hold, 0))
@@ -225,7 +247,7 @@ class Runner:
         for i, batch in enumerate(self.loaders[split]):
             if limit and i >= limit:
                 return
-            yield _to(batch, self.device)
+            yield _to(batch, self.device, self.cfg.train.channels_last)
 
     def _n_batches(self, split: str) -> int:
         n, limit = len(self.loaders[split]), self.cfg.train.limit_batches
@@ -294,10 +316,20 @@ class Runner:
         self.strategy.end(train=False)
         return self.task.metrics(sums)
 
-    def _better(self, value: float) -> bool:
-        if self.best["value"] is None:
+    def _improves(self, value: float, best: float | None) -> bool:
+        if best is None:
             return math.isfinite(value)
-        return value > self.best["value"] if self.select.higher_is_better else value < self.best["value"]
+        return value > best if self.select.higher_is_better else value < best
+
+    def _better(self, value: float) -> bool:
+        return self._improves(value, self.best["value"])
+
+    @property
+    def watch(self) -> str:
+        """The split evaluated after every epoch: validation, or the test split when the task has no
+        validation split (then the last epoch's weights are tested, and the best test value over
+        epochs is recorded apart as ``test_best``, as the CIFAR papers report it)."""
+        return "val" if "val" in self.loaders else "test"
 
     # --------------------------------------------------------- checkpoints
     def _save(self, name: str, payload: dict) -> None:
@@ -412,23 +444,27 @@ class Runner:
                 row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update(self.train_epoch(epoch))
                 ev = time.perf_counter()
-                row.update({f"val_{k}": v for k, v in self.evaluate("val").items()})
+                split = self.watch  # val; or, with no validation split (the papers' protocol), test
+                row.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
                 row["eval_s"] = time.perf_counter() - ev
                 if self.scheduler:
                     self.scheduler.step()
                 self.history.append(row)
-                value = row[f"val_{self.spec.select}"]
-                if self._better(value):
+                key = f"{split}_{self.spec.select}"
+                value = row[key]
+                if split == "val" and self._better(value):
                     self.best = {"epoch": epoch, "value": value,
                                  "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
                     self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
+                prev = self.best.get("test_best")
+                if split == "test" and self._improves(value, prev and prev[self.spec.select]):
+                    self.best["test_best"] = {"epoch": epoch, self.spec.select: value}  # reported apart, never selects
                 self.epoch = epoch
                 done_here += 1
                 self.checkpoint()
-                epochs.set_postfix(**{"train_loss": f"{row['train_loss']:.4f}",
-                                      f"val_{self.spec.select}": f"{value:.4f}"})
+                epochs.set_postfix(**{"train_loss": f"{row['train_loss']:.4f}", key: f"{value:.4f}"})
                 write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
-                      f"val_{self.spec.select} {value:.4f}  ({row['train_s']:.1f}s train)")
+                      f"{key} {value:.4f}  ({row['train_s']:.1f}s train)")
         except NonFiniteLoss as e:
             return self._record(status="failed", failure=str(e))
         return self._finish()
@@ -504,11 +540,14 @@ class Runner:
             "task_info": {
                 "kind": self.spec.kind, "d_input": self.spec.d_input, "d_output": self.spec.d_output,
                 "seq_len": self.spec.seq_len, "loss": self.spec.loss, "select": self.spec.select,
+                "input_shape": list(self.spec.input_shape) or None,
                 "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in self.spec.metrics},
                 "train_samples": self.loaders["train"].num_samples if hasattr(self.loaders["train"], "num_samples") else None,
                 **self.task.info(),
             },
-            "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test},
+            "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test,
+                        "selection": ("best validation epoch" if self.watch == "val" else "last epoch (no validation split)"),
+                        **({"test_best": self.best["test_best"]} if "test_best" in self.best else {})},
             "history": self.history,
             "measure": meas,
             "timing": {

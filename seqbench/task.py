@@ -39,6 +39,10 @@ class TaskSpec:
     loss: str
     metrics: list[Metric] = field(default_factory=list)
     select: str = ""  # metric that picks the best checkpoint (on validation)
+    input_shape: tuple = ()  # one sample's input shape where it is not [seq_len, d_input] (an image: C, H, W)
+
+    def shape_text(self) -> str:
+        return "x".join(map(str, self.input_shape)) if self.input_shape else f"{self.seq_len}x{self.d_input}"
 
     def metric(self, name: str) -> Metric:
         return next(m for m in self.metrics if m.name == name)
