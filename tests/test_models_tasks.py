@@ -9,6 +9,7 @@ import torch
 
 from seqbench import config, registry
 from seqbench.runner import Runner
+from seqbench.strategy import get_strategy
 from conftest import QUICK
 
 PAIRS = [
@@ -50,16 +51,26 @@ def test_pair_trains_evaluates_and_records(env, model, task):
     assert on_disk["run_id"] == rec["run_id"]
 
 
+FIRST_TASK = {m: next(t for mm, t in PAIRS if mm == m) for m, _ in PAIRS}
+
+
 @pytest.mark.parametrize("model", list(registry.models()))
-def test_analytic_flops_positive_and_scale_with_width(model):
-    entry = registry.get_model(model)
-    p_small, p_big = config.params_class(entry.cls)(), config.params_class(entry.cls)()
-    if hasattr(p_small, "hidden"):
-        p_small.hidden, p_big.hidden = 8, 16
-    small, big = entry.cls(1, p_small).flops_per_step(), entry.cls(1, p_big).flops_per_step()
-    assert small > 0
-    if hasattr(p_small, "hidden"):
-        assert big > small
+def test_flops_positive_and_scale_with_width(env, model):
+    """Each model on its first compatible task, built as a run builds it (the task's wrapper):
+    FLOPs per sample > 0, and more at twice the width (``hidden`` or ``width``)."""
+    task = FIRST_TASK[model]
+
+    def flops(scale):
+        cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny")
+        for k in ("hidden", "width"):
+            if hasattr(cfg.model_params, k):
+                setattr(cfg.model_params, k, 8 * scale)
+        t = registry.get_task(task).cls(cfg.task_params, env["data"])
+        t.use_strategy(get_strategy(cfg.train.strategy))
+        return t.wrap(registry.get_model(model).cls(t.spec().d_input, cfg.model_params)).flops_per_sample()
+
+    small, big = flops(1), flops(2)
+    assert 0 < small < big
 
 
 def test_lstm_flops_formula_by_hand():
