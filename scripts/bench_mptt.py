@@ -13,12 +13,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from seqbench import config, records, registry
+from seqbench import config, measure, records, registry
 from seqbench.errors import SeqbenchError
 from seqbench.runner import Runner
 
@@ -44,20 +43,18 @@ def main(argv=None) -> int:
         return 2
     dev = runners["mptt"].device
 
-    def epoch(s, e):
-        t0 = time.perf_counter()
-        runners[s].train_epoch(e)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    done = {s: 0 for s in runners}
 
-    for s in runners:  # untimed first epoch: MPTT has messages from its second epoch on
-        epoch(s, 1)
-    times = {s: [] for s in runners}
-    for r in range(a.rounds):
-        order = list(runners) if r % 2 == 0 else list(runners)[::-1]
-        for s in order:
-            times[s].append(epoch(s, r + 2))
+    def epoch_of(s):
+        def fn():
+            done[s] += 1
+            runners[s].train_epoch(done[s])
+        return fn
+
+    fns = {s: epoch_of(s) for s in runners}
+    for fn in fns.values():  # untimed first epoch: MPTT has messages from its second epoch on
+        fn()
+    times = measure.interleaved(fns, rounds=a.rounds)  # one epoch per round, the order reversed every other round
     mb, mm = statistics.median(times[a.baseline]), statistics.median(times["mptt"])
     cfg = runners["mptt"].cfg
     result = {

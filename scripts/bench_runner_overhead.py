@@ -3,7 +3,8 @@ same model, same optimiser, same batches. Prints both times and the ratio (goal 
 
     python scripts/bench_runner_overhead.py --model lstm --task smnist --preset tiny --batches 20
 
-Rounds alternate the two loops (ABAB...) so drift in machine speed hits both; the ratio is of
+Rounds alternate the two loops (``seqbench.measure.interleaved``, the timing helper ``seqbench bench``
+uses: the order reversed every other round) so drift in machine speed hits both; the ratio is of
 medians. The result is also written to results/benchmarks/ as JSON.
 """
 from __future__ import annotations
@@ -11,12 +12,11 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import torch
 
-from seqbench import config, records, registry
+from seqbench import config, measure, records, registry
 from seqbench.errors import SeqbenchError
 from seqbench.runner import Runner
 
@@ -58,25 +58,19 @@ def main(argv=None) -> int:
     dev = runner.device
     n = min(a.batches, len(runner.loaders["train"]))
 
-    def time_runner(epoch):
-        t0 = time.perf_counter()
-        runner.train_epoch(epoch)
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-        return time.perf_counter() - t0
+    epoch = {"runner": 0, "hand": 0}
 
-    def time_hand(epoch):
-        t0 = time.perf_counter()
-        hand_loop(runner.model, runner.optimizer, runner.task, runner.loaders["train"], n, dev, epoch)
-        return time.perf_counter() - t0
+    def run_runner():
+        epoch["runner"] += 1
+        runner.train_epoch(epoch["runner"])
 
-    time_runner(0), time_hand(0)  # warm-up both
-    tr, th = [], []
-    for r in range(1, a.rounds + 1):
-        if r % 2:
-            tr.append(time_runner(r)), th.append(time_hand(r))
-        else:
-            th.append(time_hand(r)), tr.append(time_runner(r))
+    def run_hand():
+        epoch["hand"] += 1
+        hand_loop(runner.model, runner.optimizer, runner.task, runner.loaders["train"], n, dev, epoch["hand"])
+
+    run_runner(), run_hand()  # warm-up both
+    times = measure.interleaved({"runner": run_runner, "hand": run_hand}, rounds=a.rounds)  # one epoch per round
+    tr, th = times["runner"], times["hand"]
     mr, mh = statistics.median(tr), statistics.median(th)
     result = {
         "benchmark": "runner_overhead", "model": a.model, "task": a.task, "preset": a.preset,

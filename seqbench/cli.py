@@ -35,6 +35,16 @@ def _positive(s: str) -> int:
     return n
 
 
+def _positive_real(s: str) -> float:
+    try:
+        v = float(s)
+    except ValueError:
+        v = float("nan")
+    if not (v > 0 and v < float("inf")):
+        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {clip(repr(s))}")
+    return v
+
+
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="seqbench", description="Benchmark recurrent and sequence models.")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
@@ -52,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
     r.add_argument("--stop-after-epochs", type=_positive, default=None, metavar="N",
                    help="stop after N >= 1 epochs of this invocation, leaving a checkpoint to --resume")
+    r.add_argument("--stop-after-minutes", type=_positive_real, default=None, metavar="M",
+                   help="stop before an epoch that would end later than M minutes after this invocation began "
+                        "(at least one epoch runs), leaving a checkpoint to --resume")
     r.add_argument("--results", default=None, help="results folder (default $SEQBENCH_RESULTS or ./results)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
@@ -59,6 +72,22 @@ def _parser() -> argparse.ArgumentParser:
 
     rep = sub.add_parser("report", help="tables and plots from every record in results/")
     rep.add_argument("--results", default=None)
+
+    b = sub.add_parser("bench", help="speed of models on a task's shapes, side by side (seqbench/bench.py)")
+    b.add_argument("--task", help="a registered task: its shapes, wrapper and presets")
+    b.add_argument("--models", help="contenders, comma-separated: lstm,hippo or hippo+step=fast (settings after +)")
+    b.add_argument("--run", metavar="RUN_ID", help="a trained run against its pruned model (ISS), inference")
+    b.add_argument("--preset", default="fast")
+    b.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="for every contender")
+    b.add_argument("--mode", choices=("train", "infer", "both"), default="both")
+    b.add_argument("--batch-size", type=_positive, default=64, help="train batch, and the larger infer batch (also 1)")
+    b.add_argument("--baseline", help="the contender ratios are taken against (default: the first)")
+    b.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
+    b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's, capped at the cores given)")
+    b.add_argument("--rounds", type=_positive, default=5)
+    b.add_argument("--min-run-time", type=_positive_real, default=0.5, help="seconds of timing per contender per round")
+    b.add_argument("--results", default=None, help="where --run finds the run (default $SEQBENCH_RESULTS or ./results)")
+    b.add_argument("--out", default=None, help="folder for the JSON (default results/benchmarks)")
     return p
 
 
@@ -162,7 +191,7 @@ def _cmd_run(a) -> int:
         runner = Runner(cfg, results=a.results, quiet=a.quiet)
         print(f"run {runner.run_id} on {runner.device}, {runner.threads} thread(s)", flush=True)
     try:
-        rec = runner.fit(stop_after_epochs=a.stop_after_epochs)
+        rec = runner.fit(stop_after_epochs=a.stop_after_epochs, stop_after_minutes=a.stop_after_minutes)
     except KeyboardInterrupt:
         print(f"\ninterrupted after epoch {runner.epoch}; {_resume_hint(runner)}", file=sys.stderr)
         return 130
@@ -188,6 +217,10 @@ def main(argv=None) -> int:
             return _cmd_run(a)
         if a.cmd == "list":
             return _cmd_list()
+        if a.cmd == "bench":
+            from .bench import main as bench_main
+
+            return bench_main(a)
         return _cmd_report(a)
     except SeqbenchError as e:
         print(f"seqbench: error: {e}", file=sys.stderr)

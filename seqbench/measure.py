@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import resource
+import statistics
 import sys
+import time
 
 import torch
 
@@ -73,6 +75,39 @@ def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib
         "runs": len(m.times),
         "calls_per_run": m.number_per_run,
     }
+
+
+def interleaved(fns: dict, rounds: int, min_run_time: float | None = None) -> dict[str, list[float]]:
+    """Time several callables side by side: ``rounds`` rounds, each timing every callable once, the
+    order reversed every other round (drift in machine speed hits all alike). ``min_run_time``:
+    seconds of torch.utils.benchmark ``blocked_autorange`` per measurement (the Timer synchronises
+    CUDA), whose median is the round's value; None: one call per round, timed whole (an epoch).
+    Returns seconds per call, one value per round, per callable. No warm-up here: the caller's."""
+    benchmark = _benchmark() if min_run_time is not None else None
+    names = list(fns)
+    out: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for n in (names if r % 2 == 0 else names[::-1]):
+            if benchmark is None:
+                t0 = time.perf_counter()
+                fns[n]()
+                if torch.cuda.is_available() and torch.cuda.is_initialized():
+                    torch.cuda.synchronize()
+                out[n].append(time.perf_counter() - t0)
+            else:
+                m = benchmark.Timer(stmt="fn()", globals={"fn": fns[n]},
+                                    num_threads=torch.get_num_threads()).blocked_autorange(min_run_time=min_run_time)
+                out[n].append(m.median)
+    return out
+
+
+def summarize(values: list[float]) -> dict:
+    """min, median and interquartile range of a list of timings."""
+    v = sorted(values)
+    if not v:
+        return {"min": float("nan"), "median": float("nan"), "iqr": float("nan")}
+    q = statistics.quantiles(v, n=4, method="inclusive") if len(v) > 1 else [v[0], v[0], v[0]]
+    return {"min": v[0], "median": statistics.median(v), "iqr": q[2] - q[0], "n": len(v)}
 
 
 def reset_peak_memory(device: torch.device) -> None:

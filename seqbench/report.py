@@ -8,6 +8,7 @@ front marked, and validation curves per task.
 """
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -330,12 +331,37 @@ def _write(res: Path, recs: list[dict]) -> dict:
         "",
         _md(tabs["latency"]),
     ]
+    lines += bench_section(res / "benchmarks")
     if len(failed):
         lines += ["## Failed runs", "", _md([{"run_id": r.run_id, "failure": r.failure} for r in failed.itertuples()])]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
     _atomic_write(res / "report.md", "\n".join(lines))
     return {"records": len(recs), "summary": res / "summary.csv", "report": res / "report.md", "plots": pngs}
+
+
+def bench_section(folder: Path) -> list[str]:
+    """The latest ``seqbench bench`` table of each (task, contenders, device, settings), newest first."""
+    latest: dict = {}
+    for p in sorted(folder.glob("bench-*.json")) if folder.is_dir() else []:
+        try:
+            b = json.loads(p.read_text())
+            key = (b["task"], tuple(b["configs"]), b["env"]["device_name"], b.get("run"),
+                   json.dumps(b.get("overrides"), sort_keys=True), b.get("batch_size"))
+            md = b["markdown"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue  # not a bench result (or an older format): other benchmarks have their own JSON
+        latest[key] = (b.get("time", ""), p, b, md)
+    if not latest:
+        return []
+    out = ["## Benchmarks (`seqbench bench`, latest of each)", ""]
+    for _, p, b, md in sorted(latest.values(), key=lambda v: v[0], reverse=True):
+        what = f"run {b['run']}" if b.get("run") else ", ".join(b["configs"])
+        sets = " ".join(f"{k}={v}" for k, v in (b.get("overrides") or {}).items())
+        out += [f"### {b['task']}: {what}", "",
+                f"{b['env']['device_name']}, {b['threads']} thread(s), torch {b['env']['torch']}, {b.get('time', '')}"
+                f"{'; ' + sets if sets else ''}; `{p.name}`", md, ""]
+    return out
 
 
 def fmt_float(v) -> str:  # used by the CLI summary

@@ -126,7 +126,11 @@ def _lock_owner(path) -> str | None:
 
 
 class Runner:
-    def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False):
+    def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False,
+                 data: bool = True):
+        """``data=False`` builds the model, optimiser and strategy as a run would, without reading the
+        task's data or touching a results folder: ``step`` then trains on ``task.example_batch``
+        batches (``seqbench bench``)."""
         self.cfg, self.quiet = cfg, quiet
         t = cfg.train
         self.model_entry = registry.get_model(cfg.model)
@@ -150,7 +154,7 @@ class Runner:
         self.task = self.task_entry.cls(cfg.task_params, data_root())
         self.task.use_strategy(strategy_cls)  # a strategy may shape the data (windows, extra inputs)
         self.spec = self.task.spec()
-        self.loaders = self.task.loaders(t.batch_size, t.eval_batch_size, t.seed)
+        self.loaders = self.task.loaders(t.batch_size, t.eval_batch_size, t.seed) if data else {}
         backbone = self.model_entry.cls(self.spec.d_input, cfg.model_params)
         self.model = self.task.wrap(backbone).to(self.device)
         if t.channels_last:
@@ -171,7 +175,8 @@ class Runner:
         self.started = time.time()
         self._lock_token = None
         self._check_amp()
-        records.check_writable(self.results)  # found now, not after an epoch of training
+        if data:
+            records.check_writable(self.results)  # found now, not after an epoch of training
 
     def _check_amp(self) -> None:
         """A mixed-precision mode the machine's kernels lack for this model (oneDNN has no bf16 LSTM
@@ -181,7 +186,7 @@ class Runner:
         rng = _rng_state()
         was = self.model.training
         try:
-            x = self.task.example_input(next(iter(self.loaders["test"]))[0], 2).to(self.device)
+            x = self.task.example_batch(2)[0].to(self.device)
             self.model.eval()
             with torch.no_grad(), self._autocast():
                 self.model(x)
@@ -255,36 +260,19 @@ class Runner:
 
     # ------------------------------------------------------------ one loop
     def train_epoch(self, epoch: int) -> dict:
-        t, model, opt = self.cfg.train, self.model, self.optimizer
-        model.train()
+        t = self.cfg.train
+        self.model.train()
         loader = self.loaders["train"]
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
         self.strategy.start(train=True)
-        head = getattr(model, "head", None)  # backbone hooks see the layer that reads their output
-        reg = getattr(self.backbone, "regularization", None)
-        after_step = getattr(self.backbone, "after_step", None)
         loss_sum = torch.zeros((), device=self.device)
         n = 0
         bar = Progress(self._batches("train"), total=self._n_batches("train"), desc=f"epoch {epoch}", quiet=self.quiet)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
-            y = batch[1]
-            with self._autocast():
-                out, state = self.strategy.forward(model, batch)
-                loss = self.task.loss(out, y)
-                total = loss + reg(head) if reg is not None else loss
-            opt.zero_grad(set_to_none=True)
-            self.scaler.scale(total).backward()
-            if t.grad_clip > 0:
-                self.scaler.unscale_(opt)
-                torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-            self.scaler.step(opt)
-            self.scaler.update()
-            if after_step is not None:
-                after_step(head)
-            self.strategy.update(batch, state, out)
-            bs = y.shape[0]
+            loss = self.step(batch)
+            bs = batch[1].shape[0]
             loss_sum += loss.detach().float() * bs
             n += bs
             if (i + 1) % t.log_every == 0:  # one host sync every log_every steps, not every step
@@ -300,6 +288,31 @@ class Runner:
         self.train_time += elapsed
         self.train_samples += n
         return {"train_loss": mean, "train_samples": n, "train_s": elapsed}
+
+    def step(self, batch, plain: bool = False) -> torch.Tensor:
+        """One training step: forward (through the strategy; ``plain``: ``model(x)``, as ``seqbench
+        bench`` times it), the task's loss plus the backbone's regulariser, backward, clipping, the
+        optimiser, the backbone's after-step hook, the strategy's update. Returns the task loss."""
+        t, model, opt = self.cfg.train, self.model, self.optimizer
+        head = getattr(model, "head", None)  # backbone hooks see the layer that reads their output
+        reg = getattr(self.backbone, "regularization", None)
+        after_step = getattr(self.backbone, "after_step", None)
+        with self._autocast():
+            out, state = model(batch[0]) if plain else self.strategy.forward(model, batch)
+            loss = self.task.loss(out, batch[1])
+            total = loss + reg(head) if reg is not None else loss
+        opt.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if t.grad_clip > 0:
+            self.scaler.unscale_(opt)
+            torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        self.scaler.step(opt)
+        self.scaler.update()
+        if after_step is not None:
+            after_step(head)
+        if not plain:
+            self.strategy.update(batch, state, out)
+        return loss
 
     @torch.no_grad()
     def evaluate(self, split: str) -> dict:
@@ -421,26 +434,31 @@ class Runner:
         return self
 
     # ---------------------------------------------------------------- fit
-    def fit(self, stop_after_epochs: int | None = None) -> dict | None:
+    def fit(self, stop_after_epochs: int | None = None, stop_after_minutes: float | None = None) -> dict | None:
         """Train to the configured number of epochs, then test and record. With
         ``stop_after_epochs``, return None after that many epochs of this call (the checkpoint
         stays for ``resume``). A non-finite loss ends the run with a record of status 'failed'."""
         self._acquire_lock()
         try:
-            return self._fit(stop_after_epochs)
+            return self._fit(stop_after_epochs, stop_after_minutes)
         finally:
             self._release_lock()
 
-    def _fit(self, stop_after_epochs: int | None) -> dict | None:
+    def _fit(self, stop_after_epochs: int | None, stop_after_minutes: float | None = None) -> dict | None:
         t = self.cfg.train
         measure.reset_peak_memory(self.device)
-        done_here = 0
+        done_here, began, longest = 0, time.monotonic(), 0.0
         try:
             epochs = Progress(range(self.epoch + 1, t.epochs + 1), total=t.epochs - self.epoch, desc=self.run_id,
                               quiet=self.quiet, unit="epochs", every=float("inf"))
             for epoch in epochs:
                 if stop_after_epochs is not None and done_here >= stop_after_epochs:
                     return None
+                # a time budget (a lent GPU's minutes): stop before an epoch that would not fit in it
+                if stop_after_minutes is not None and done_here and \
+                        time.monotonic() - began + longest > 60 * stop_after_minutes:
+                    return None
+                epoch_began = time.monotonic()
                 row = {"epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]}
                 row.update(self.train_epoch(epoch))
                 ev = time.perf_counter()
@@ -462,6 +480,7 @@ class Runner:
                 self.epoch = epoch
                 done_here += 1
                 self.checkpoint()
+                longest = max(longest, time.monotonic() - epoch_began)
                 epochs.set_postfix(**{"train_loss": f"{row['train_loss']:.4f}", key: f"{value:.4f}"})
                 write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
                       f"{key} {value:.4f}  ({row['train_s']:.1f}s train)")

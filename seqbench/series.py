@@ -179,6 +179,12 @@ class SeriesTask(Task):
             metrics=[Metric("rmse", False), Metric("nse", True), Metric("loss", False)], select="rmse",
         )
 
+    def example_batch(self, batch_size: int, seed: int = 0) -> tuple:
+        s = self.spec()
+        g = torch.Generator().manual_seed(seed)
+        return (torch.randn(batch_size, s.seq_len, s.d_input, generator=g),
+                torch.randn(batch_size, s.seq_len, s.d_output, generator=g))
+
     def wrap(self, backbone):
         s = self.spec()
         model = PerStepHead(backbone, s.d_output, s.seq_len)

@@ -72,6 +72,15 @@ class Task:
         """Write a tiny, generated copy of the task's files under ``root`` in the real layout
         (for tests; tasks that generate their data need none)."""
 
+    def example_batch(self, batch_size: int, seed: int = 0) -> tuple:
+        """``(x, y)``: ``batch_size`` random samples shaped and typed as the training batches, made
+        without the data files (``seqbench bench``, the runner's AMP check). This default serves a
+        classification task over ``[seq_len, d_input]`` (or ``input_shape``) inputs."""
+        s = self.spec()
+        g = torch.Generator().manual_seed(seed)
+        shape = tuple(s.input_shape) or (s.seq_len, s.d_input)
+        return torch.randn(batch_size, *shape, generator=g), torch.randint(0, s.d_output, (batch_size,), generator=g)
+
     def example_input(self, x, batch_size: int):
         """A batch of ``batch_size`` inputs shaped like ``x`` (for latency measurement)."""
         reps = -(-batch_size // x.shape[0])

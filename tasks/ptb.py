@@ -393,12 +393,25 @@ class PTB(Task):
     prefix = "ptb."
     md5 = WORD_MD5
     metric = "ppl"
+    VOCAB = 10000  # Mikolov's word files: 10k types with <eos>
 
     def __init__(self, params, data_root):
         super().__init__(params, data_root)
         self._data = None
 
     # data
+    def vocab_size(self) -> int:
+        """The corpus's vocabulary; when the files are absent (``seqbench bench``, ``seqbench list``),
+        the size of Mikolov's published one (``VOCAB``), which the tests check on the real files."""
+        if self._data is None and any(_path(Path(self.data_root) / "ptb", n) is None for n in self.md5):
+            return self.VOCAB
+        return len(self.corpus()["vocab"])
+
+    def example_batch(self, batch_size: int, seed: int = 0) -> tuple:
+        g = torch.Generator().manual_seed(seed)
+        ids = torch.randint(0, self.vocab_size(), (batch_size, self.params.bptt + 1), generator=g)
+        return ids[:, :-1], ids[:, 1:]
+
     def corpus(self) -> dict:
         """{"vocab": {token: id}, "streams": {split: LongTensor}, "md5": checked sums} (cached)."""
         if self._data is None:
@@ -420,7 +433,7 @@ class PTB(Task):
     # contract
     def spec(self) -> TaskSpec:
         return TaskSpec(
-            kind=self.kind, d_input=self.params.emb, d_output=len(self.corpus()["vocab"]),
+            kind=self.kind, d_input=self.params.emb, d_output=self.vocab_size(),
             seq_len=self.params.bptt, loss="cross_entropy",
             metrics=[Metric(self.metric, False), Metric("loss", False)], select=self.metric,
         )
@@ -498,3 +511,4 @@ class PTBChar(PTB):
     prefix = "ptb.char."
     md5 = CHAR_MD5
     metric = "bpc"
+    VOCAB = 50  # the character files' symbols, '_' and <eos> included

@@ -113,6 +113,11 @@ class SyntheticTask(Task):
         if p.seq_len < self.min_seq_len:
             raise SeqbenchError(f"{name}: task.seq_len must be >= {self.min_seq_len} (got {p.seq_len})")
 
+    def example_batch(self, batch_size: int, seed: int = 0) -> tuple:
+        """Generated as the data is (no files here): a fresh draw of ``batch_size`` samples."""
+        stored = self.generate(batch_size, np.random.default_rng(seed))
+        return self.decode(*stored)[:2]
+
     # ---- what a subclass provides
     def generate(self, n: int, rng: np.random.Generator) -> tuple:
         """``n`` samples, compactly stored (tensors with a first dimension n)."""

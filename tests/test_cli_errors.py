@@ -126,5 +126,7 @@ def test_list_without_data_still_lists(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
     assert main(["list"]) == 0
     out = capsys.readouterr().out
-    assert "ptb " in out and "shape unknown: PTB data not found" in out
+    lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
+    assert "shape unknown: Melbourne daily temperatures data not found" in lines["climate-melbourne"]
+    assert "d_output 10000" in lines["ptb"]  # Mikolov's vocabulary: the shape needs no files
     assert "mptt " in out and "series tasks" in out and "copy " in out

@@ -114,6 +114,7 @@ CLI_CASES = {
     "device mps": (["--device", "mps"], "'device': expected auto, cpu, cuda or cuda:N"),
     "threads 0": (["--threads", "0"], "'threads'"),
     "stop after 0 epochs": (["--stop-after-epochs", "0"], "--stop-after-epochs: expected an integer >= 1"),
+    "stop after nan minutes": (["--stop-after-minutes", "nan"], "--stop-after-minutes: expected a finite number > 0"),
     "set without =": (["--set", "epochs"], "--set expects key=value"),
     "unknown strategy": (["--strategy", "nope"], "'strategy': expected a registered strategy"),
 }
@@ -293,7 +294,7 @@ def test_stale_temporary_records_are_removed(env):
     host = socket.gethostname()
     dead = runs / f".tmp-{host}-{_dead_pid()}-abcd1234.json"
     alive = runs / f".tmp-{host}-{os.getpid()}-abcd1234.json"
-    other_host = runs / f".tmp-elsewhere-1-abcd1234.json"
+    other_host = runs / ".tmp-elsewhere-1-abcd1234.json"
     for p in (dead, alive, other_host):
         p.write_bytes(b"")
     records.load_all(env["tmp"] / "res")

@@ -12,7 +12,7 @@ from seqbench import config, registry
 from seqbench.cli import main
 from seqbench.errors import SeqbenchError
 from seqbench.image import count_flops, random_crop_flip
-from seqbench.resnet import DIALSTMCell, DIAUnit, SE
+from seqbench.resnet import DIALSTMCell, DIAUnit
 from seqbench.runner import Runner
 from conftest import QUICK
 

@@ -167,3 +167,11 @@ def test_preset_names_beyond_tiny_fast_paper():
     assert "huge" not in config.preset_names(M, T, "ptb")
     with pytest.raises(SeqbenchError, match="unknown preset 'huge'"):
         config.resolve(registry.get_model("lstm"), registry.get_task("pmnist"), "huge")
+
+
+def test_stop_after_minutes_runs_at_least_one_epoch_and_stops_before_one_that_would_not_fit(env):
+    r = Runner(_cfg(epochs=3), quiet=True)
+    assert r.fit(stop_after_minutes=1e-6) is None  # the budget is spent by the first epoch
+    assert r.epoch == 1
+    resumed = Runner.resume(r.run_id, quiet=True)
+    assert resumed.fit(stop_after_minutes=60)["status"] == "completed" and resumed.epoch == 3

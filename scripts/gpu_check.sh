@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# The prepared GPU check: one command, <= 9 minutes on one H100/H200, everything into one folder.
+#
+#   scripts/gpu_check.sh OUT            # on a GPU machine (device tool: see below)
+#   scripts/gpu_check.sh OUT --quick    # anywhere, tiny sizes on the CPU (CI's smoke runs this)
+#
+# 1. `seqbench bench` at the papers' shapes, train and infer: pMNIST B=100, T=784, H=N=512 for lstm
+#    (cuDNN), hippo (dense and fast steps), enrnn, iss-lstm; the PTB large LM (2 x 1500, batch 20,
+#    bptt 35) as lstm and iss-lstm.
+# 2. ISS on the GPU: batch-1 forward per token of the 1500,1500 LM against the paper's ISS result
+#    373,315 (ms_per_step of the infer table).
+# 3. A piece of `seqbench run --model hippo --task pmnist --preset paper` (50 epochs in all): it
+#    resumes from the checkpoint committed in results/gpu/hippo-pmnist-paper/ (last.pt, best.pt,
+#    run_id) when there is one, trains for the minutes left (SEQBENCH_GPU_MINUTES, default 4), and
+#    leaves its new checkpoint in OUT to be committed there for the next GPU session; the record
+#    appears in OUT once the 50 epochs are done.
+#
+# OUT gets at most 8 files, none over 16 MiB, no sub-folders: bench-pmnist-*.json, bench-ptb-*.json
+# (two), last.pt, best.pt, run_id, gpu_check.log, and the run's record when it finished. (--quick
+# benches a 20-step adding task instead of pMNIST: its bench file is bench-adding-*.json.)
+#
+# On the lent machine (torch 2.11, no network): the MNIST files travel with the tree in the ignored
+# folder .gpu/data (copy ../shared/data/mnist there once: `mkdir -p .gpu/data && cp -r
+# ../shared/data/mnist .gpu/data/`), and the command the device tool runs is
+#   pip install -q --no-deps -e . && SEQBENCH_DATA=.gpu/data scripts/gpu_check.sh "$OUT"
+# with carry [".gpu"] and timeout_s 560.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+OUT=${1:?usage: scripts/gpu_check.sh OUT [--quick]}
+QUICK=${2:-}
+mkdir -p "$OUT"
+LOG="$OUT/gpu_check.log"
+WORK=$(mktemp -d)
+trap 'rm -rf "$WORK"' EXIT
+say() { echo "== $*" | tee -a "$LOG"; }
+PY=${PYTHON:-python}
+start=$(date +%s)
+
+if [ "$QUICK" = "--quick" ]; then
+  # the same commands at tiny sizes; the sequence bench on a 20-step adding task instead of 784-step pMNIST
+  DEV=cpu; H=16; B=4; BPTT=5; EMB=16; SIZES=16,16; PRUNED=4,3; ROUNDS=1; MRT=0.01; PRESET=tiny
+  SEQ_TASK=(--task adding --set task.seq_len=20)
+  RUN_PRESET=tiny; RUN_EXTRA=(--set limit_batches=2 --set latency_time=0.01); MINUTES=${SEQBENCH_GPU_MINUTES:-0.2}
+else
+  DEV=cuda; H=512; B=100; BPTT=35; EMB=1500; SIZES=1500,1500; PRUNED=373,315; ROUNDS=3; MRT=1.0; PRESET=fast
+  SEQ_TASK=(--task pmnist)
+  RUN_PRESET=paper; RUN_EXTRA=(); MINUTES=${SEQBENCH_GPU_MINUTES:-4}
+fi
+$PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
+
+say "1a. pMNIST shapes: B=$B, T=784, hidden = memory order = $H (train and infer)"
+seqbench bench "${SEQ_TASK[@]}" --models lstm,hippo+step=dense,hippo+step=fast,enrnn,iss-lstm --preset "$PRESET" \
+  --set model.hidden=$H --batch-size $B --device $DEV --rounds $ROUNDS --min-run-time $MRT --out "$OUT" 2>&1 | tee -a "$LOG"
+
+say "1b. PTB large LM: 2 layers of $EMB (batch 20, bptt $BPTT), lstm and iss-lstm"
+seqbench bench --task ptb --models "lstm+layers=2+hidden=$EMB,iss-lstm+sizes=$SIZES" --preset "$PRESET" \
+  --set task.emb=$EMB --set task.bptt=$BPTT --batch-size 20 --device $DEV --rounds $ROUNDS --min-run-time $MRT \
+  --out "$OUT" 2>&1 | tee -a "$LOG"
+
+say "2. ISS on the GPU: batch-1 forward per token, $SIZES vs $PRUNED"
+seqbench bench --task ptb --models "iss-lstm+sizes=$SIZES,iss-lstm+sizes=$PRUNED" --preset "$PRESET" --mode infer \
+  --set task.emb=$EMB --set task.bptt=$BPTT --batch-size 1 --device $DEV --rounds $ROUNDS --min-run-time $MRT \
+  --out "$OUT" 2>&1 | tee -a "$LOG"
+
+say "3. hippo on pMNIST, preset $RUN_PRESET, $MINUTES minutes of it"
+CK=results/gpu/hippo-pmnist-$RUN_PRESET
+[ "$QUICK" = "--quick" ] && CK="$WORK/no-checkpoint"  # the quick check always starts afresh
+RES="$WORK/results"
+if [ -f "$CK/run_id" ] && [ -f "$CK/last.pt" ]; then
+  ID=$(cat "$CK/run_id")
+  mkdir -p "$RES/checkpoints/$ID"
+  cp "$CK/last.pt" "$RES/checkpoints/$ID/"
+  [ -f "$CK/best.pt" ] && cp "$CK/best.pt" "$RES/checkpoints/$ID/"
+  seqbench run --resume "$ID" --results "$RES" --stop-after-minutes "$MINUTES" --quiet 2>&1 | tee -a "$LOG"
+else
+  seqbench run --model hippo --task pmnist --preset $RUN_PRESET --device $DEV --results "$RES" \
+    --stop-after-minutes "$MINUTES" --quiet "${RUN_EXTRA[@]}" 2>&1 | tee -a "$LOG"
+  ID=$(ls "$RES/checkpoints")
+fi
+echo "$ID" > "$OUT/run_id"
+for f in last.pt best.pt; do
+  [ -f "$RES/checkpoints/$ID/$f" ] && cp "$RES/checkpoints/$ID/$f" "$OUT/"
+done
+[ -f "$RES/runs/$ID.json" ] && cp "$RES/runs/$ID.json" "$OUT/"
+say "done in $(( $(date +%s) - start )) s; $(ls "$OUT" | wc -l) files in $OUT"
+ls -la "$OUT" | tee -a "$LOG"

@@ -1,0 +1,288 @@
+"""``seqbench bench``: the speed of registered models on a task's shapes, side by side.
+
+    seqbench bench --task pmnist --models lstm,hippo,enrnn,iss-lstm --set model.hidden=512 --batch-size 100
+    seqbench bench --task cifar10 --models resnet,se-resnet,dia-resnet --mode infer
+    seqbench bench --task pmnist --models hippo+step=dense,hippo+step=fast      # one model, two settings
+    seqbench bench --run RUN_ID                                              # a trained run vs its pruned model
+
+Each contender is built exactly as ``seqbench run`` builds it (the config resolved from presets and
+overrides, the task's wrapper around the backbone, the run's optimiser, AMP and strategy hooks) by
+``Runner(cfg, data=False)``: no data files are read, inputs come from ``task.example_batch`` (the
+task's shapes and dtypes). A contender is a model name, optionally with settings after ``+``
+(``iss-lstm+sizes=373,315``: a key without a dot is a model key).
+
+- ``--mode train``: one call = ``Runner.step`` (forward, loss + regulariser, backward, clipping,
+  optimiser step, after-step hook) at ``--batch-size``.
+- ``--mode infer``: one call = a forward in eval mode without autograd, at batch 1 and at
+  ``--batch-size``. Default: both.
+
+Timing (``measure.interleaved``): warm-up calls first (lazy initialisation, cuDNN plans, HiPPO's
+tables), then ``--rounds`` rounds; in each round every contender is timed once with
+torch.utils.benchmark's ``blocked_autorange`` (CUDA synchronised by the Timer), the order reversed
+every other round so drift hits all alike. Per contender: min / median / IQR of the round medians,
+and the ratio to the baseline (``--baseline``, default the first contender) as the median of the
+per-round ratios. Also: peak memory (CUDA: max allocated during two calls; CPU: the process's
+resident-set growth from before the contender was built to after one call of each kind — what
+building and first running it took, not a per-call peak), analytic FLOPs (the wrapper's ``flops_per_sample`` times the batch; a training step counted
+as 3 forward passes, the usual convention) and the achieved FLOP/s.
+
+The table is printed as Markdown and saved with every number as JSON in
+``results/benchmarks/bench-<task>-<time>.json``; ``seqbench report`` shows the latest of each.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from . import config, measure, records, registry
+from .errors import SeqbenchError, clip
+from .model import install_pruned
+
+
+def parse_contenders(text: str) -> list[str]:
+    """``a,b+k=1,2,c`` → ``["a", "b+k=1,2", "c"]``: a piece starting with a digit continues the
+    previous value (widths such as ``sizes=373,315``); model names never start with one."""
+    out: list[str] = []
+    for piece in (p.strip() for p in text.split(",")):
+        if not piece:
+            continue
+        if out and piece[0].isdigit() and "=" in out[-1]:
+            out[-1] += "," + piece
+        else:
+            out.append(piece)
+    if not out:
+        raise SeqbenchError("--models needs at least one model")
+    return out
+
+
+def contender_config(spec: str, task: str, preset: str, overrides: dict) -> config.RunConfig:
+    name, *settings = spec.split("+")
+    extra = {}
+    for s in settings:
+        if "=" not in s:
+            raise SeqbenchError(f"contender {clip(repr(spec))}: expected model+key=value, got {clip(repr(s))}")
+        k, v = s.split("=", 1)
+        extra[k if "." in k or k in config.TRAIN_KEYS else f"model.{k}"] = v
+    m, t = registry.get_model(name), registry.get_task(task)
+    ok, why = registry.compatible(m, t)
+    if not ok:
+        raise SeqbenchError(why)
+    return config.resolve(m, t, preset, {**overrides, **extra})
+
+
+def _rss_mb() -> float:
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return float("nan")
+
+
+class Contender:
+    """A built model with its calls: ``infer(batch)`` and ``train()``."""
+
+    def __init__(self, label: str, runner, batch_size: int):
+        self.label, self.runner, self.batch_size = label, runner, batch_size
+        dev = runner.device
+        self.train_batch = tuple(t.to(dev) for t in runner.task.example_batch(batch_size))
+        self.infer_x = {b: runner.task.example_batch(b)[0].to(dev) for b in sorted({1, batch_size})}
+        self.flops = int(runner.model.flops_per_sample())
+        self.params = sum(p.numel() for p in runner.model.parameters())
+        self.seq_len = runner.spec.seq_len
+
+    def warm(self, rss_before: float, modes=("train", "infer")) -> None:
+        """One call of each kind right after building: lazy state is made, and the resident-set
+        growth from before the build to now is this contender's (CPU memory column)."""
+        for mode in modes:
+            self.call(mode, self.batch_size)()
+        self.rss_delta_mb = _rss_mb() - rss_before
+
+    def call(self, mode: str, batch: int):
+        r = self.runner
+        if mode == "train":
+            def fn():
+                r.model.train()
+                r.step(self.train_batch, plain=True)
+        else:
+            x = self.infer_x[batch]
+
+            def fn():
+                with torch.no_grad(), r._autocast():
+                    r.model(x)
+        return fn
+
+
+def build_contenders(specs, task, preset, overrides, batch_size, quiet=True) -> dict[str, Contender]:
+    out = {}
+    for spec in specs:
+        if spec in out:
+            raise SeqbenchError(f"contender {clip(repr(spec))} given twice")
+        cfg = contender_config(spec, task, preset, overrides)
+        before = _rss_mb()
+        from .runner import Runner
+
+        c = Contender(spec, Runner(cfg, quiet=quiet, data=False), batch_size)
+        c.warm(before)
+        out[spec] = c
+    return out
+
+
+def from_run(run_id: str, results=None, batch_size: int = 1, device: str | None = None) -> dict[str, Contender]:
+    """A trained run's model (best.pt, else last.pt, with the run's config) and, for a backbone with
+    ISS pruning, its physically pruned model (``install_pruned``, as the runner tests it)."""
+    from .runner import Runner
+
+    res = records.results_dir(results)
+    folder = res / "checkpoints" / run_id
+    path = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+    if path is None:
+        raise SeqbenchError(f"run {clip(repr(run_id))}: no best.pt or last.pt in {folder}")
+    rec = res / "runs" / f"{run_id}.json"
+    try:
+        flat = json.loads(rec.read_text())["config"] if rec.is_file() else \
+            torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
+        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
+    except Exception as e:
+        raise SeqbenchError(f"run {clip(repr(run_id))}: cannot read its config or weights ({type(e).__name__})") from None
+    cfg = config.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
+    cfg.train.device = device or "auto"  # this machine's, not the one the run trained on
+    before = _rss_mb()
+    r = Runner(cfg, quiet=True, data=False)
+    try:
+        r.model.load_state_dict(state)
+    except RuntimeError as e:
+        raise SeqbenchError(f"run {clip(repr(run_id))}: its weights do not fit its model ({str(e).splitlines()[0][:150]})") from None
+    out = {"trained": Contender("trained", r, batch_size)}
+    out["trained"].warm(before, modes=("infer",))
+    fn = getattr(r.backbone, "pruned", None)
+    small = fn(r.model.head) if callable(fn) else None
+    if small is not None:
+        r2 = copy.copy(r)
+        r2.model = copy.deepcopy(r.model)
+        install_pruned(r2.model, *small)
+        r2.backbone = r2.model.backbone
+        r2.model.to(r.device)
+        before = _rss_mb()
+        out["pruned"] = Contender("pruned", r2, batch_size)
+        out["pruned"].warm(before, modes=("infer",))
+        x = out["trained"].infer_x[1]
+        with torch.no_grad():
+            a, b = r.model.eval()(x)[0], r2.model.eval()(x)[0]
+        out["pruned"].rel_err = float((b - a).norm() / a.norm().clamp_min(1e-30))
+    return out
+
+
+def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, baseline: str | None,
+        rounds: int, min_run_time: float) -> dict:
+    names = list(contenders)
+    base = baseline or names[0]
+    if base not in contenders:
+        raise SeqbenchError(f"--baseline {clip(repr(base))} is not one of the contenders: {', '.join(names)}")
+    dev = next(iter(contenders.values())).runner.device
+    tables = []
+    for mode in modes:
+        for batch in ([batch_size] if mode == "train" else sorted({1, batch_size})):
+            fns = {n: c.call(mode, batch) for n, c in contenders.items()}
+            mem = {}
+            for n, fn in fns.items():  # warm-up, and the memory one call needs
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                    torch.cuda.reset_peak_memory_stats(dev)
+                for _ in range(2):
+                    fn()
+                if dev.type == "cuda":
+                    torch.cuda.synchronize(dev)
+                    mem[n] = {"peak_cuda_mb": torch.cuda.max_memory_allocated(dev) / 2**20}
+                else:
+                    mem[n] = {"rss_delta_mb": contenders[n].rss_delta_mb}
+            times = measure.interleaved(fns, rounds=rounds, min_run_time=min_run_time)
+            rows = []
+            for n, c in contenders.items():
+                s = measure.summarize(times[n])
+                ratios = [a / b for a, b in zip(times[n], times[base])]
+                flops = c.flops * batch * (3 if mode == "train" else 1)
+                row = {"contender": n, "mode": mode, "batch": batch, "params": c.params,
+                       "min_ms": s["min"] * 1e3, "median_ms": s["median"] * 1e3, "iqr_ms": s["iqr"] * 1e3,
+                       "ratio": statistics.median(ratios), "flops": flops,
+                       "gflop_per_s": flops / s["median"] / 1e9 if s["median"] > 0 else None, **mem[n]}
+                if c.seq_len:
+                    row["ms_per_step"] = s["median"] * 1e3 / c.seq_len
+                if hasattr(c, "rel_err"):
+                    row["rel_err_vs_trained"] = c.rel_err
+                rows.append(row)
+            tables.append({"mode": mode, "batch": batch, "rows": rows, "round_times_s": times})
+    return {"baseline": base, "tables": tables}
+
+
+def markdown(result: dict) -> str:
+    lines = []
+    for t in result["tables"]:
+        lines.append(f"\n{t['mode']}, batch {t['batch']} (ratio: time / {result['baseline']}'s, median of "
+                     f"{result['rounds']} interleaved rounds)\n")
+        cols = ["contender", "median_ms", "iqr_ms", "min_ms", "ratio", "ms_per_step", "params", "flops", "gflop_per_s",
+                "peak_cuda_mb", "rss_delta_mb"]
+        cols = [c for c in cols if any(c in r and r[c] is not None for r in t["rows"])]
+        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("|" + "|".join("---" for _ in cols) + "|")
+        for r in t["rows"]:
+            lines.append("| " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _fmt(col: str, v) -> str:
+    if v is None:
+        return "–"
+    if col in ("params", "flops"):
+        return f"{int(v):,}"
+    if col == "ratio":
+        return f"{v:.2f}"
+    if isinstance(v, float):
+        return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
+    return str(v)
+
+
+def main(a) -> int:
+    """The CLI's ``bench``: build, time, print, save."""
+    from .runner import pick_device, set_threads
+
+    threads = set_threads(a.threads)
+    modes = ["train", "infer"] if a.mode == "both" else [a.mode]
+    overrides = config.parse_set(a.sets)
+    if a.device:
+        overrides["device"] = a.device
+    pick_device(overrides.get("device", "auto"))  # one line now if the machine lacks it
+    torch.manual_seed(0)
+    if a.run:
+        if a.models or a.task or a.sets:
+            raise SeqbenchError("--run takes the run's own model, task and settings; drop --models/--task/--set")
+        if a.mode == "train":
+            raise SeqbenchError("--run times inference (the trained model against its pruned one): use --mode infer")
+        contenders = from_run(a.run, a.results, a.batch_size, a.device)
+        task = next(iter(contenders.values())).runner.cfg.task
+        modes = ["infer"]
+    else:
+        if not a.task or not a.models:
+            raise SeqbenchError("bench needs --task and --models (or --run RUN_ID); see 'seqbench list'")
+        task = a.task
+        contenders = build_contenders(parse_contenders(a.models), task, a.preset, overrides, a.batch_size)
+    dev = next(iter(contenders.values())).runner.device
+    print(f"bench on {task}: {', '.join(contenders)}; {dev} ({records.environment(dev)['device_name']}), "
+          f"{threads} thread(s), torch {torch.__version__}", flush=True)
+    result = run(contenders, modes, a.batch_size, a.baseline, a.rounds, a.min_run_time)
+    result.update({
+        "benchmark": "bench", "task": task, "preset": a.preset, "overrides": overrides, "run": a.run,
+        "rounds": a.rounds, "min_run_time": a.min_run_time, "threads": threads, "batch_size": a.batch_size,
+        "configs": {n: c.runner.cfg.flat() for n, c in contenders.items()},
+        "env": records.environment(dev), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    })
+    result["markdown"] = markdown(result)
+    print(result["markdown"])
+    out = records.write_benchmark(result, f"bench-{task}", Path(a.out) if a.out else None)
+    print(f"written {out}")
+    return 0
