@@ -299,3 +299,22 @@ def test_bad_choices_fail_clearly():
         config.resolve(legt, task, "tiny", {"model.step": "fast"})
     cfg = config.resolve(registry.get_model("hippo"), task, "paper")
     assert cfg.model_params.hidden == 512 and cfg.model_params.memory_order is None
+
+
+def test_auto_step_is_dense_while_the_tables_fit_and_fast_beyond(monkeypatch):
+    """step=auto (the default): the paper's N = 512 over 784 steps keeps the cached dense tables;
+    2000 steps would need more than the cache holds (every pass would rebuild every chunk), so the
+    O(N) step runs; the two compute the same."""
+    m = cell(hidden=512)
+    assert m.step == "auto"
+    assert m.pick_step(784, torch.float32) == "dense" and m.pick_step(2000, torch.float32) == "fast"
+    assert cell(hidden=512, discretization="zoh").pick_step(5000, torch.float32) == "dense"  # no O(N) ZOH
+    torch.manual_seed(0)
+    small = cell(hidden=6, memory_order=8, d_input=1)
+    x = torch.randn(3, 40, 1)
+    y_dense, _ = small(x)
+    assert small.last_step == "dense"
+    monkeypatch.setattr(hp.DENSE_CACHE, "max_bytes", 1000)  # now 40 steps' tables do not fit
+    y_fast, _ = small(x)
+    assert small.last_step == "fast" and torch.allclose(y_fast, y_dense, atol=1e-5)
+    assert small.flops_per_step() == cell(hidden=6, memory_order=8, step="fast").flops_per_step()
