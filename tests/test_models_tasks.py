@@ -77,3 +77,20 @@ def test_lstm_flops_formula_by_hand():
     # 1 layer, input 1, hidden 2: 2*4*2*(1+2) matmul + 2*4*2 biases + 9*2 pointwise = 48 + 16 + 18
     m = registry.get_model("lstm").cls(1, config.params_class(registry.get_model("lstm").cls)(hidden=2))
     assert m.flops_per_step() == 82
+
+
+@pytest.mark.parametrize("task", list(registry.tasks()))
+def test_every_task_gives_an_example_batch_its_models_train_on(env, task):
+    """``task.example_batch`` (seqbench bench, the AMP check) is shaped and typed as the loaders'
+    batches: the task's first compatible model takes it through the wrapper and the loss."""
+    model = next(m for m, t in PAIRS if t == task)
+    cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny")
+    t = registry.get_task(task).cls(cfg.task_params, env["data"])
+    t.use_strategy(get_strategy(cfg.train.strategy))
+    x, y = t.example_batch(3)
+    real_x, real_y = next(iter(t.loaders(3, 3, 0)["train"]))[:2]
+    assert x.shape[1:] == real_x.shape[1:] and x.dtype == real_x.dtype
+    assert y.shape[1:] == real_y.shape[1:] and y.dtype == real_y.dtype
+    net = t.wrap(registry.get_model(model).cls(t.spec().d_input, cfg.model_params))
+    out, _ = net(x)
+    assert torch.isfinite(t.loss(out, y))
