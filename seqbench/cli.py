@@ -1,4 +1,4 @@
-"""The ``seqbench`` command: run, list, report.
+"""The ``seqbench`` command: run, list, report, sweep.
 
 Bad input ends with one line on stderr (``seqbench: error: ...``) and a non-zero exit, never a
 traceback.
@@ -88,6 +88,21 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--min-run-time", type=_positive_real, default=0.5, help="seconds of timing per contender per round")
     b.add_argument("--results", default=None, help="where --run finds the run (default $SEQBENCH_RESULTS or ./results)")
     b.add_argument("--out", default=None, help="folder for the JSON (default results/benchmarks)")
+    # seqbench sweep: the axes come from a sweep file and/or these flags (seqbench/sweep.py)
+    s = sub.add_parser("sweep", help="a grid of runs (models x tasks x presets x strategies x seeds x settings) on Ray")
+    s.add_argument("file", nargs="?", help="a sweep file (TOML, e.g. scripts/sweeps/mptt-hydro.toml)")
+    for axis in ("models", "tasks", "presets", "strategies", "seeds"):
+        s.add_argument(f"--{axis}", metavar="A,B", help=f"comma-separated {axis} (replace the file's)")
+    s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config key; the same key given again adds a value to its axis")
+    s.add_argument("--name", help="the sweep's name in its records (default: the file's stem)")
+    s.add_argument("--address", help="an existing Ray cluster (host:port, ray://host:10001); default: a local Ray on this machine")
+    s.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N", help="CPUs per run, = its torch threads (default 1)")
+    s.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G", help="GPUs per run; fractions share a GPU (default 0)")
+    s.add_argument("--max-retries", type=int, default=2, metavar="N", help="retries of a run whose worker died (default 2)")
+    s.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
+    s.add_argument("--dry-run", action="store_true", help="list the runs and which are done; change nothing")
+    s.add_argument("--results", default=None, help="results folder (on a cluster: a path every node shares)")
     return p
 
 
@@ -221,6 +236,9 @@ def main(argv=None) -> int:
             from .bench import main as bench_main
 
             return bench_main(a)
+        if a.cmd == "sweep":
+            from .sweep import command
+            return command(a)
         return _cmd_report(a)
     except SeqbenchError as e:
         print(f"seqbench: error: {e}", file=sys.stderr)

@@ -14,6 +14,8 @@ task only with the key ``"<task>:<preset>"``. A task or model may define further
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import re
 import typing
@@ -341,6 +343,39 @@ def from_flat(flat: dict, model_entry, task_entry) -> RunConfig:
     )
     apply(cfg, {k: v for k, v in flat.items() if k not in ("model", "task", "preset")}, "checkpoint")
     return cfg
+
+
+# ---------------------------------------------------------------------------- identity
+# Settings that never change what a run computes: left out of its identity. (``seed`` and every
+# other key are in: two seeds are two runs.)
+BOOKKEEPING = ("device", "threads", "log_every", "latency_time")
+
+
+def identity(flat: dict) -> dict:
+    """What makes a run the run it is: its flat config (``RunConfig.flat()`` or a record's
+    ``config``) without the bookkeeping keys and without the keys at their declared default;
+    ``model``, ``task`` and ``preset`` always. Leaving defaults out keeps older records' identity
+    when a setting is added later with a default that keeps the old behaviour (a record written
+    before the key existed simply lacks it). A model or task this install no longer has: its
+    keys are all kept (such a run matches no new one)."""
+    from . import registry
+
+    defaults = dataclasses.asdict(TrainConfig())
+    for prefix, get in (("model", registry.get_model), ("task", registry.get_task)):
+        try:
+            params = params_class(get(flat[prefix]).cls)()
+        except SeqbenchError:
+            continue
+        defaults.update({f"{prefix}.{k}": v for k, v in dataclasses.asdict(params).items()})
+    return {k: v for k, v in flat.items()
+            if k in ("model", "task", "preset") or (k not in BOOKKEEPING and not (k in defaults and defaults[k] == v))}
+
+
+def config_hash(flat: dict) -> str:
+    """A run's identity as 16 hex digits (sha256 of ``identity(flat)`` as sorted JSON): written into
+    every record as ``config_hash``; ``seqbench sweep`` finds finished runs by it."""
+    text = json.dumps(identity(flat), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def parse_set(items: list[str]) -> dict[str, str]:

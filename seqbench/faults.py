@@ -3,7 +3,11 @@ SIGKILL the n-th time (default: the first) it reaches ``<point>``. Points sit in
 crash must not corrupt: ``save:last.pt`` / ``save:best.pt`` (the checkpoint's temporary file is
 written, not yet renamed), ``record:written`` (the record's temporary file is written, not yet
 linked) and ``record:linked`` (linked, its temporary file not yet removed). Unset, a point costs
-one environment lookup. Used by scripts/kill_resume.py and the tests; never set it otherwise."""
+one environment lookup. Used by scripts/kill_resume.py and the tests; never set it otherwise.
+
+``SEQBENCH_FAULT_ONCE=<file>`` besides: the kill happens only in the process that creates
+``<file>`` (exclusively), so of all the processes that reach the point, one dies, once: the first
+attempt of a sweep run is killed and its retry, in a fresh process, is not."""
 from __future__ import annotations
 
 import os
@@ -21,4 +25,10 @@ def point(name: str) -> None:
         return
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == int(n or 1):
+        once = os.environ.get("SEQBENCH_FAULT_ONCE")
+        if once:
+            try:
+                os.close(os.open(once, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            except FileExistsError:
+                return  # another process was killed here already
         os.kill(os.getpid(), signal.SIGKILL)

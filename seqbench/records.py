@@ -209,11 +209,12 @@ def warn(msg: str) -> None:
     print(f"seqbench: warning: {msg}", file=sys.stderr, flush=True)
 
 
-def load_all(results=None) -> list[dict]:
+def load_all(results=None, clean: bool = True) -> list[dict]:
     """Every usable record under ``<results>/runs``; an unreadable file, or a record whose required
-    fields are missing or null, is skipped with one warning on stderr."""
+    fields are missing or null, is skipped with one warning on stderr. ``clean=False``: stale
+    temporary files are left where they are (a dry run writes nothing)."""
     folder = results_dir(results) / "runs"
-    if folder.is_dir():
+    if folder.is_dir() and clean:
         clean_stale_tmp(folder)
     out = []
     for p in sorted(folder.glob("*.json")):

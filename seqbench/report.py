@@ -20,7 +20,8 @@ from .errors import SeqbenchError
 
 GROUP = ["task", "model", "preset", "strategy", "variant"]
 # Keys that never make a run a different experiment (seeds are averaged; the rest is bookkeeping).
-_NOT_VARIANT = {"seed", "device", "deterministic", "latency_time", "log_every", "strategy", "keeper"}
+# (config.BOOKKEEPING: device, threads, log_every, latency_time; a sweep's name is a record field, not a key)
+_NOT_VARIANT = {"seed", "device", "threads", "deterministic", "latency_time", "log_every", "strategy", "keeper"}
 
 
 def variant(rec: dict) -> str:
@@ -52,7 +53,7 @@ def _row(rec: dict) -> dict:
         "epochs": rec["timing"].get("epochs"), "wall_s": rec["timing"].get("wall_s"),
         "train_s": rec["timing"].get("train_s"), "device": rec["env"].get("device"),
         "device_name": rec["env"].get("device_name"), "git_commit": rec["env"].get("git_commit"),
-        "started": rec["timing"].get("started"), "failure": rec.get("failure"),
+        "started": rec["timing"].get("started"), "failure": rec.get("failure"), "sweep": rec.get("sweep"),
         # a task's memoryless baseline for its selection metric, when it declares one (copy, adding)
         "baseline": ti.get(f"baseline_{ti.get('select')}"),
         # a published number, when the task carries one: keyed "<model>:<preset>" (DIANet's CIFAR-100

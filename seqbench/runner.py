@@ -127,11 +127,13 @@ def _lock_owner(path) -> str | None:
 
 class Runner:
     def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False,
-                 data: bool = True):
+                 data: bool = True, write_record: bool = True):
         """``data=False`` builds the model, optimiser and strategy as a run would, without reading the
         task's data or touching a results folder: ``step`` then trains on ``task.example_batch``
-        batches (``seqbench bench``)."""
-        self.cfg, self.quiet = cfg, quiet
+        batches (``seqbench bench``). ``write_record=False``: ``fit()`` returns the record without
+        writing it (``seqbench sweep``: a Ray worker returns it, the driver writes it, so records need
+        no shared file system)."""
+        self.cfg, self.quiet, self.write_record = cfg, quiet, write_record
         t = cfg.train
         self.model_entry = registry.get_model(cfg.model)
         self.task_entry = registry.get_task(cfg.task)
@@ -406,7 +408,7 @@ class Runner:
         self._lock_token = None
 
     @classmethod
-    def resume(cls, run_id: str, results=None, quiet: bool = False) -> "Runner":
+    def resume(cls, run_id: str, results=None, quiet: bool = False, write_record: bool = True) -> "Runner":
         path = records.results_dir(results) / "checkpoints" / run_id / "last.pt"
         if not path.is_file():
             raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: no checkpoint at {clip(str(path), 200)}")
@@ -421,7 +423,7 @@ class Runner:
         except Exception as e:  # a truncated or foreign file
             raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {path} is unreadable ({type(e).__name__})") from None
         cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
-        self = cls(cfg, results=results, run_id=run_id, quiet=quiet)
+        self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.model.load_state_dict(ck["model"])
         self.optimizer.load_state_dict(ck["optimizer"])
         if self.scheduler and ck["scheduler"]:
@@ -497,8 +499,10 @@ class Runner:
             except Exception as e:  # truncated, overwritten, foreign: the run cannot be tested
                 why = f"best checkpoint {best_path} is unreadable ({type(e).__name__})"
                 rec = self._record(status="failed", failure=why)
-                raise SeqbenchError(f"{why}: run recorded as failed ({rec['path']}); its last checkpoint "
-                                    f"{self.run_dir / 'last.pt'} is kept") from None
+                err = SeqbenchError(f"{why}: run recorded as failed ({rec.get('path', 'the record goes to the caller')}); its last "
+                                    f"checkpoint {self.run_dir / 'last.pt'} is kept")
+                err.record = rec  # the failed record, for a caller that writes records itself
+                raise err from None
         self.pruning = self._prune()
         test = self.evaluate("test")
         return self._record(status="completed", test=test)
@@ -555,6 +559,7 @@ class Runner:
             "strategy": self.cfg.train.strategy,
             "seed": self.cfg.train.seed,
             "config": self.cfg.flat(),
+            "config_hash": C.config_hash(self.cfg.flat()),  # the run's identity (config.identity)
             "env": self.env,
             "task_info": {
                 "kind": self.spec.kind, "d_input": self.spec.d_input, "d_output": self.spec.d_output,
@@ -579,5 +584,6 @@ class Runner:
                 "epochs": self.epoch,
             },
         }
-        rec["path"] = str(records.write(rec, self.results))
+        if self.write_record:
+            rec["path"] = str(records.write(rec, self.results))
         return rec
