@@ -195,7 +195,9 @@ def problem(rec) -> str | None:
     if rec["status"] not in ("completed", "failed"):
         return f"status {rec['status']!r} is neither completed nor failed"
     m = rec["metrics"]
-    no_val = str(m.get("selection", "")).startswith("last epoch")  # no validation split: none to show
+    # no validation split, or no epoch with a finite validation value (the last weights were tested):
+    # no validation metrics to show
+    no_val = str(m.get("selection", "")).startswith("last epoch") or ("best_epoch" in m and m["best_epoch"] is None)
     if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and (no_val or isinstance(m.get("val"), dict))):
         return "a completed run without test or validation metrics"
     if rec["status"] == "completed" and not isinstance(rec["measure"].get("params"), dict):
