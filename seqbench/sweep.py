@@ -441,14 +441,15 @@ def _execute(ray, spec, todo, results, address, cpus, gpus, max_retries, num_cpu
     try:
         _check_resources(ray, cpus, gpus)
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIX) and k not in _FORWARD_SKIP}
-        remote = ray.remote(work)
-        opts = dict(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)
+        # declared on the function, not per call: with GPUs Ray then gives each run a fresh worker
+        # process (max_calls=1), so no CUDA state carries from one run to the next
+        remote = ray.remote(num_cpus=cpus, num_gpus=gpus, max_retries=max_retries, retry_exceptions=False)(work)
         refs = {}
         for run in todo:
             job = {"model": run.model, "task": run.task, "preset": run.preset, "run_id": run.run_id,
                    "overrides": {**run.overrides, **run.fixed},
                    "results": str(results), "env": env}
-            refs[remote.options(name=f"seqbench:{run.run_id}", **opts).remote(job)] = run
+            refs[remote.options(name=f"seqbench:{run.run_id}").remote(job)] = run
 
         def slots() -> int:
             res = ray.cluster_resources()
