@@ -160,7 +160,7 @@ def _summary(rec: dict) -> None:
             print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
         print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "
               f"sparsity {meas['sparsity']['overall']:.4f}), FLOPs/sample {meas['flops_per_sample']:,}")
-        print(f"  latency {_latency(lat, 'b1')}, {_latency(lat, 'b64')} on {rec['env']['device']}, "
+        print(f"  latency {', '.join(_latency(lat, k) for k in lat)} on {rec['env']['device']}, "
               f"{meas['torch_threads']} thread(s); train {fmt_float(meas['train_throughput'])} samples/s")
     t = rec["timing"]
     print(f"  wall {t['wall_s']:.1f} s (train {t['train_s']:.1f} s), record {rec['path']}")

@@ -132,10 +132,13 @@ class TrainConfig:
     weight_decay: float = setting(0.0, NONNEGATIVE_REAL)
     # False: no weight decay on biases and normalisation weights (every parameter of dim < 2; nanoGPT's rule)
     decay_norm_bias: bool = True
-    schedule: str = _choice("none", ("none", "cosine", "step", "multistep", "decay_after"), "per-epoch LR schedule")
+    schedule: str = _choice("none", ("none", "cosine", "step", "multistep", "decay_after", "poly"),
+                            "LR schedule: per epoch; poly per iteration")
     lr_step: int = setting(1, POSITIVE, "step schedule: decay every lr_step epochs")
     milestones: str = setting("", int_list("epochs", "60,120"), "multistep schedule: epochs after which lr *= lr_gamma, e.g. 60,120")
     lr_gamma: float = setting(0.1, POSITIVE_REAL, "step / multistep / decay_after: decay factor")
+    # poly (the segmentation models' schedule): lr (1 - iteration / iterations)^poly_power, stepped every batch
+    poly_power: float = setting(0.9, POSITIVE_REAL, "poly schedule: the power")
     # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
     lr_hold: int = setting(0, NONNEGATIVE)
     grad_clip: float = setting(0.0, NONNEGATIVE_REAL, "max global grad norm; 0 = off")
@@ -166,6 +169,8 @@ class TrainConfig:
 def milestone_list(text: str) -> list[int]:
     return [int(v) for v in text.split(",") if v.strip()]
 
+
+PER_STEP_SCHEDULES = ("poly",)  # stepped after every batch (the others after every epoch)
 
 TRAIN_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 

@@ -66,6 +66,8 @@ def _verified_paths(folder: Path, files: dict[str, str], dataset: str, algo: str
     paths = {n: folder / n for n in files}
     if verify_enabled():
         for n, want in files.items():
+            if want is None:  # no published checksum for this file (ADE20K's: the archive's md5 covers it)
+                continue
             got = file_digest(paths[n], algo)
             if got != want:
                 raise SeqbenchError(
@@ -77,7 +79,8 @@ def _verified_paths(folder: Path, files: dict[str, str], dataset: str, algo: str
 
 def ensure_archive(folder: Path, files: dict[str, str], url: str, archive: str, archive_md5: str,
                    dataset: str) -> dict[str, Path]:
-    """Return paths to ``files`` (name -> md5) in ``folder``; when some are missing and downloads are
+    """Return paths to ``files`` (name -> md5, or None where no checksum is published: only present)
+    in ``folder``; when some are missing and downloads are
     allowed, the archive at ``url`` (md5 ``archive_md5``) is downloaded and unpacked into folder's
     parent with torchvision's ``download_and_extract_archive`` (the archive's own layout puts the
     files in ``folder``), then removed. One-line SeqbenchError as ``ensure_files``."""

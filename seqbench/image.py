@@ -21,6 +21,8 @@ residual adds are not counted (under 2% of a CIFAR ResNet's total).
 """
 from __future__ import annotations
 
+import inspect
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -123,8 +125,9 @@ def count_flops(model: nn.Module, x: torch.Tensor) -> int:
 
     def pre(m, args):
         if hasattr(m, "flops") and callable(m.flops):
-            if inside[0] == 0:
-                total[0] += int(m.flops()) * args[0].shape[0]
+            if inside[0] == 0:  # per sample; a module whose count depends on its input (a 2-D RNN: the
+                own = m.flops(*args) if inspect.signature(m.flops).parameters else m.flops()  # map's size) takes it
+                total[0] += int(own) * args[0].shape[0]
             inside[0] += 1
 
     def post(m, args, out):

@@ -235,6 +235,23 @@ def load_all(results=None, clean: bool = True) -> list[dict]:
     return out
 
 
+def write_examples(arrays: dict, run_id: str, results=None) -> Path:
+    """A run's example predictions (named uint8 arrays) as ``<results>/examples/<run_id>.npz``,
+    written whole or not at all (temporary file, then renamed)."""
+    import numpy as np
+
+    folder = results_dir(results) / "examples"
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{run_id}.npz"
+    tmp = folder / f".{run_id}.{os.getpid()}.tmp.npz"
+    try:
+        np.savez_compressed(tmp, **arrays)
+        os.replace(tmp, final)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return final
+
+
 def write_benchmark(result: dict, name: str, out=None) -> Path:
     """Save a benchmark script's result as ``<out or results/benchmarks>/<name>-<time>.json``."""
     folder = Path(out) if out else results_dir() / "benchmarks"

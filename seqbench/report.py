@@ -2,9 +2,11 @@
 
 Tables (mean ± std over seeds where a (task, model, preset, strategy) group has several runs):
 accuracy (the task's metrics on test, the selection metric on validation), sparsity (params,
-nonzero params, fraction of zeros, the model's structural report), latency (batch 1 and 64,
-median and IQR, throughput, FLOPs). Plots: accuracy vs batch-1 latency per task with the Pareto
-front marked, and validation curves per task.
+nonzero params, fraction of zeros, the model's structural report), latency (at the batch sizes the
+task measured: 1 and 64, dense tasks 1 and 8; median and IQR, throughput, FLOPs), and, for records
+that carry one, the per-class breakdown (dense tasks: test IoU per class). Plots: accuracy vs
+batch-1 latency per task with the Pareto front marked, validation curves per task, and for records
+that carry example predictions (dense tasks) image | ground truth | each model's prediction.
 """
 from __future__ import annotations
 
@@ -160,12 +162,90 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         acc.append(a)
         spa.append(dict(name, params=int(g["params"].iloc[0]), nonzero=_pm(g["params_nonzero"], ".0f"),
                         sparsity=_pm(g["sparsity"], ".4f"), structure=_text_or_dash(g["structure"].iloc[0])))
-        lat.append(dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]),
-                        b1_ms=_pm(g["lat_b1_ms"], ".3f"), b1_iqr_ms=_pm(g["lat_b1_iqr_ms"], ".3f"),
-                        b64_ms=_pm(g["lat_b64_ms"], ".3f"), b64_iqr_ms=_pm(g["lat_b64_iqr_ms"], ".3f"),
-                        train_samples_per_s=_pm(g["throughput"], ".1f"),
-                        mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f")))
+        row = dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]))
+        for b in _latency_batches(g):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
+            row[f"{b}_ms"] = _pm(g[f"lat_{b}_ms"], ".3f")
+            row[f"{b}_iqr_ms"] = _pm(g[f"lat_{b}_iqr_ms"], ".3f")
+        row.update(train_samples_per_s=_pm(g["throughput"], ".1f"), mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f"))
+        lat.append(row)
     return {"accuracy": acc, "sparsity": spa, "latency": lat}
+
+
+def _latency_batches(g: pd.DataFrame) -> list[str]:
+    found = [c[len("lat_"):-len("_ms")] for c in g.columns
+             if c.startswith("lat_b") and c.endswith("_ms") and not c.endswith("_iqr_ms") and g[c].notna().any()]
+    return sorted(found, key=lambda b: int(b[1:]) if b[1:].isdigit() else 0)
+
+
+def _group_label(rec: dict) -> str:
+    v = variant(rec)
+    return f"{rec['model']}/{rec['preset']}" + (f" ({v})" if v else "")
+
+
+def per_class_tables(recs: list[dict]) -> dict[str, list[dict]]:
+    """Per task whose records carry a per-class breakdown (``metrics.test_per_class``, e.g. the dense
+    tasks' IoU per class): one row per class, one column per (model, preset, variant), mean ± std
+    over seeds."""
+    by_task: dict[str, dict[str, list[dict]]] = {}
+    for r in recs:
+        pc = (r.get("metrics") or {}).get("test_per_class")
+        if r["status"] != "completed" or not isinstance(pc, dict) or not isinstance(pc.get("iou"), dict):
+            continue
+        by_task.setdefault(r["task"], {}).setdefault(_group_label(r), []).append(pc["iou"])
+    out = {}
+    for task, groups in sorted(by_task.items()):
+        classes = list(dict.fromkeys(c for runs in groups.values() for iou in runs for c in iou))
+        rows = []
+        for c in classes:
+            row = {"class": c}
+            for label, runs in sorted(groups.items()):
+                row[f"{label} (n={len(runs)})"] = _pm(pd.Series([iou.get(c) for iou in runs], dtype=float), ".3f")
+            rows.append(row)
+        out[task] = rows
+    return out
+
+
+def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
+    """Per task whose records carry example predictions (``examples``: dense tasks save their first
+    test images' predictions beside the record): rows are the images, columns the image, its ground
+    truth and each (model, preset, variant)'s prediction (its lowest seed), in the task's colour map
+    (``task_info.palette``; ignored pixels black)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    by_task: dict[str, dict[str, dict]] = {}
+    for r in sorted(recs, key=lambda r: (r["seed"], r["run_id"])):
+        ex = r.get("examples")
+        if r["status"] != "completed" or not isinstance(ex, dict) or not (res / str(ex.get("file", ""))).is_file():
+            continue
+        by_task.setdefault(r["task"], {}).setdefault(_group_label(r), r)
+    out = []
+    for task, groups in sorted(by_task.items()):
+        first = next(iter(groups.values()))
+        palette = np.zeros((256, 3), np.uint8)
+        pal = np.asarray(first["task_info"].get("palette") or [], np.uint8).reshape(-1, 3)
+        palette[: len(pal)] = pal
+        data = {label: np.load(res / r["examples"]["file"]) for label, r in sorted(groups.items())}
+        n = min(r["examples"]["n"] for r in groups.values())
+        cols = 2 + len(data)
+        fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.0 * n), squeeze=False)
+        base = data[next(iter(data))]
+        for i in range(n):
+            panels = [("image", base[f"image{i}"]), ("ground truth", palette[base[f"label{i}"]])]
+            panels += [(label, palette[z[f"pred{i}"]]) for label, z in data.items()]
+            for j, (title, img) in enumerate(panels):
+                ax = axes[i, j]
+                ax.imshow(img, interpolation="nearest")
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if i == 0:
+                    ax.set_title(title, fontsize=8)
+        fig.suptitle(f"{task}: test images, ground truth and predictions", fontsize=9)
+        out.append(_savefig(fig, folder / f"examples_{task}.png"))
+    return out
 
 
 def _savefig(fig, path: Path) -> Path:
@@ -310,6 +390,8 @@ def _write(res: Path, recs: list[dict]) -> dict:
     tabs = tables(df)
     pngs = plots(df, recs, res / "plots")
     pngs += iss_plots(recs, res / "plots")
+    pngs += example_plots(recs, res, res / "plots")
+    per_class = per_class_tables(recs)
     failed = df[df.status != "completed"] if len(df) else df
     lines = [
         "# seqbench report",
@@ -324,6 +406,8 @@ def _write(res: Path, recs: list[dict]) -> dict:
         lines += [f"### {task}", "", _md([r for r in tabs["accuracy"] if r["task"] == task])]
     if not tabs["accuracy"]:
         lines.append(_md([]))
+    for task, rows in per_class.items():
+        lines += [f"## Per-class test IoU: {task}", "", _md(rows)]
     lines += [
         "## Sparsity",
         "",

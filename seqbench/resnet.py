@@ -190,17 +190,33 @@ class Block(nn.Module):
 
 
 class Stage(nn.Module):
-    """Blocks in order; an attention state (DIA) starts at None (zero) here and ends here."""
+    """Blocks in order; an attention state (DIA) starts at None (zero) here and ends here.
+
+    The blocks are the stage's children named 0, 1, ... (``layer1.0.conv1.weight``: torchvision's
+    names, so its ImageNet checkpoints load). Checkpoints written while the blocks sat in a
+    ``blocks`` list (``layer1.blocks.0.conv1.weight``) still load: their keys are renamed on load."""
 
     def __init__(self, blocks: list[Block]):
         super().__init__()
-        self.blocks = nn.ModuleList(blocks)
+        for i, blk in enumerate(blocks):
+            self.add_module(str(i), blk)
+        self.register_load_state_dict_pre_hook(_rename_old_block_keys)
+
+    @property
+    def blocks(self) -> list[Block]:
+        return list(self._modules.values())
 
     def forward(self, x):
         state = None
         for blk in self.blocks:
             x, state = blk(x, state)
         return x
+
+
+def _rename_old_block_keys(module, state_dict, prefix, *args) -> None:
+    old = prefix + "blocks."
+    for k in [k for k in state_dict if k.startswith(old)]:
+        state_dict[prefix + k[len(old):]] = state_dict.pop(k)
 
 
 def make_attention(attn: str, c: int, reduction: int, dia_cell: str = "dia-lstm"):
@@ -298,3 +314,43 @@ def cifar_layers(depth: int, block: str) -> int:
         raise SeqbenchError(f"bad value {depth} for 'model.depth': a CIFAR ResNet with {block} blocks has depth "
                             f"{per}n+2 ({per + 2}, {2 * per + 2}, ...; e.g. {'20, 56, 110' if block == 'basic' else '164'})")
     return (depth - 2) // per
+
+
+# ------------------------------------------------------------------- ImageNet trunks (dense)
+# torchvision's ResNet-18/34/50/101: block and blocks per stage (widths 64, 128, 256, 512 x expansion).
+IMAGENET_RESNETS = {"resnet18": ("basic", [2, 2, 2, 2]), "resnet34": ("basic", [3, 4, 6, 3]),
+                    "resnet50": ("bottleneck", [3, 4, 6, 3]), "resnet101": ("bottleneck", [3, 4, 23, 3])}
+
+
+def imagenet_trunk(name: str, output_stride: int | None = None, width: int = 64, d_input: int = 3) -> ResNetTrunk:
+    """torchvision's ResNet ``name`` without its pooling and fc (module names as torchvision's, so its
+    ImageNet checkpoints load), the strides of the late stages turned into dilation down to
+    ``output_stride`` (8: layer3 dilation 2, layer4 dilation 4), for basic blocks too (torchvision
+    refuses dilation in BasicBlock; here both 3x3 convs of a dilated basic block are dilated)."""
+    block, layers = IMAGENET_RESNETS[name]
+    return ResNetTrunk(d_input, block=block, layers=layers, widths=[width, 2 * width, 4 * width, 8 * width],
+                       stem="imagenet", output_stride=output_stride)
+
+
+def load_torchvision_weights(trunk: ResNetTrunk, path) -> dict:
+    """Load a torchvision ResNet state-dict file (its ImageNet checkpoint, e.g. resnet18-f37072fd.pth)
+    into ``trunk``, ignoring ``fc.*``; any other missing or unexpected key is an error (one line).
+    Returns the file's name and SHA-256 for the record."""
+    from .data import file_digest
+
+    try:
+        sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # not a file, truncated, not a state dict
+        raise SeqbenchError(f"model.pretrained {path}: unreadable as a torch checkpoint ({type(e).__name__})") from None
+    if not isinstance(sd, dict):
+        raise SeqbenchError(f"model.pretrained {path}: not a state dict")
+    sd = {k: v for k, v in sd.items() if not k.startswith("fc.")}
+    try:
+        missing, unexpected = trunk.load_state_dict(sd, strict=False)
+    except RuntimeError as e:  # a shape mismatch: another depth or width
+        first = str(e).strip().splitlines()
+        raise SeqbenchError(f"model.pretrained {path} does not fit this trunk ({first[-1].strip()[:150] if first else ''})") from None
+    if missing or unexpected:
+        raise SeqbenchError(f"model.pretrained {path} does not fit this trunk: missing {missing[:3]}, "
+                            f"unexpected {unexpected[:3]} (a torchvision ResNet of the same depth is expected)")
+    return {"file": str(path), "sha256": file_digest(path, "sha256")}

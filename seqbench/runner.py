@@ -165,6 +165,7 @@ class Runner:
         check_prunable(self.model, backbone, f"{cfg.model} on {cfg.task}")
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
+        self.per_step_schedule = t.schedule in C.PER_STEP_SCHEDULES  # stepped after every batch, not every epoch
         self.strategy = strategy_cls(self.task, self.model, t)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.select = self.spec.metric(self.spec.select)
@@ -237,6 +238,10 @@ class Runner:
             return torch.optim.lr_scheduler.StepLR(self.optimizer, step_size=t.lr_step, gamma=t.lr_gamma)
         if t.schedule == "multistep":  # lr x gamma after each milestone epoch (DIANet's cifar.py schedule)
             return torch.optim.lr_scheduler.MultiStepLR(self.optimizer, C.milestone_list(t.milestones), gamma=t.lr_gamma)
+        if t.schedule == "poly":  # per iteration: lr (1 - it / iters)^power (torchvision's segmentation reference)
+            per_epoch = self._n_batches("train") if "train" in self.loaders else 1  # no data: seqbench bench
+            total, power = max(t.epochs * per_epoch, 1), t.poly_power
+            return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: (1 - min(i, total) / total) ** power)
         if t.schedule == "decay_after":  # Zaremba et al.: lr * gamma ** max(epoch - lr_hold, 0), epochs from 1
             hold, gamma = t.lr_hold, t.lr_gamma
             return torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda i: gamma ** max(i + 1 - hold, 0))
@@ -312,12 +317,18 @@ class Runner:
         self.scaler.update()
         if after_step is not None:
             after_step(head)
+        if self.per_step_schedule:  # poly: after every batch
+            self.scheduler.step()
         if not plain:
             self.strategy.update(batch, state, out)
         return loss
 
-    @torch.no_grad()
     def evaluate(self, split: str) -> dict:
+        return self.task.metrics(self.eval_sums(split))
+
+    @torch.no_grad()
+    def eval_sums(self, split: str) -> dict:
+        """The task's ``eval_stats`` summed over the whole split (float64, on the CPU)."""
         self.model.eval()
         self.strategy.start(train=False)
         sums: dict = {}
@@ -329,7 +340,7 @@ class Runner:
                 v = v.detach().to("cpu", torch.float64)
                 sums[k] = sums[k] + v if k in sums else v
         self.strategy.end(train=False)
-        return self.task.metrics(sums)
+        return sums
 
     def _improves(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -467,7 +478,7 @@ class Runner:
                 split = self.watch  # val; or, with no validation split (the papers' protocol), test
                 row.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
                 row["eval_s"] = time.perf_counter() - ev
-                if self.scheduler:
+                if self.scheduler and not self.per_step_schedule:
                     self.scheduler.step()
                 self.history.append(row)
                 key = f"{split}_{self.spec.select}"
@@ -504,8 +515,31 @@ class Runner:
                 err.record = rec  # the failed record, for a caller that writes records itself
                 raise err from None
         self.pruning = self._prune()
-        test = self.evaluate("test")
+        sums = self.eval_sums("test")
+        test = self.task.metrics(sums)
+        per_class = getattr(self.task, "per_class", None)  # a task's per-class breakdown (dense: IoU per class)
+        self.test_per_class = per_class(sums) if callable(per_class) else None
+        self.examples = self._examples()
         return self._record(status="completed", test=test)
+
+    @torch.no_grad()
+    def _predict(self, x):
+        """The model's output for one input batch, in eval mode on the run's device, on the CPU."""
+        self.model.eval()
+        with self._autocast():
+            out, _ = self.model(x.to(self.device))
+        return out.float().cpu()
+
+    def _examples(self) -> dict | None:
+        """A task that shows predictions (``examples(predict) -> (arrays, meta)``: dense tasks, their
+        first test images) gets them saved as ``<results>/examples/<run_id>.npz``; the record says where."""
+        fn = getattr(self.task, "examples", None)
+        got = fn(self._predict) if callable(fn) else None
+        if not got:
+            return None
+        arrays, meta = got
+        path = records.write_examples(arrays, self.run_id, self.results)
+        return {**meta, "file": str(path.relative_to(self.results))}
 
     def _prune(self) -> dict | None:
         """A backbone with ``pruned(head)`` (ISS) is replaced by the physically smaller model it
@@ -529,7 +563,7 @@ class Runner:
         t = self.cfg.train
         x = next(iter(self.loaders["test"]))[0]
         lat = {}
-        for bs in (1, 64):
+        for bs in getattr(self.task, "latency_batches", (1, 64)):  # a task may declare its own (dense: 1, 8)
             xb = self.task.example_input(x, bs).to(self.device)
             lat[f"b{bs}"] = measure.latency(self.model, xb, t.latency_time, self._autocast)
         return {
@@ -571,8 +605,10 @@ class Runner:
             },
             "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test,
                         "selection": ("best validation epoch" if self.watch == "val" else "last epoch (no validation split)"),
-                        **({"test_best": self.best["test_best"]} if "test_best" in self.best else {})},
+                        **({"test_best": self.best["test_best"]} if "test_best" in self.best else {}),
+                        **({"test_per_class": self.test_per_class} if getattr(self, "test_per_class", None) else {})},
             "history": self.history,
+            **({"examples": self.examples} if getattr(self, "examples", None) else {}),
             "measure": meas,
             "timing": {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),

@@ -1,0 +1,417 @@
+"""Scene parsing models (kind ``dense``): an FCN baseline, DAG-RNN (Shuai et al., "DAG-Recurrent
+Neural Networks for Scene Labeling", CVPR 2016) and the dense attentional RNN (Fan, Chu, Latecki,
+Ling, "Scene Parsing via Dense Recurrent Neural Networks with Attentional Selection", WACV 2019,
+arXiv 1811.04778).
+
+All three build the same trunk through one helper (``DenseModel``: ``model.backbone`` resnet18 /
+resnet50 / resnet101, ``model.output_stride`` 8 by default, ``model.width``, ``model.pretrained`` a
+torchvision ImageNet checkpoint file; ``seqbench/resnet.py``'s ``imagenet_trunk``) and differ only in
+what sits between the trunk's feature map and the task's classifier (the wrapper's 1x1 conv
+``head`` and the bilinear upsampling, ``seqbench/dense.py``):
+
+- ``fcn``: nothing: trunk → head → upsampling (the "same backbone without the RNN" baseline).
+- ``dag-rnn``: the trunk's features F, reduced by a 1x1 conv (+ BN, ReLU) to x (``model.d_in``), go
+  through four directional DAG-RNNs (south-east, south-west, north-east, north-west). In the
+  south-east DAG unit (r, c) has the 3 predecessors P = {(r-1, c), (r, c-1), (r-1, c-1)} (the others
+  are its mirror images) and
+      h_i = ReLU(U x_i + Σ_{j∈P(i)} W h_j + b)          (one W for the 3 predecessors)
+  per direction d with its own U^d, W^d, b^d; the output o = Σ_d V^d h^d_i (CVPR'16 Eq. 5–7).
+  o then goes through BN and ReLU and is concatenated with F: the head sees [F, o].
+- ``dense-rnn``: the same, but unit i is connected to every unit before it in its direction's
+  order, the whole quadrant D(i) = {(r', c') : r' ≤ r, c' ≤ c} \\ {i} (south-east), and an
+  attention model weighs those dependencies:
+      e_ij = wᵀ tanh(W_a x_i + U_a h_j),   α_i = softmax_{j∈D(i)} e_ij,
+      h_i = ReLU(U x_i + W Σ_{j∈D(i)} α_ij h_j + b).
+
+What follows the papers' text and what is our reading. The WACV paper's method section could not
+be retrieved here (and no code of it is public: this is the first public implementation). From
+its abstract: dense connections between each pair of image units, an attention model that weighs
+them, integration with a CNN end to end; a quoted sentence gives 512 input/hidden/output units and
+ReLU / softmax as the two non-linearities. The quadrant as the dense predecessor set, the additive
+score function e_ij above, the attention's width ``model.att_dim``, the attention weighing the
+hidden states *before* W (one W for the context), and everything around the recurrence (the 1x1
+reduction, BN + ReLU on o, concatenation with F, one 1x1 classifier) are **our reading**, the same
+for both RNNs so that they differ only in the recurrence. For DAG-RNN the recurrence, the four
+directions with their own weights and the summed outputs follow the CVPR'16 paper; its VGG-16 trunk
+with deconvolution and skip layers is replaced by the shared dilated ResNet, and its class-weighted
+loss by the task's (``task.class_weights``). The initialisation is ours: uniform ±1/sqrt(fan-in)
+as torch's RNNs, DAG-RNN's W further divided by 3 (its three predecessors are summed).
+
+Computation: both recurrences run by **anti-diagonal wavefronts**. Every predecessor of a unit on
+the anti-diagonal r + c = k lies on an earlier anti-diagonal, so the H + W − 1 diagonals are
+computed in order, each as one batched step over all its units; the four directions run together
+(each direction is the south-east recurrence on the feature map flipped along W, H or both, and
+flipped back; its weights are stacked along a leading direction axis). DAG-RNN's step gathers the
+3 predecessors from the two previous diagonals. The dense RNN's step scores its units against
+every unit of the earlier diagonals and masks those outside each unit's quadrant: O((HW)²·att_dim)
+work and, for the backward pass, memory per direction — ``model.checkpoint=true`` recomputes each
+step's scores in the backward pass instead of storing them (``torch.utils.checkpoint``).
+``reference_forward`` is the plain per-pixel loop of the equations (tests check the wavefront
+against it; ``scripts/bench_dense_rnn.py`` times both).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.utils.checkpoint import checkpoint
+
+from seqbench.config import POSITIVE, Domain, _choice, setting
+from seqbench.errors import SeqbenchError
+from seqbench.registry import DENSE, register_model
+from seqbench.resnet import IMAGENET_RESNETS, imagenet_trunk, load_torchvision_weights
+
+DIRECTIONS = ("se", "sw", "ne", "nw")
+# Each direction as the south-east recurrence on a flipped map: the dims of [.., H, W, C] to flip.
+_FLIPS = {"se": (), "sw": (-2,), "ne": (-3,), "nw": (-3, -2)}
+# (dr, dc): the direction rows and columns are visited in (+1 increasing, -1 decreasing).
+_STEPS = {"se": (1, 1), "sw": (1, -1), "ne": (-1, 1), "nw": (-1, -1)}
+
+OUTPUT_STRIDE = Domain("8, 16 or 32", lambda v: v in (8, 16, 32), 4)
+CHECKPOINT_FILE = Domain("empty, or a torchvision ResNet checkpoint file that exists",
+                         lambda v: v == "" or Path(v).expanduser().is_file(), "/no/such/resnet.pth")
+
+
+@dataclass
+class DenseModelParams:
+    backbone: str = _choice("resnet18", tuple(k for k in IMAGENET_RESNETS), "the trunk: torchvision's ResNet")
+    output_stride: int = setting(8, OUTPUT_STRIDE, "the trunk's output stride (8: layer3 and layer4 dilated)")
+    width: int = setting(64, POSITIVE, "planes of the trunk's first stage (64: the ImageNet ResNets); then x2, x4, x8")
+    pretrained: str = setting("", CHECKPOINT_FILE, "a torchvision ImageNet checkpoint for the trunk; empty: random init")
+
+    def validate(self):
+        if self.pretrained and self.width != 64:
+            raise SeqbenchError(f"'model.pretrained' needs 'model.width' 64 (torchvision's ResNets), not {self.width}")
+
+
+@dataclass
+class DAGParams(DenseModelParams):
+    d_in: int = setting(128, POSITIVE, "the RNN's input: the trunk's features reduced by a 1x1 conv")
+    hidden: int = setting(128, POSITIVE, "hidden units of each direction")
+    d_out: int = setting(128, POSITIVE, "the RNN's output o = sum_d V^d h^d, concatenated with the trunk's features")
+
+
+@dataclass
+class DenseRNNParams(DAGParams):
+    att_dim: int = setting(32, POSITIVE, "attention width: e_ij = w^T tanh(W_a x_i + U_a h_j), w in R^att_dim")
+    checkpoint: bool = False  # recompute each wavefront's attention scores in the backward pass (memory for time)
+
+
+# Trunk sizes per preset. tiny: a width-8 ResNet-18 (32x32 inputs, seconds); fast: ResNet-18 OS8
+# (CamVid at a reduced size; see tasks/scene.py); paper: dilated ResNet-101 OS8, 512 units (the
+# dense-RNN paper's quoted width).
+_TINY = {"model.backbone": "resnet18", "model.width": 8, "model.output_stride": 8}
+_FAST = {"model.backbone": "resnet18", "model.width": 64, "model.output_stride": 8}
+_PAPER = {"model.backbone": "resnet101", "model.width": 64, "model.output_stride": 8}
+
+
+class DenseModel(nn.Module):
+    """The shared trunk (``trunk``) and what sits after it (``neck``, subclasses);
+    forward(x[B, 3, H, W]) -> features [B, d_output, H/os, W/os]."""
+
+    kinds = frozenset({DENSE})
+    Params = DenseModelParams
+    presets = {"tiny": _TINY, "fast": _FAST, "paper": _PAPER}
+
+    def __init__(self, d_input: int, p: DenseModelParams):
+        super().__init__()
+        self.p = p
+        self.trunk = imagenet_trunk(p.backbone, p.output_stride, p.width, d_input)
+        self.pretrained = load_torchvision_weights(self.trunk, Path(p.pretrained).expanduser()) if p.pretrained else None
+        self.d_output = self.trunk.d_output
+
+    def forward(self, x):
+        return self.trunk(x)
+
+    def structure(self, head=None) -> dict:
+        out = {"backbone": self.p.backbone, "output_stride": self.trunk.output_stride}
+        if self.pretrained:
+            out["pretrained_sha256"] = self.pretrained["sha256"]
+        return out
+
+
+@register_model("fcn")
+class FCN(DenseModel):
+    """The trunk alone; the task's 1x1 head and upsampling make it an FCN."""
+
+
+class RNNModel(DenseModel):
+    """Trunk → 1x1 reduction (BN, ReLU) → four-direction 2-D RNN (``rnn_cls``) → BN, ReLU →
+    concatenated with the trunk's features."""
+
+    Params = DAGParams
+    rnn_cls: type
+
+    def __init__(self, d_input: int, p: DAGParams):
+        super().__init__(d_input, p)
+        c = self.trunk.d_output
+        self.reduce = nn.Sequential(nn.Conv2d(c, p.d_in, 1, bias=False), nn.BatchNorm2d(p.d_in), nn.ReLU(inplace=True))
+        self.rnn = self.make_rnn(p)
+        self.post = nn.Sequential(nn.BatchNorm2d(p.d_out), nn.ReLU(inplace=True))
+        self.d_output = c + p.d_out
+
+    def forward(self, x):
+        f = self.trunk(x)
+        return torch.cat([f, self.post(self.rnn(self.reduce(f)))], 1)
+
+
+# ----------------------------------------------------------------------------- wavefronts
+class _Diagonals:
+    """The anti-diagonal order of an H x W grid: positions sorted by (r + c, r). ``order[i]`` is the
+    raster index (r * W + c) of the i-th position, ``bounds[k]`` the slice of diagonal k."""
+
+    _cache: dict = {}
+
+    def __init__(self, H: int, W: int, device):
+        r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
+        r, c = r.reshape(-1), c.reshape(-1)
+        key = (r + c) * (H + 1) + r
+        order = torch.argsort(key)
+        self.H, self.W, self.N = H, W, H * W
+        self.rows, self.cols = r[order].to(device), c[order].to(device)
+        self.order = order.to(device)
+        self.inverse = torch.argsort(order).to(device)
+        counts = torch.bincount((r + c), minlength=H + W - 1).tolist()
+        starts = [0]
+        for n in counts:
+            starts.append(starts[-1] + n)
+        self.bounds = [(starts[k], starts[k + 1]) for k in range(H + W - 1)]
+        # DAG-RNN: for each position, its 3 south-east predecessors (N, W, NW) as indices into
+        # [zero, diagonal k-2, diagonal k-1] (0 = outside the grid: contributes zero).
+        pos = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(r[order].tolist(), c[order].tolist()))}
+        self.pred = []
+        for k, (s, e) in enumerate(self.bounds):
+            s2 = self.bounds[k - 2][0] if k >= 2 else 0
+            n2 = (self.bounds[k - 2][1] - s2) if k >= 2 else 0
+            s1 = self.bounds[k - 1][0] if k >= 1 else 0
+            idx = []
+            for i in range(s, e):
+                a, b = int(self.rows[i]), int(self.cols[i])
+                row = []
+                for (pa, pb), off, base in (((a - 1, b), 1 + n2, s1), ((a, b - 1), 1 + n2, s1), ((a - 1, b - 1), 1, s2)):
+                    row.append(off + pos[(pa, pb)] - base if pa >= 0 and pb >= 0 else 0)
+                idx.append(row)
+            self.pred.append(torch.tensor(idx, dtype=torch.long, device=device))
+
+    @classmethod
+    def get(cls, H: int, W: int, device) -> "_Diagonals":
+        key = (H, W, str(device))
+        if key not in cls._cache:
+            cls._cache[key] = cls(H, W, device)
+        return cls._cache[key]
+
+
+def _directions(x: torch.Tensor) -> torch.Tensor:
+    """[B, C, H, W] -> [4, B, H, W, C]: each direction's view, flipped so that it runs south-east."""
+    x = x.permute(0, 2, 3, 1)
+    return torch.stack([x.flip(_FLIPS[d]) if _FLIPS[d] else x for d in DIRECTIONS])
+
+
+def _undirections(h: torch.Tensor) -> torch.Tensor:
+    """[4, B, H, W, C] -> the same, each direction flipped back to the image's orientation."""
+    return torch.stack([h[i].flip(_FLIPS[d]) if _FLIPS[d] else h[i] for i, d in enumerate(DIRECTIONS)])
+
+
+def _uniform(shape, fan_in: int, scale: float = 1.0) -> nn.Parameter:
+    k = scale / math.sqrt(fan_in)
+    return nn.Parameter(torch.empty(shape).uniform_(-k, k))
+
+
+class FourDirectionRNN(nn.Module):
+    """Base of the two 2-D RNNs: per-direction input map U, b, recurrent W, output V (stacked on a
+    leading direction axis), the wavefront loop, the per-pixel reference. forward(x[B, C, H, W]) ->
+    o [B, d_out, H, W] = Σ_d V^d h^d."""
+
+    W_scale = 1.0
+
+    def __init__(self, d_in: int, hidden: int, d_out: int):
+        super().__init__()
+        D = len(DIRECTIONS)
+        self.d_in, self.hidden, self.d_out = d_in, hidden, d_out
+        self.U = _uniform((D, hidden, d_in), d_in)
+        self.b = _uniform((D, hidden), d_in)
+        self.W = _uniform((D, hidden, hidden), hidden, self.W_scale)
+        self.V = _uniform((D, d_out, hidden), hidden)
+        self.c = nn.Parameter(torch.zeros(d_out))
+
+    def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
+        """h of every direction, [4, B, H, W, hidden], by wavefronts."""
+        B, C, H, W = x.shape
+        dg = _Diagonals.get(H, W, x.device)
+        xd = _directions(x).reshape(len(DIRECTIONS), B, H * W, C)[:, :, dg.order]  # [D, B, N, C], diagonal order
+        ux = torch.einsum("dbnc,dhc->dbnh", xd, self.U) + self.b[:, None, None, :]
+        hs = self.wavefront(xd, ux, dg)  # [D, B, N, hidden] in diagonal order
+        return hs[:, :, dg.inverse].reshape(len(DIRECTIONS), B, H, W, self.hidden)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = _undirections(self.hidden_states(x))  # [D, B, H, W, hidden]
+        o = torch.einsum("dbhwk,dok->bohw", h, self.V)
+        return o + self.c[None, :, None, None]
+
+    def wavefront(self, xd, ux, dg) -> torch.Tensor:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------- the per-pixel loop
+    @torch.no_grad()
+    def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The equations, one pixel at a time, each direction in its own coordinates (no flips, no
+        wavefronts): o [B, d_out, H, W]. For tests and the benchmark."""
+        B, C, H, W = x.shape
+        out = self.c[None, :, None, None].expand(B, self.d_out, H, W).clone()
+        for d, name in enumerate(DIRECTIONS):
+            dr, dc = _STEPS[name]
+            h = torch.zeros(B, H, W, self.hidden, dtype=x.dtype, device=x.device)
+            for r in (range(H) if dr > 0 else range(H - 1, -1, -1)):
+                for c in (range(W) if dc > 0 else range(W - 1, -1, -1)):
+                    h[:, r, c] = self.reference_unit(d, x[:, :, r, c], h, r, c, dr, dc)
+            out = out + torch.einsum("bhwk,ok->bohw", h, self.V[d])
+        return out
+
+    def reference_unit(self, d, x_i, h, r, c, dr, dc):
+        raise NotImplementedError
+
+    def pairs(self, H: int, W: int) -> int:
+        return 0
+
+    def flops(self, x) -> int:
+        """Per sample, of the equations (a multiply-add 2, a pointwise op 1): see ``step_flops``."""
+        H, W = x.shape[-2:]
+        N = H * W
+        d, h, o = self.d_in, self.hidden, self.d_out
+        per_dir = N * (2 * d * h + h) + N * 2 * h * o + self.step_flops(N, H, W)
+        return len(DIRECTIONS) * per_dir + N * (len(DIRECTIONS) - 1) * o + N * o  # sum over directions, + c
+
+    def step_flops(self, N: int, H: int, W: int) -> int:
+        raise NotImplementedError
+
+
+class DAGRNN(FourDirectionRNN):
+    """h_i = ReLU(U x_i + W Σ_{j∈P(i)} h_j + b), P(i) the 3 predecessors (Shuai et al.)."""
+
+    W_scale = 1.0 / 3.0  # our init: the three predecessors are summed
+
+    def wavefront(self, xd, ux, dg):
+        D, B, _, _ = ux.shape
+        zero = ux.new_zeros(D, B, 1, self.hidden)
+        hs = []
+        Wt = self.W.transpose(1, 2)[:, None]  # [D, 1, hidden, hidden]
+        for k, (s, e) in enumerate(dg.bounds):
+            prev = torch.cat([zero] + hs[max(k - 2, 0):k], 2)  # [zero, diagonal k-2, diagonal k-1]
+            idx = dg.pred[k]  # [L, 3] indices into prev
+            summed = prev[:, :, idx].sum(3)  # [D, B, L, hidden]
+            hs.append(F.relu(ux[:, :, s:e] + summed @ Wt))
+        return torch.cat(hs, 2)
+
+    def reference_unit(self, d, x_i, h, r, c, dr, dc):
+        H, W = h.shape[1:3]
+        s = torch.zeros_like(h[:, 0, 0])
+        for pr, pc in ((r - dr, c), (r, c - dc), (r - dr, c - dc)):
+            if 0 <= pr < H and 0 <= pc < W:
+                s = s + h[:, pr, pc]
+        return F.relu(x_i @ self.U[d].T + s @ self.W[d].T + self.b[d])
+
+    def step_flops(self, N, H, W):
+        h = self.hidden
+        return N * (2 * h + 2 * h * h + h + h)  # sum of 3 predecessors, W, add, ReLU
+
+
+class DenseAttentionRNN(FourDirectionRNN):
+    """h_i = ReLU(U x_i + W Σ_{j∈D(i)} α_ij h_j + b), α_i = softmax_j wᵀ tanh(W_a x_i + U_a h_j),
+    D(i) the quadrant before i (our reading of Fan et al.; see the module docstring)."""
+
+    def __init__(self, d_in: int, hidden: int, d_out: int, att_dim: int, use_checkpoint: bool = False):
+        super().__init__(d_in, hidden, d_out)
+        D = len(DIRECTIONS)
+        self.att_dim, self.use_checkpoint = att_dim, use_checkpoint
+        self.Wa = _uniform((D, att_dim, d_in), d_in)
+        self.Ua = _uniform((D, att_dim, hidden), hidden)
+        self.w = _uniform((D, att_dim), att_dim)
+
+    def wavefront(self, xd, ux, dg):
+        D, B, _, _ = ux.shape
+        ax = torch.einsum("dbnc,dac->dbna", xd, self.Wa)  # W_a x_i for every unit
+        Wt = self.W.transpose(1, 2)[:, None]
+        hs, uhs = [], []
+        for k, (s, e) in enumerate(dg.bounds):
+            if k == 0:  # the first unit has no predecessor: its context is zero
+                ctx = ux.new_zeros(D, B, e - s, self.hidden)
+            else:
+                rq, cq = dg.rows[s:e], dg.cols[s:e]
+                rk, ck = dg.rows[:s], dg.cols[:s]
+                allowed = (rk[None, :] <= rq[:, None]) & (ck[None, :] <= cq[:, None])  # [Q, P]: the quadrant
+                args = (ax[:, :, s:e], allowed, self.w, *uhs, *hs)
+                if self.use_checkpoint and torch.is_grad_enabled():
+                    ctx = checkpoint(self._context, k, *args, use_reentrant=False)
+                else:
+                    ctx = self._context(k, *args)
+            h = F.relu(ux[:, :, s:e] + ctx @ Wt)
+            hs.append(h)
+            uhs.append(torch.einsum("dblh,dah->dbla", h, self.Ua))  # U_a h_j, once per unit
+        return torch.cat(hs, 2)
+
+    @staticmethod
+    def _context(k, ax_q, allowed, w, *rest):
+        """Σ_j α_ij h_j for the units of diagonal k over the units of diagonals < k."""
+        uh, h = torch.cat(rest[:k], 2), torch.cat(rest[k:], 2)  # [D, B, P, a], [D, B, P, hidden]
+        e = torch.tanh(ax_q[:, :, :, None, :] + uh[:, :, None, :, :]) @ w[:, None, None, :, None]  # [D, B, Q, P, 1]
+        e = e.squeeze(-1).masked_fill(~allowed, float("-inf"))
+        return torch.softmax(e, -1) @ h  # [D, B, Q, hidden]
+
+    def reference_unit(self, d, x_i, h, r, c, dr, dc):
+        H, W = h.shape[1:3]
+        keys = [(pr, pc) for pr in range(H) for pc in range(W)
+                if (pr - r) * dr <= 0 and (pc - c) * dc <= 0 and (pr, pc) != (r, c)]
+        ctx = torch.zeros_like(h[:, 0, 0])
+        if keys:
+            hj = torch.stack([h[:, pr, pc] for pr, pc in keys], 1)  # [B, |D(i)|, hidden]
+            e = torch.tanh((x_i @ self.Wa[d].T)[:, None, :] + hj @ self.Ua[d].T) @ self.w[d]  # [B, |D(i)|]
+            ctx = (torch.softmax(e, 1)[:, :, None] * hj).sum(1)
+        return F.relu(x_i @ self.U[d].T + ctx @ self.W[d].T + self.b[d])
+
+    def pairs(self, H: int, W: int) -> int:
+        """Σ_i |D(i)|: the (unit, predecessor) pairs of one direction."""
+        return (H * (H + 1) // 2) * (W * (W + 1) // 2) - H * W
+
+    def step_flops(self, N, H, W):
+        h, a = self.hidden, self.att_dim
+        per_unit = 2 * self.d_in * a + 2 * h * a + 2 * h * h + h + h  # W_a x, U_a h, W ctx, add, ReLU
+        per_pair = a + a + 2 * a + 3 + 2 * h  # add, tanh, w-dot, softmax (exp, sum, divide), α h
+        return N * per_unit + self.pairs(H, W) * per_pair
+
+    def score_bytes(self, B: int, H: int, W: int, dtype_bytes: int = 4) -> int:
+        """Bytes of the largest wavefront step's score tensor [4, B, Q, P, att_dim]: the transient
+        (and, without checkpointing, per-step stored) cost of the attention."""
+        dg = _Diagonals.get(H, W, "cpu")
+        worst = max((e - s) * s for s, e in dg.bounds)
+        return len(DIRECTIONS) * B * worst * self.att_dim * dtype_bytes
+
+
+@register_model("dag-rnn")
+class DAGRNNModel(RNNModel):
+    """DAG-RNN (Shuai et al., CVPR 2016) on the shared trunk."""
+
+    Params = DAGParams
+    presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8},
+               "fast": {**_FAST, "model.d_in": 128, "model.hidden": 128, "model.d_out": 128},
+               "paper": {**_PAPER, "model.d_in": 512, "model.hidden": 512, "model.d_out": 512}}
+
+    def make_rnn(self, p):
+        return DAGRNN(p.d_in, p.hidden, p.d_out)
+
+
+@register_model("dense-rnn")
+class DenseRNNModel(RNNModel):
+    """The dense attentional RNN (Fan et al., WACV 2019) on the shared trunk."""
+
+    Params = DenseRNNParams
+    presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8, "model.att_dim": 4},
+               "fast": {**_FAST, "model.d_in": 128, "model.hidden": 128, "model.d_out": 128, "model.att_dim": 32},
+               "paper": {**_PAPER, "model.d_in": 512, "model.hidden": 512, "model.d_out": 512, "model.att_dim": 64,
+                         "model.checkpoint": True}}
+
+    def make_rnn(self, p):
+        return DenseAttentionRNN(p.d_in, p.hidden, p.d_out, p.att_dim, p.checkpoint)
