@@ -393,10 +393,9 @@ class DenseTask(Task):
         return {k: m[k] for k in ("miou", "pixel_acc", "class_acc")}
 
     def per_class(self, sums) -> dict:
-        """Per-class IoU and accuracy of a split, by class name (the runner records the test's)."""
+        """Per-class IoU and accuracy of a split, lists in class order (the runner records the test's)."""
         m = confusion_metrics(sums["confusion"])
-        names = self.class_names
-        return {"iou": dict(zip(names, m["iou"])), "acc": dict(zip(names, m["acc"]))}
+        return {"classes": list(self.class_names), "iou": m["iou"], "acc": m["acc"]}
 
     def examples(self, predict) -> tuple[dict, dict] | None:
         """The first ``N_EXAMPLES`` test images, their labels and ``predict``'s labels (argmax of the

@@ -183,15 +183,15 @@ def _group_label(rec: dict) -> str:
 
 
 def per_class_tables(recs: list[dict]) -> dict[str, list[dict]]:
-    """Per task whose records carry a per-class breakdown (``metrics.test_per_class``, e.g. the dense
-    tasks' IoU per class): one row per class, one column per (model, preset, variant), mean ± std
+    """Per task whose records carry a per-class breakdown (``metrics.test_per_class``: ``classes`` and
+    their ``iou``, e.g. the dense tasks'): one row per class, one column per (model, preset, variant), mean ± std
     over seeds."""
     by_task: dict[str, dict[str, list[dict]]] = {}
     for r in recs:
         pc = (r.get("metrics") or {}).get("test_per_class")
-        if r["status"] != "completed" or not isinstance(pc, dict) or not isinstance(pc.get("iou"), dict):
+        if r["status"] != "completed" or not isinstance(pc, dict) or not isinstance(pc.get("iou"), list):
             continue
-        by_task.setdefault(r["task"], {}).setdefault(_group_label(r), []).append(pc["iou"])
+        by_task.setdefault(r["task"], {}).setdefault(_group_label(r), []).append(dict(zip(pc["classes"], pc["iou"])))
     out = {}
     for task, groups in sorted(by_task.items()):
         classes = list(dict.fromkeys(c for runs in groups.values() for iou in runs for c in iou))
