@@ -332,6 +332,11 @@ def test_real_camvid_lists_and_files():
         pytest.skip("no ../shared/data/camvid here")
     t = task("camvid", SHARED, preset="fast")  # checksums on: the pinned SHA-256 of the lists
     assert [len(t.pairs(s)) for s in ("train", "val", "test")] == [367, 101, 233]
+    # median-frequency weights from the training labels against SegNet's published ones: within 20%
+    # for 10 classes; SignSymbol's is 2.5x lower here (SegNet's own counting is not published)
+    from seqbench.tasks.scene import SEGNET_WEIGHTS
+    ratio = (t.class_weights() / torch.tensor(SEGNET_WEIGHTS)).tolist()
+    assert all(0.95 < r < 1.2 for i, r in enumerate(ratio) if i != 6) and 0.35 < ratio[6] < 0.45
     x, y = DenseDataset(t.pairs("test")[:1], t.lut(), size=(120, 160))[0]
     assert x.shape == (3, 120, 160) and y.shape == (360, 480)
     assert set(y.unique().tolist()) <= set(range(11)) | {IGNORE}
