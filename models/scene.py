@@ -51,6 +51,7 @@ against it; ``scripts/bench_dense_rnn.py`` times both).
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,8 +165,6 @@ class _Diagonals:
     """The anti-diagonal order of an H x W grid: positions sorted by (r + c, r). ``order[i]`` is the
     raster index (r * W + c) of the i-th position, ``bounds[k]`` the slice of diagonal k."""
 
-    _cache: dict = {}
-
     def __init__(self, H: int, W: int, device):
         r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
         r, c = r.reshape(-1), c.reshape(-1)
@@ -197,12 +196,14 @@ class _Diagonals:
                 idx.append(row)
             self.pred.append(torch.tensor(idx, dtype=torch.long, device=device))
 
-    @classmethod
-    def get(cls, H: int, W: int, device) -> "_Diagonals":
-        key = (H, W, str(device))
-        if key not in cls._cache:
-            cls._cache[key] = cls(H, W, device)
-        return cls._cache[key]
+    @staticmethod
+    def get(H: int, W: int, device) -> "_Diagonals":
+        return _diagonals(H, W, str(device))
+
+
+@functools.lru_cache(maxsize=32)  # images of many sizes (ADE20K at its own sizes): the recent ones
+def _diagonals(H: int, W: int, device: str) -> _Diagonals:
+    return _Diagonals(H, W, device)
 
 
 def _directions(x: torch.Tensor) -> torch.Tensor:

@@ -1,8 +1,8 @@
 """The 2-D RNNs of the dense kind (models/scene.py): wavefront against the per-pixel loop, and the
 dense attention's time and memory at the presets' feature-map sizes.
 
-    python scripts/bench_dense_rnn.py                         # wavefront vs loop, 12x16 map, both RNNs
-    python scripts/bench_dense_rnn.py --hw 6 8 --rounds 3     # a quick check
+    python scripts/bench_dense_rnn.py                         # wavefront vs loop, both RNNs, the fast preset's map
+    python scripts/bench_dense_rnn.py --hw 6 8 --batch 2 --width 16 --rounds 3   # a quick check
     python scripts/bench_dense_rnn.py --sizes                 # dense attention at the presets' maps
     python scripts/bench_dense_rnn.py --sizes --paper         # ... and the paper preset's 64x64 map
 
@@ -123,10 +123,11 @@ def bench_sizes(a) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--hw", type=int, nargs=2, default=[12, 16], help="feature map H W (loop mode)")
-    p.add_argument("--batch", type=int, default=2)
-    p.add_argument("--width", type=int, default=32, help="d_in = hidden = d_out")
-    p.add_argument("--att-dim", type=int, default=16)
+    # defaults: the camvid fast preset's map (120x160 input at output stride 8) and widths
+    p.add_argument("--hw", type=int, nargs=2, default=[15, 20], help="feature map H W (loop mode)")
+    p.add_argument("--batch", type=int, default=8)
+    p.add_argument("--width", type=int, default=128, help="d_in = hidden = d_out")
+    p.add_argument("--att-dim", type=int, default=32)
     p.add_argument("--models", nargs="+", default=["dense", "dag"], choices=["dense", "dag"])
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--threads", type=int, default=1)

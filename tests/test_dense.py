@@ -390,3 +390,17 @@ def test_records_carry_per_class_iou_examples_and_the_report_draws_them(env):
     assert "b8_ms" in text and "b64_ms" not in text
     assert (env["results"] / "plots" / "examples_camvid.png").is_file()
     assert "miou" in (env["results"] / "summary.csv").read_text()
+
+
+def test_bench_script_runs_at_a_tiny_size(tmp_path, capsys):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "bench_dense_rnn.py"
+    spec = importlib.util.spec_from_file_location("bench_dense_rnn", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.main(["--hw", "3", "4", "--batch", "1", "--width", "4", "--att-dim", "2", "--rounds", "1",
+                     "--out", str(tmp_path)]) == 0
+    res = json.loads(next(tmp_path.glob("dense_rnn_loop-*.json")).read_text())
+    assert [r["model"] for r in res["rows"]] == ["dense", "dag"]
+    assert all(r["max_abs_diff"] < 1e-5 and r["loop_over_wavefront"] > 0 for r in res["rows"])
