@@ -241,8 +241,8 @@ def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
                 ax.imshow(img, interpolation="nearest")
                 ax.set_xticks([])
                 ax.set_yticks([])
-                if i == 0:
-                    ax.set_title(title, fontsize=8)
+                if i == 0:  # a long variant on its own line
+                    ax.set_title(title.replace(" (", "\n(", 1), fontsize=7)
         fig.suptitle(f"{task}: test images, ground truth and predictions", fontsize=9)
         out.append(_savefig(fig, folder / f"examples_{task}.png"))
     return out
