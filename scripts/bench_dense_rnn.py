@@ -8,8 +8,8 @@ dense attention's time and memory at the presets' feature-map sizes.
 
 Loop mode: one forward pass (no autograd) of ``forward`` (anti-diagonal wavefronts, four directions
 batched) and of ``reference_forward`` (the equations pixel by pixel, one direction after another)
-on the same module and input, in one process, in interleaved rounds (wavefront, loop, wavefront,
-...); the ratio is loop / wavefront of the median times. The outputs are compared (max abs
+on the same module and input, in one process, in interleaved rounds (``seqbench.measure.interleaved``:
+the order reversed every other round); the ratio is loop / wavefront of the median times. The outputs are compared (max abs
 difference) as a check.
 
 Sizes mode: for each preset's feature map (the input size / output stride 8) a forward + backward
@@ -36,7 +36,7 @@ import time
 
 import torch
 
-from seqbench import records
+from seqbench import measure, records
 from seqbench.models.scene import DAGRNN, DenseAttentionRNN, _Diagonals
 
 # (name, H, W, batch, d_in = hidden = d_out, att_dim, checkpoint): the presets' maps at output stride 8
@@ -60,13 +60,10 @@ def bench_loop(a) -> dict:
         x = torch.randn(a.batch, a.width, *a.hw)
         with torch.no_grad():
             diff = float((m(x) - m.reference_forward(x)).abs().max())
-        wave, loop = [], []
-        for _ in range(a.rounds):  # interleaved rounds
-            for fn, out in ((m, wave), (m.reference_forward, loop)):
-                t0 = time.perf_counter()
-                with torch.no_grad():
-                    fn(x)
-                out.append(time.perf_counter() - t0)
+        with torch.no_grad():
+            m(x)  # warm-up
+            times = measure.interleaved({"wavefront": lambda: m(x), "loop": lambda: m.reference_forward(x)}, a.rounds)
+        wave, loop = times["wavefront"], times["loop"]
         row = {"model": kind, "H": a.hw[0], "W": a.hw[1], "batch": a.batch, "width": a.width, "att_dim": a.att_dim,
                "rounds": a.rounds, "wavefront_s": wave, "loop_s": loop, "max_abs_diff": diff,
                "wavefront_median_s": statistics.median(wave), "loop_median_s": statistics.median(loop)}
