@@ -15,7 +15,9 @@ what sits between the trunk's feature map and the task's classifier (the wrapper
   south-east DAG unit (r, c) has the 3 predecessors P = {(r-1, c), (r, c-1), (r-1, c-1)} (the others
   are its mirror images) and
       h_i = ReLU(U x_i + Σ_{j∈P(i)} W h_j + b)          (one W for the 3 predecessors)
-  per direction d with its own U^d, W^d, b^d; the output o = Σ_d V^d h^d_i (CVPR'16 Eq. 5–7).
+  per direction d with its own U^d, W^d, b^d; the output o = Σ_d V^d h^d_i (the CVPR'16 paper's
+  recurrence and its sum over the four DAGs; its method section was read second-hand here, from
+  the issue's statement and notes, not from the PDF).
   o then goes through BN and ReLU and is concatenated with F: the head sees [F, o].
 - ``dense-rnn``: the same, but unit i is connected to every unit before it in its direction's
   order, the whole quadrant D(i) = {(r', c') : r' ≤ r, c' ≤ c} \\ {i} (south-east), and an
@@ -31,8 +33,11 @@ ReLU / softmax as the two non-linearities. The quadrant as the dense predecessor
 score function e_ij above, the attention's width ``model.att_dim``, the attention weighing the
 hidden states *before* W (one W for the context), and everything around the recurrence (the 1x1
 reduction, BN + ReLU on o, concatenation with F, one 1x1 classifier) are **our reading**, the same
-for both RNNs so that they differ only in the recurrence. For DAG-RNN the recurrence, the four
-directions with their own weights and the summed outputs follow the CVPR'16 paper; its VGG-16 trunk
+for both RNNs so that they differ only in the recurrence; so is the form e_ij = wᵀ tanh(W_a x_i +
+U_a h_j) insofar as the paper may score differently (the issue gives this form). For DAG-RNN the
+four DAGs (SE, SW, NE, NW, confirmed by a third-party summary of the paper), the 3-predecessor
+recurrence with one W, ReLU, per-direction weights and the summed outputs follow the paper as the
+issue and our notes state it (its PDF could not be read here); its VGG-16 trunk
 with deconvolution and skip layers is replaced by the shared dilated ResNet, and its class-weighted
 loss by the task's (``task.class_weights``). The initialisation is ours: uniform ±1/sqrt(fan-in)
 as torch's RNNs, DAG-RNN's W further divided by 3 (its three predecessors are summed).
