@@ -21,8 +21,9 @@ group Lasso nor of the zero check. This follows the reference: its ``add_structu
 takes the cell's ``weights`` matrix (TF's BasicLSTMCell keeps its ``biases`` in another variable)
 and the coupled ``softmax_w`` / next cell's ``weights`` only, and its removability count
 (``plot_tensor``: 6 conditions = the h-rows, the coupled rows, the 4 gate columns) looks only at
-weights. The head's bias belongs to no group. ``iss_slices`` is the one place that says which
-entries make a component; the regulariser, the zero check, ``structure`` and ``pruned`` all use it.
+weights. The head's bias belongs to no group. ``iss_groups`` is the one place that says which
+entries make a component; the regulariser, the thresholding, the zero check, ``structure`` and
+``pruned`` are the shared machinery of ``seqbench/iss.py`` (also ``rhn``'s and ``bidaf``'s) run on it.
 
 Group Lasso (paper eq. 2, reference ``add_structure_grouplasso``):
     R = lam * sum_l sum_k sqrt(||w_{l,k}||^2 + 1e-8)
@@ -75,18 +76,17 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import NamedTuple
-
 import torch
 import torch.nn as nn
 
+from seqbench import iss
 from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, int_list, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import RecurrentBackbone
 from seqbench.registry import register_model
 
 GATES = 4
-EPS = 1e-8  # inside the group norm's square root, as the reference's add_structure_grouplasso
+EPS = iss.EPS  # inside the group norm's square root, as the reference's add_structure_grouplasso
 ELEMENTWISE_PER_UNIT = 9  # as models/rnn.py's LSTM: 3 sigmoid + 2 tanh + 3 products + 1 sum
 
 # lam = paper's global_decay / num_steps (see the module docstring): the paper's large PTB model,
@@ -144,37 +144,6 @@ def layer_sizes(p: ISSParams) -> list[int]:
     return sizes
 
 
-class Slice(NamedTuple):
-    """The part of one tensor that the components of one layer own. Component k owns the entries
-    ``b * size + k`` (b < blocks) along ``dim``: blocks = 4 for the gate rows, 1 for a column."""
-
-    name: str  # parameter name ("lstms.0.weight_ih_l0", "head.weight")
-    tensor: torch.Tensor
-    dim: int
-    blocks: int
-    size: int  # the layer's width H
-    penalised: bool  # in the group Lasso and the zero check (weights); False: carried (biases)
-
-    def index(self, ks) -> torch.Tensor:
-        """Indices along ``dim`` owned by components ``ks`` (gate-major: all i, then f, g, o)."""
-        ks = torch.as_tensor(ks, dtype=torch.long, device=self.tensor.device).reshape(1, -1)
-        offs = torch.arange(self.blocks, device=self.tensor.device).reshape(-1, 1) * self.size
-        return (offs + ks).reshape(-1)
-
-    def sum_sq(self) -> torch.Tensor:
-        """Every component's sum of squares over its entries of this tensor: [size]."""
-        return self._per_component(self.tensor.pow(2), torch.sum)
-
-    def max_abs(self) -> torch.Tensor:
-        """Every component's largest |entry| in this tensor: [size]."""
-        return self._per_component(self.tensor.abs(), torch.amax)
-
-    def _per_component(self, t, reduce):
-        other = [d for d in range(t.dim()) if d != self.dim]
-        t = reduce(t, dim=other) if other else t  # [blocks * size] along self.dim
-        return reduce(t.reshape(self.blocks, self.size), dim=0)
-
-
 def _lstm_params(m: nn.LSTM):
     return m.weight_ih_l0, m.weight_hh_l0, m.bias_ih_l0, m.bias_hh_l0
 
@@ -223,70 +192,50 @@ class ISSLSTM(RecurrentBackbone):
         return total
 
     # ------------------------------------------------------------ ISS groups
-    def iss_slices(self, head: nn.Linear | None = None) -> list[list[Slice]]:
-        """For every layer, the slices of the tensors its ISS components own (see the module
-        docstring). Without a head the last layer's groups lack their outgoing columns."""
-        out = []
+    def iss_groups(self, head: nn.Linear | None = None) -> list[iss.Group]:
+        """One group per layer (see the module docstring): unit k's gate rows and recurrent column
+        (``iss.lstm_unit_slices``) and its column of the next layer's weight_ih, or of the head for
+        the last layer. Without a head the last layer's group is incomplete (none of it removable)."""
+        groups = []
         for i, (m, h) in enumerate(zip(self.lstms, self.sizes)):
-            w_ih, w_hh, b_ih, b_hh = _lstm_params(m)
-            pre = f"lstms.{i}."
-            sl = [
-                Slice(pre + "weight_ih_l0", w_ih, 0, GATES, h, True),
-                Slice(pre + "weight_hh_l0", w_hh, 0, GATES, h, True),
-                Slice(pre + "weight_hh_l0", w_hh, 1, 1, h, True),
-                Slice(pre + "bias_ih_l0", b_ih, 0, GATES, h, False),
-                Slice(pre + "bias_hh_l0", b_hh, 0, GATES, h, False),
-            ]
+            g = iss.lstm_unit_slices(iss.Group(f"lstms.{i}", h), f"lstms.{i}.", m)
             if i + 1 < len(self.lstms):
-                sl.append(Slice(f"lstms.{i + 1}.weight_ih_l0", self.lstms[i + 1].weight_ih_l0, 1, 1, h, True))
+                g.add(f"lstms.{i + 1}.weight_ih_l0", self.lstms[i + 1].weight_ih_l0, 1)
             elif head is not None:
                 if head.in_features != h:
                     raise ValueError(f"head reads {head.in_features} features, the last layer has {h}")
-                sl.append(Slice("head.weight", head.weight, 1, 1, h, True))
-            out.append(sl)
-        return out
+                g.add("head.weight", head.weight, 1)
+            else:
+                g.complete = False
+            groups.append(g)
+        return groups
+
+    def iss_slices(self, head: nn.Linear | None = None) -> list[list[iss.Slice]]:
+        """Per layer, the slices of its group (``iss_groups``)."""
+        return [g.slices for g in self.iss_groups(head)]
 
     def group_sq_norms(self, head: nn.Linear | None = None) -> list[torch.Tensor]:
         """Per layer, the squared L2 norm of every component's group: a [H_l] tensor."""
-        return [sum(s.sum_sq() for s in layer if s.penalised)
-                for layer in self.iss_slices(head)]
+        return iss.sq_norms(self.iss_groups(head))
 
     def regularization(self, head: nn.Linear | None = None) -> torch.Tensor:
         if self.p.lam == 0:
             return self.lstms[0].weight_hh_l0.new_zeros(())
-        return self.p.lam * sum(torch.sqrt(sq + EPS).sum() for sq in self.group_sq_norms(head))
+        return iss.group_lasso(self.iss_groups(head), self.p.lam)
 
-    @torch.no_grad()
     def zero_groups(self, head: nn.Linear | None = None) -> list[torch.Tensor]:
         """Per layer, a [H_l] bool: the component's whole group is exactly zero. Without a head
         the last layer's outgoing weights are unknown and none of its components counts as zero."""
-        slices = self.iss_slices(head)
-        out = []
-        for i, layer in enumerate(slices):
-            mx = torch.stack([s.max_abs() for s in layer if s.penalised]).amax(0)
-            z = mx == 0
-            if head is None and i == len(slices) - 1:
-                z = torch.zeros_like(z)
-            out.append(z)
-        return out
+        return iss.zero_components(self.iss_groups(head))
 
     def kept_components(self, head: nn.Linear | None = None) -> list[torch.Tensor]:
         """Per layer, the indices of the components a pruned model keeps (at least one)."""
-        kept = []
-        for z in self.zero_groups(head):
-            k = torch.nonzero(~z).reshape(-1)
-            kept.append(k if k.numel() else torch.zeros(1, dtype=torch.long, device=z.device))
-        return kept
+        return iss.kept_components(self.iss_groups(head))
 
     # ------------------------------------------------------------------ hooks
-    @torch.no_grad()
     def after_step(self, head: nn.Linear | None = None) -> None:
-        thr = self.p.threshold
-        if thr <= 0:
-            return
-        params = list(self.parameters()) + (list(head.parameters()) if head is not None else [])
-        for w in params:
-            w.masked_fill_(w.abs() < thr, 0.0)
+        iss.threshold_(list(self.parameters()) + (list(head.parameters()) if head is not None else []),
+                       self.p.threshold)
 
     @staticmethod
     def _layer_cost(d: int, h: int) -> tuple[int, int]:
@@ -327,20 +276,17 @@ class ISSLSTM(RecurrentBackbone):
         kept = self.kept_components(head)
         if all(int(k.numel()) == h for k, h in zip(kept, self.sizes)):
             return None
-        tensors = {n: p for n, p in self.named_parameters()}
-        tensors.update({f"head.{n}": p for n, p in head.named_parameters()})
-        for layer, k in zip(self.iss_slices(head), kept):
-            for s in layer:  # every (tensor, dim) pair is owned by exactly one layer
-                tensors[s.name] = tensors[s.name].index_select(s.dim, s.index(k))
+        groups = self.iss_groups(head)
+        cut = iss.pruned_tensors(groups, kept)
+        named = dict(self.named_parameters())
+        named.update({f"head.{n}": p for n, p in head.named_parameters()})
         ref = self.lstms[0].weight_hh_l0
         p = dataclasses.replace(self.p, sizes=",".join(str(int(k.numel())) for k in kept))
         new = type(self)(self.d_input, p).to(device=ref.device, dtype=ref.dtype)
         new_head = nn.Linear(int(kept[-1].numel()), head.out_features, bias=head.bias is not None)
         new_head = new_head.to(device=head.weight.device, dtype=head.weight.dtype)
-        for n, t in new.named_parameters():
-            t.copy_(tensors[n])
-        for n, t in new_head.named_parameters():
-            t.copy_(tensors[f"head.{n}"])
+        iss.load_pruned(new, named, cut)
+        iss.load_pruned(new_head, named, cut, prefix="head.")
         new.pruned_from = list(self.pruned_from or self.sizes)
         new.train(self.training)
         new_head.train(head.training)

@@ -32,7 +32,8 @@ drops W's columns of the removed units (zero: they are in the group) and the sma
 (``LanguageModel.keep_inputs``: the embedding keeps those columns and the head is tied to it again),
 so component k leaves the embedding too, as the paper counts it (830 -> 517: 23M -> 11.1M params).
 
-Group Lasso, thresholding and the lam scaling are ``iss-lstm``'s (``models/iss.py``).
+Group Lasso, thresholding, the zero check and the pruning are the shared ISS machinery
+(``seqbench/iss.py``) run on ``iss_groups``; the lam scaling is ``iss-lstm``'s (``models/iss.py``).
 """
 from __future__ import annotations
 
@@ -42,12 +43,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from seqbench import iss
 from seqbench.model import RecurrentBackbone, variational_mask
 from seqbench.config import FINITE, NONNEGATIVE_REAL, POSITIVE, PROBABILITY, setting
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_model
 
-EPS = 1e-8
+EPS = iss.EPS
 
 
 @dataclass
@@ -141,43 +143,41 @@ class RHN(RecurrentBackbone):
         return 2 * 2 * w * d + L * (2 * 2 * w * w + 2 * w + 2 * w + 3 * w)  # W x; R s + b; tanh, sigmoid; s + g (h - s)
 
     # ------------------------------------------------------------------ ISS
+    def iss_groups(self, head=None) -> list[iss.Group]:
+        """The one group of the w units (see the module docstring); incomplete without the head."""
+        w = self.w
+        g = iss.Group("rhn", w, complete=head is not None)
+        g.add("W.weight", self.W.weight, 0, 2, stride=w)
+        if self.p.tied_groups:
+            g.add("W.weight", self.W.weight, 1)  # the reference's first-layer input row k
+        for i, lin in enumerate(self.R):
+            g.add(f"R.{i}.weight", lin.weight, 0, 2, stride=w)
+            g.add(f"R.{i}.weight", lin.weight, 1)
+            g.add(f"R.{i}.bias", lin.bias, 0, 2, penalised=False, stride=w)
+        if head is not None:
+            g.add("head.weight", head.weight, 1)
+        return [g]
+
     def group_sq_norms(self, head=None) -> torch.Tensor:
         """[w]: every unit's squared group norm (see the module docstring)."""
-        w = self.w
-        rows = lambda m: m.pow(2).sum(1)  # noqa: E731
-        sq = rows(self.W.weight[:w]) + rows(self.W.weight[w:])
-        if self.p.tied_groups:
-            sq = sq + self.W.weight.pow(2).sum(0)  # the reference's first-layer input row k
-        for lin in self.R:
-            sq = sq + rows(lin.weight[:w]) + rows(lin.weight[w:]) + lin.weight.pow(2).sum(0)
-        if head is not None:
-            sq = sq + head.weight.pow(2).sum(0)
-        return sq
+        return iss.sq_norms(self.iss_groups(head))[0]
 
     def regularization(self, head=None) -> torch.Tensor:
         if self.p.lam == 0:
             return self.W.weight.new_zeros(())
-        return self.p.lam * torch.sqrt(self.group_sq_norms(head) + EPS).sum()
+        return iss.group_lasso(self.iss_groups(head), self.p.lam)
 
-    @torch.no_grad()
     def after_step(self, head=None) -> None:
-        if self.p.threshold <= 0:
-            return
-        for prm in list(self.parameters()) + (list(head.parameters()) if head is not None else []):
-            prm.masked_fill_(prm.abs() < self.p.threshold, 0.0)
+        iss.threshold_(list(self.parameters()) + (list(head.parameters()) if head is not None else []),
+                       self.p.threshold)
 
-    @torch.no_grad()
     def kept(self, head=None) -> torch.Tensor:
         """Units whose group is not all zero (without a head: all of them)."""
-        if head is None:
-            return torch.arange(self.w)
-        k = torch.nonzero(self.group_sq_norms(head) > 0).reshape(-1)
-        return k if k.numel() else torch.zeros(1, dtype=torch.long)
+        return iss.kept_components(self.iss_groups(head))[0]
 
     def structure(self, head=None) -> dict:
-        k = int(self.kept(head).numel())
-        return {"method": "iss", "lam": self.p.lam, "threshold": self.p.threshold, "sizes": [self.w],
-                "sizes_pruned": [k], "pruned_from": getattr(self, "pruned_from", None), "depth": self.p.depth}
+        return {**iss.report(self.iss_groups(head), self.p.lam, self.p.threshold, getattr(self, "pruned_from", None)),
+                "depth": self.p.depth}
 
     @property
     def prunes_inputs(self) -> bool:
@@ -195,18 +195,15 @@ class RHN(RecurrentBackbone):
         k = self.kept(head)
         if k.numel() == self.w:
             return None
-        w, n = self.w, int(k.numel())
-        rows = torch.cat([k, k + w])
-        cols = k if self.p.tied_groups else torch.arange(self.d_input)
-        new = type(self)(int(cols.numel()), dataclasses.replace(self.p, hidden=n)).to(self.W.weight)
-        new.W.weight.copy_(self.W.weight[rows][:, cols])
-        for a, b in zip(new.R, self.R):
-            a.weight.copy_(b.weight[rows][:, k])
-            a.bias.copy_(b.bias[rows])
+        n = int(k.numel())
+        groups = self.iss_groups(head)
+        cut = iss.pruned_tensors(groups, [k])
+        named = {**dict(self.named_parameters()), **{f"head.{q}": t for q, t in head.named_parameters()}}
+        d_in = n if self.p.tied_groups else self.d_input
+        new = type(self)(d_in, dataclasses.replace(self.p, hidden=n)).to(self.W.weight)
         new_head = nn.Linear(n, head.out_features, bias=head.bias is not None).to(head.weight)
-        new_head.weight.copy_(head.weight[:, k])
-        if head.bias is not None:
-            new_head.bias.copy_(head.bias)
+        iss.load_pruned(new, named, cut)
+        iss.load_pruned(new_head, named, cut, prefix="head.")
         if self.p.tied_groups:
             new.kept_inputs = k
         new.pruned_from = list(getattr(self, "pruned_from", None) or [self.w])

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="set any config key (repeatable); a bad key lists the valid ones")
     r.add_argument("--resume", metavar="RUN_ID", help="continue a run from its last checkpoint")
+    r.add_argument("--init-from", dest="init_from", default=None, metavar="RUN_ID",
+                   help="start from another run's best weights (best.pt, else last.pt; sets init_from)")
     r.add_argument("--stop-after-epochs", type=_positive, default=None, metavar="N",
                    help="stop after N >= 1 epochs of this invocation, leaving a checkpoint to --resume")
     r.add_argument("--stop-after-minutes", type=_positive_real, default=None, metavar="M",
@@ -186,7 +188,7 @@ def _cmd_run(a) -> int:
     from .runner import Runner
 
     if a.resume:
-        given = [f for f in ("model", "task", "preset", *SHORTCUTS) if getattr(a, f) is not None] + (["set"] if a.sets else [])
+        given = [f for f in ("model", "task", "preset", "init_from", *SHORTCUTS) if getattr(a, f) is not None] + (["set"] if a.sets else [])
         if given:
             raise SeqbenchError(f"--resume takes the run's own config; drop --{', --'.join(given)}")
         runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet)
@@ -202,6 +204,8 @@ def _cmd_run(a) -> int:
         overrides.update(config.parse_set(a.sets))
         if a.deterministic:
             overrides["deterministic"] = "true"
+        if a.init_from is not None:
+            overrides["init_from"] = a.init_from
         cfg = config.resolve(model, task, a.preset or config.DEFAULT_PRESET, overrides)
         runner = Runner(cfg, results=a.results, quiet=a.quiet)
         print(f"run {runner.run_id} on {runner.device}, {runner.threads} thread(s)", flush=True)

@@ -152,6 +152,13 @@ class TrainConfig:
     deterministic: bool = False
     threads: Optional[int] = setting(None, POSITIVE, "torch threads; none: torch's default, at most the cores this process may use")
     limit_batches: int = setting(0, NONNEGATIVE, "cap on batches per epoch and per evaluation; 0 = all (smoke tests)")
+    # An exponential moving average of the weights (decay per step; 0 = off) is what validation,
+    # best.pt, the test and the measurements use (BiDAF's reference: 0.999, its shadows loaded at test).
+    ema: float = setting(0.0, reals(0.0, 1.0, hi_open=True), "decay of the weights' moving average used for evaluation; 0: off")
+    # Another run's best weights (its best.pt, else last.pt, under the same results folder) loaded
+    # before the first epoch: fine-tuning, e.g. ISS from a dense BiDAF (the ISS reference's --load_path).
+    init_from: str = setting("", pattern(r"|[A-Za-z0-9][A-Za-z0-9._-]*", "a run id (or empty)", "../run"),
+                             "run id whose best weights start this run")
     latency_time: float = setting(1.0, POSITIVE_REAL, "seconds of timing per latency measurement")
     log_every: int = setting(20, POSITIVE, "steps between progress updates (and non-finite loss checks)")
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import stat
 from pathlib import Path
 
 import torch
@@ -23,6 +24,22 @@ def data_root() -> Path:
     if root.exists() and not root.is_dir():
         raise SeqbenchError(f"data root {root} (SEQBENCH_DATA) is a file, not a folder")
     return root
+
+
+def writable_dir(d: Path) -> bool:
+    """Whether files may be created in ``d`` (or in the folders that would be made for it): its
+    nearest existing folder grants write access and has a write permission bit set. The second
+    test keeps root, for whom ``os.access`` is always true, out of a data root marked read-only."""
+    p = Path(d)
+    while not p.exists():
+        if p.parent == p:
+            return False
+        p = p.parent
+    try:
+        mode = p.stat().st_mode
+    except OSError:
+        return False
+    return p.is_dir() and os.access(p, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def verify_enabled() -> bool:

@@ -8,6 +8,12 @@ validation checkpoint, tests on it, measures the model and writes one record. A 
 everything (model, optimiser, schedule, strategy, RNG states, history) is written after every
 epoch to ``<results>/checkpoints/<run_id>/last.pt``; ``Runner.resume(run_id)`` continues from it
 and ends with the same metrics as an uninterrupted run (same seed, CPU).
+
+Two settings change which weights are where: ``init_from`` (``--init-from RUN_ID``) loads another
+run's best weights (its best.pt, else last.pt) before the first epoch, any task, and refuses weights
+that do not fit in one line; ``ema`` > 0 keeps a moving average of the weights (``WeightEMA``), and
+validation, best.pt, the test and the measurements use the average (put through the backbone's
+``after_step``, e.g. ISS thresholding) while training goes on with the trained weights.
 """
 from __future__ import annotations
 
@@ -125,6 +131,55 @@ def _lock_owner(path) -> str | None:
     return f"process {pid} on {host}"
 
 
+class WeightEMA:
+    """An exponential moving average of a model's floating-point parameters, updated after every
+    optimiser step: shadow <- decay * shadow + (1 - decay) * weight (TF's ExponentialMovingAverage
+    without num_updates, as the BiDAF reference's ``var_decay``). ``swapped`` puts the averages into
+    the model for a while (validation, saving best.pt) and the trained weights back after."""
+
+    def __init__(self, model: torch.nn.Module, decay: float):
+        self.decay = decay
+        self.shadow = {n: p.detach().clone() for n, p in model.named_parameters() if p.is_floating_point()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            s = self.shadow.get(n)
+            if s is not None:
+                s.lerp_(p.detach(), 1.0 - self.decay)
+
+    def state_dict(self) -> dict:
+        return dict(self.shadow)
+
+    @torch.no_grad()
+    def load_state_dict(self, state: dict) -> None:
+        for n, t in state.items():
+            self.shadow[n].copy_(t)
+
+    @torch.no_grad()
+    def copy_to(self, model: torch.nn.Module) -> None:
+        for n, p in model.named_parameters():
+            if n in self.shadow:
+                p.copy_(self.shadow[n])
+
+    @contextlib.contextmanager
+    def swapped(self, model: torch.nn.Module, after=None):
+        """The averages in ``model`` (then ``after()``: e.g. ISS thresholding, as the reference
+        thresholds the loaded averages at test) inside the block; the trained weights after it."""
+        with torch.no_grad():
+            saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
+        self.copy_to(model)
+        if after is not None:
+            after()
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for n, p in model.named_parameters():
+                    if n in saved:
+                        p.copy_(saved[n])
+
+
 class Runner:
     def __init__(self, cfg: C.RunConfig, results=None, run_id: str | None = None, quiet: bool = False,
                  data: bool = True, write_record: bool = True):
@@ -166,6 +221,7 @@ class Runner:
         self.optimizer = self._optimizer()
         self.scheduler = self._scheduler()
         self.per_step_schedule = t.schedule in C.PER_STEP_SCHEDULES  # stepped after every batch, not every epoch
+        self.ema = WeightEMA(self.model, t.ema) if t.ema > 0 else None
         self.strategy = strategy_cls(self.task, self.model, t)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=t.amp == "fp16")
         self.select = self.spec.metric(self.spec.select)
@@ -319,6 +375,8 @@ class Runner:
             after_step(head)
         if self.per_step_schedule:  # poly: after every batch
             self.scheduler.step()
+        if self.ema is not None:
+            self.ema.update(model)
         if not plain:
             self.strategy.update(batch, state, out)
         return loss
@@ -341,6 +399,40 @@ class Runner:
                 sums[k] = sums[k] + v if k in sums else v
         self.strategy.end(train=False)
         return sums
+
+    def _evaluated_weights(self):
+        """The weights validation and best.pt see: the moving average (``ema``) put through the
+        backbone's ``after_step`` (ISS thresholding), or the trained weights."""
+        if self.ema is None:
+            return contextlib.nullcontext()
+        fn = getattr(self.backbone, "after_step", None)
+        head = getattr(self.model, "head", None)
+        return self.ema.swapped(self.model, (lambda: fn(head)) if callable(fn) else None)
+
+    def _init_from(self, run_id: str) -> None:
+        """Load another run's best weights (best.pt, else last.pt) before the first epoch; weights
+        that do not fit this model are one line naming the first that does not."""
+        folder = self.results / "checkpoints" / run_id
+        path = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
+        if path is None:
+            raise SeqbenchError(f"cannot initialise from run {clip(repr(run_id))}: no best.pt or last.pt in {folder}")
+        try:
+            state = torch.load(path, map_location=self.device, weights_only=False)["model"]
+        except Exception as e:
+            raise SeqbenchError(f"cannot initialise from run '{run_id}': {path} is unreadable ({type(e).__name__})") from None
+        own = self.model.state_dict()
+        problems = ([f"{k} is {list(state[k].shape)} there, {list(own[k].shape)} here" for k in own
+                     if k in state and state[k].shape != own[k].shape]
+                    + [f"{k} is missing there" for k in own if k not in state]
+                    + [f"{k} is not in this model" for k in state if k not in own])
+        if problems:
+            more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+            raise SeqbenchError(f"cannot initialise from run '{run_id}': its weights do not fit this model "
+                                f"({problems[0]}{more})")
+        self.model.load_state_dict(state)
+        if self.ema is not None:  # the average starts from the loaded weights
+            self.ema = WeightEMA(self.model, self.cfg.train.ema)
+        self.init_source = str(path)
 
     def _improves(self, value: float, best: float | None) -> bool:
         if best is None:
@@ -375,6 +467,8 @@ class Runner:
             "scheduler": self.scheduler.state_dict() if self.scheduler else None,
             "scaler": self.scaler.state_dict(),
             "strategy": self.strategy.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+            "init_source": getattr(self, "init_source", None),
             "rng": _rng_state(),
             "history": self.history,
             "best": self.best,
@@ -441,6 +535,10 @@ class Runner:
             self.scheduler.load_state_dict(ck["scheduler"])
         self.scaler.load_state_dict(ck["scaler"])
         self.strategy.load_state_dict(ck["strategy"])
+        if self.ema is not None and ck.get("ema") is not None:
+            self.ema.load_state_dict(ck["ema"])
+        if ck.get("init_source"):
+            self.init_source = ck["init_source"]
         _set_rng_state(ck["rng"])
         self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
         self.train_time, self.train_samples, self.started = ck["train_time"], ck["train_samples"], ck["started"]
@@ -461,6 +559,8 @@ class Runner:
         t = self.cfg.train
         measure.reset_peak_memory(self.device)
         done_here, began, longest = 0, time.monotonic(), 0.0
+        if self.epoch == 0 and t.init_from:
+            self._init_from(t.init_from)
         try:
             epochs = Progress(range(self.epoch + 1, t.epochs + 1), total=t.epochs - self.epoch, desc=self.run_id,
                               quiet=self.quiet, unit="epochs", every=float("inf"))
@@ -476,17 +576,18 @@ class Runner:
                 row.update(self.train_epoch(epoch))
                 ev = time.perf_counter()
                 split = self.watch  # val; or, with no validation split (the papers' protocol), test
-                row.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
+                key = f"{split}_{self.spec.select}"
+                with self._evaluated_weights():  # the moving average, when the run keeps one
+                    row.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
+                    value = row[key]
+                    if split == "val" and self._better(value):
+                        self.best = {"epoch": epoch, "value": value,
+                                     "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
+                        self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
                 row["eval_s"] = time.perf_counter() - ev
                 if self.scheduler and not self.per_step_schedule:
                     self.scheduler.step()
                 self.history.append(row)
-                key = f"{split}_{self.spec.select}"
-                value = row[key]
-                if split == "val" and self._better(value):
-                    self.best = {"epoch": epoch, "value": value,
-                                 "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
-                    self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
                 prev = self.best.get("test_best")
                 if split == "test" and self._improves(value, prev and prev[self.spec.select]):
                     self.best["test_best"] = {"epoch": epoch, self.spec.select: value}  # reported apart, never selects
@@ -514,6 +615,11 @@ class Runner:
                                     f"checkpoint {self.run_dir / 'last.pt'} is kept")
                 err.record = rec  # the failed record, for a caller that writes records itself
                 raise err from None
+        elif self.ema is not None:  # no validation split: the last average is what gets tested
+            self.ema.copy_to(self.model)
+            fn = getattr(self.backbone, "after_step", None)
+            if callable(fn):
+                fn(getattr(self.model, "head", None))
         self.pruning = self._prune()
         sums = self.eval_sums("test")
         test = self.task.metrics(sums)
@@ -603,6 +709,8 @@ class Runner:
                 "train_samples": self.loaders["train"].num_samples if hasattr(self.loaders["train"], "num_samples") else None,
                 **self.task.info(),
             },
+            "init_from": ({"run_id": self.cfg.train.init_from, "file": getattr(self, "init_source", None)}
+                          if self.cfg.train.init_from else None),
             "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test,
                         "selection": ("best validation epoch" if self.watch == "val" else "last epoch (no validation split)"),
                         **({"test_best": self.best["test_best"]} if "test_best" in self.best else {}),

@@ -152,7 +152,6 @@ import io
 import math
 import os
 import secrets
-import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -160,7 +159,7 @@ import numpy as np
 import pandas as pd
 
 from seqbench.config import POSITIVE, SEED, _choice, setting
-from seqbench.data import ensure_files, file_digest
+from seqbench.data import ensure_files, file_digest, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_task
 from seqbench.series import SeriesFrame, SeriesParams, SeriesTask
@@ -786,22 +785,6 @@ def hydro_csv_text(sim: dict) -> str:
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.4f", lineterminator="\n")
     return buf.getvalue()
-
-
-def writable_dir(d: Path) -> bool:
-    """Whether files may be created in ``d`` (or in the folders that would be made for it): its
-    nearest existing folder grants write access and has a write permission bit set. The second
-    test keeps root, for whom ``os.access`` is always true, out of a data root marked read-only."""
-    p = Path(d)
-    while not p.exists():
-        if p.parent == p:
-            return False
-        p = p.parent
-    try:
-        mode = p.stat().st_mode
-    except OSError:
-        return False
-    return p.is_dir() and os.access(p, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
 
 
 def atomic_write_text(path: Path, text: str) -> None:
