@@ -26,7 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from seqbench import config, records, registry, sweep
+from seqbench import config, records, sweep
 from seqbench.runner import Runner, cores_available
 
 DEFAULT_SET = ["epochs=2", "task.train_subset=2048", "latency_time=0.2"]

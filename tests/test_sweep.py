@@ -114,7 +114,7 @@ def test_dry_run_changes_nothing_and_sees_seqbench_run_records(env, capsys, one_
     rc, out, _ = _sweep(capsys, "--models", "lstm", "--tasks", "adding", "--seeds", "0,1", *TINY, "--dry-run")
     assert rc == 0 and _tree(res) == before
     assert "2 runs; 1 done" in out
-    assert f"done    lstm adding tiny" in out and rec["run_id"] in out
+    assert "done    lstm adding tiny" in out and rec["run_id"] in out
     assert "todo    lstm adding tiny" in out and "seed=1" in out
 
 
