@@ -160,7 +160,8 @@ def _summary(rec: dict) -> None:
         elif m["best_epoch"] is None:  # no epoch had a finite validation score: the last weights were tested
             print(f"  test: {test}   (no epoch had a finite validation {sel}: the last epoch's weights were tested)")
         else:
-            print(f"  test: {test}   (best val epoch {m['best_epoch']}: {val})")
+            which = "last epoch" if str(m.get("selection", "")).startswith("select last") else "best val epoch"
+            print(f"  test: {test}   ({which} {m['best_epoch']}: {val})")
         print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "
               f"sparsity {meas['sparsity']['overall']:.4f}), FLOPs/sample {meas['flops_per_sample']:,}")
         print(f"  latency {', '.join(_latency(lat, k) for k in lat)} on {rec['env']['device']}, "

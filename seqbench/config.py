@@ -155,6 +155,9 @@ class TrainConfig:
     # An exponential moving average of the weights (decay per step; 0 = off) is what validation,
     # best.pt, the test and the measurements use (BiDAF's reference: 0.999, its shadows loaded at test).
     ema: float = setting(0.0, reals(0.0, 1.0, hi_open=True), "decay of the weights' moving average used for evaluation; 0: off")
+    # Which epoch's weights are tested and recorded: the best on validation, or the last (the ISS
+    # references keep the final model: a Lasso run's best validation epoch is its least sparse one).
+    select: str = _choice("best", ("best", "last"), "the weights tested: best validation epoch, or the last epoch")
     # Another run's best weights (its best.pt, else last.pt, under the same results folder) loaded
     # before the first epoch: fine-tuning, e.g. ISS from a dense BiDAF (the ISS reference's --load_path).
     init_from: str = setting("", pattern(r"|[A-Za-z0-9][A-Za-z0-9._-]*", "a run id (or empty)", "../run"),

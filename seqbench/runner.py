@@ -4,8 +4,8 @@
 
 Seeds python/numpy/torch, builds the task, the backbone and the task's wrapper around it, trains
 with the configured optimiser/schedule/clipping/AMP, validates each epoch, keeps the best
-validation checkpoint, tests on it, measures the model and writes one record. A checkpoint of
-everything (model, optimiser, schedule, strategy, RNG states, history) is written after every
+validation checkpoint (``select=last``: the last epoch's), tests on it, measures the model and
+writes one record. A checkpoint of everything (model, optimiser, schedule, strategy, RNG states, history) is written after every
 epoch to ``<results>/checkpoints/<run_id>/last.pt``; ``Runner.resume(run_id)`` continues from it
 and ends with the same metrics as an uninterrupted run (same seed, CPU).
 
@@ -157,18 +157,26 @@ class WeightEMA:
             self.shadow[n].copy_(t)
 
     @torch.no_grad()
-    def copy_to(self, model: torch.nn.Module) -> None:
+    def copy_to(self, model: torch.nn.Module, keep_zeros: bool = False) -> None:
+        """The averages into ``model``; ``keep_zeros``: an entry the trained weights hold at exactly
+        zero stays zero (a model that removes weights during training, ISS: a component its
+        thresholding has removed is removed from the average too, which otherwise takes thousands
+        of steps to decay below the threshold; our reading, the reference trains 10k steps)."""
         for n, p in model.named_parameters():
             if n in self.shadow:
+                zero = p == 0 if keep_zeros else None
                 p.copy_(self.shadow[n])
+                if zero is not None:
+                    p.masked_fill_(zero, 0.0)
 
     @contextlib.contextmanager
-    def swapped(self, model: torch.nn.Module, after=None):
-        """The averages in ``model`` (then ``after()``: e.g. ISS thresholding, as the reference
-        thresholds the loaded averages at test) inside the block; the trained weights after it."""
+    def swapped(self, model: torch.nn.Module, after=None, keep_zeros: bool = False):
+        """The averages in ``model`` (``keep_zeros``: see ``copy_to``; then ``after()``: e.g. ISS
+        thresholding, as the reference thresholds the loaded averages at test) inside the block;
+        the trained weights after it."""
         with torch.no_grad():
             saved = {n: p.detach().clone() for n, p in model.named_parameters() if n in self.shadow}
-        self.copy_to(model)
+        self.copy_to(model, keep_zeros)
         if after is not None:
             after()
         try:
@@ -401,13 +409,14 @@ class Runner:
         return sums
 
     def _evaluated_weights(self):
-        """The weights validation and best.pt see: the moving average (``ema``) put through the
-        backbone's ``after_step`` (ISS thresholding), or the trained weights."""
+        """The weights validation and best.pt see: the moving average (``ema``), with the trained
+        weights' zeros and put through the backbone's ``after_step`` when it has one (ISS), or the
+        trained weights."""
         if self.ema is None:
             return contextlib.nullcontext()
         fn = getattr(self.backbone, "after_step", None)
         head = getattr(self.model, "head", None)
-        return self.ema.swapped(self.model, (lambda: fn(head)) if callable(fn) else None)
+        return self.ema.swapped(self.model, (lambda: fn(head)) if callable(fn) else None, keep_zeros=callable(fn))
 
     def _init_from(self, run_id: str) -> None:
         """Load another run's best weights (best.pt, else last.pt) before the first epoch; weights
@@ -580,7 +589,7 @@ class Runner:
                 with self._evaluated_weights():  # the moving average, when the run keeps one
                     row.update({f"{split}_{k}": v for k, v in self.evaluate(split).items()})
                     value = row[key]
-                    if split == "val" and self._better(value):
+                    if split == "val" and (t.select == "last" or self._better(value)):
                         self.best = {"epoch": epoch, "value": value,
                                      "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
                         self._save("best.pt", {"model": self.model.state_dict(), "epoch": epoch})
@@ -616,8 +625,8 @@ class Runner:
                 err.record = rec  # the failed record, for a caller that writes records itself
                 raise err from None
         elif self.ema is not None:  # no validation split: the last average is what gets tested
-            self.ema.copy_to(self.model)
             fn = getattr(self.backbone, "after_step", None)
+            self.ema.copy_to(self.model, keep_zeros=callable(fn))
             if callable(fn):
                 fn(getattr(self.model, "head", None))
         self.pruning = self._prune()
@@ -712,7 +721,9 @@ class Runner:
             "init_from": ({"run_id": self.cfg.train.init_from, "file": getattr(self, "init_source", None)}
                           if self.cfg.train.init_from else None),
             "metrics": {"best_epoch": self.best["epoch"], "val": self.best["val"], "test": test,
-                        "selection": ("best validation epoch" if self.watch == "val" else "last epoch (no validation split)"),
+                        "selection": ("last epoch (no validation split)" if self.watch != "val" else
+                                      "select last: the last epoch's weights" if self.cfg.train.select == "last"
+                                      else "best validation epoch"),
                         **({"test_best": self.best["test_best"]} if "test_best" in self.best else {}),
                         **({"test_per_class": self.test_per_class} if getattr(self, "test_per_class", None) else {})},
             "history": self.history,

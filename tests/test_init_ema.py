@@ -77,3 +77,55 @@ def test_ema_is_what_validation_and_best_see_and_resume_keeps_it(env):
     plain = Runner(_cfg(epochs=1), quiet=True)
     plain.fit()
     assert plain.ema is None and torch.load(plain.run_dir / "last.pt", weights_only=False)["ema"] is None
+
+
+def test_weight_ema_keep_zeros_holds_the_trained_zeros():
+    m = torch.nn.Linear(3, 1, bias=False)
+    ema = WeightEMA(m, 0.9)  # the average of nonzero weights
+    with torch.no_grad():
+        m.weight.copy_(torch.tensor([[0.0, 2.0, 0.0]]))  # training zeroed entries 0 and 2
+    shadow = ema.shadow["weight"].clone()
+    with ema.swapped(m, keep_zeros=True):
+        assert torch.equal(m.weight, torch.tensor([[0.0, shadow[0, 1].item(), 0.0]]))
+    with ema.swapped(m):  # without: the plain average
+        assert torch.equal(m.weight, shadow)
+    assert torch.equal(m.weight, torch.tensor([[0.0, 2.0, 0.0]]))
+
+
+def test_an_iss_component_removed_in_training_is_removed_from_the_evaluated_average(env):
+    """ISS + ema: validation, best.pt and the test see the average with the trained weights' zeros,
+    so a unit the thresholding removed counts as removed (else the average keeps it for ~1/(1-decay)
+    steps and nothing is ever pruned)."""
+    r = Runner(config.resolve(registry.get_model("iss-lstm"), registry.get_task("ptb"), "tiny",
+                              {**QUICK, "ema": 0.9}), quiet=True, data=False)
+    head = r.model.head
+    with torch.no_grad():
+        for s in r.backbone.iss_groups(head)[0].slices:  # component 0 of the first layer: all its weights
+            s.tensor.index_fill_(s.dim, s.index([0]), 0.0)
+    with r.ema.swapped(r.model):  # the plain average: unit 0 is still there
+        assert not r.backbone.zero_groups(head)[0][0]
+    with r._evaluated_weights():
+        assert bool(r.backbone.zero_groups(head)[0][0]) and int(r.backbone.zero_groups(head)[0].sum()) == 1
+    assert bool(r.backbone.zero_groups(head)[0][0])  # the trained weights are back
+
+
+def test_select_last_tests_the_last_epoch(env, capsys):
+    over = dict(epochs=3, seed=4)
+    rec = Runner(_cfg(**over, select="last"), quiet=True).fit()
+    m = rec["metrics"]
+    assert m["best_epoch"] == 3 and m["selection"].startswith("select last")
+    assert m["val"]["acc"] == rec["history"][-1]["val_acc"]
+    assert torch.load(env["results"] / "checkpoints" / rec["run_id"] / "best.pt", weights_only=False)["epoch"] == 3
+    brec = Runner(_cfg(**over), quiet=True).fit()  # the default: the best validation epoch
+    best, vals = brec["metrics"], [h["val_acc"] for h in brec["history"]]
+    assert best["selection"] == "best validation epoch" and best["val"]["acc"] == max(vals)
+    assert main(["run", "--model", "lstm", "--task", "pmnist", "--set", "select=middle"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "'select'" in err[0] and "best, last" in err[0]
+
+
+def test_the_iss_presets_of_squad_test_the_final_model():
+    for preset in ("fast-iss", "paper-iss"):
+        cfg = config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), preset, {})
+        assert cfg.train.select == "last" and cfg.model_params.lam > 0
+    assert config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "fast", {}).train.select == "best"
