@@ -100,6 +100,15 @@ FRACTION = reals(0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")  # a s
 MOMENTUM = reals(0.0, 1.0, hi_open=True)
 
 
+def check_split(params, first: str, second: str, rest: str) -> None:
+    """Two ``FRACTION`` settings cut from one whole must leave a part of it (``rest``) for a third
+    split: one line naming both keys otherwise (a task's ``validate``)."""
+    a, b = getattr(params, first), getattr(params, second)
+    if a + b >= 1:
+        raise SeqbenchError(f"bad values for 'task.{first}' ({a:g}) and 'task.{second}' ({b:g}): "
+                            f"expected a sum < 1 ({rest})")
+
+
 def _strategies() -> list[str]:
     from .strategy import _STRATEGIES
     return sorted(_STRATEGIES)

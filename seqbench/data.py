@@ -150,40 +150,49 @@ def short_reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:120]}" if text else type(e).__name__
 
 
-class TensorLoader:
-    """Mini-batches over in-memory tensors: no per-sample Python work, no worker processes.
+class EpochLoader:
+    """What every sample loader gives the runner: ``set_epoch``, ``num_samples``, ``len`` (batches,
+    the last partial one kept) and, when ``shuffle``, an order drawn from a generator seeded by
+    (seed, epoch) only, so a resumed run sees the same batches as an uninterrupted one. A subclass
+    defines ``num_samples`` and ``__iter__``."""
 
-    Shuffles with a generator seeded from (seed, epoch), so an epoch's order depends only on
-    those two numbers: a resumed run sees the same batches as an uninterrupted one. Never drops
-    the last, partial batch.
-    """
-
-    def __init__(self, *tensors, batch_size: int, shuffle: bool = False, seed: int = 0):
-        n = tensors[0].shape[0]
-        assert all(t.shape[0] == n for t in tensors)
-        self.tensors = tensors
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = seed
-        self.epoch = 0
+    def __init__(self, batch_size: int, shuffle: bool = False, seed: int = 0):
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     @property
     def num_samples(self) -> int:
-        return self.tensors[0].shape[0]
+        raise NotImplementedError
 
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
+    def generator(self) -> torch.Generator:
+        """This epoch's generator (the same two numbers, the same draws)."""
+        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+
+    def order(self) -> torch.Tensor | None:
+        """This epoch's permutation of the samples; None (their own order) when not shuffling."""
+        return torch.randperm(self.num_samples, generator=self.generator()) if self.shuffle else None
+
+
+class TensorLoader(EpochLoader):
+    """Mini-batches over in-memory tensors: no per-sample Python work, no worker processes."""
+
+    def __init__(self, *tensors, batch_size: int, shuffle: bool = False, seed: int = 0):
+        n = tensors[0].shape[0]
+        assert all(t.shape[0] == n for t in tensors)
+        super().__init__(batch_size, shuffle, seed)
+        self.tensors = tensors
+
+    @property
+    def num_samples(self) -> int:
+        return self.tensors[0].shape[0]
+
     def __iter__(self):
-        n = self.num_samples
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(n, generator=g)
-        else:
-            order = None
+        n, order = self.num_samples, self.order()
         for i in range(0, n, self.batch_size):
             if order is None:
                 yield tuple(t[i : i + self.batch_size] for t in self.tensors)

@@ -49,6 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NONNEGATIVE, POSITIVE, pattern, reals, setting
+from .data import EpochLoader
 from .errors import SeqbenchError
 from .image import count_flops
 from .registry import DENSE
@@ -224,34 +225,24 @@ def pad_collate(batch):
     return x, y
 
 
-class DenseLoader:
-    """Mini-batches of a ``DenseDataset`` with the ``TensorLoader`` contract (see the module
-    docstring): seeded order and augmentation, ``set_epoch``, ``num_samples``, never drops the last
-    batch; ``workers`` > 0 decodes in torch DataLoader worker processes."""
+class DenseLoader(EpochLoader):
+    """Mini-batches of a ``DenseDataset`` (the ``EpochLoader`` contract: seeded order, set_epoch,
+    num_samples, the last batch kept) with seeded augmentation; ``workers`` > 0 decodes in torch
+    DataLoader worker processes."""
 
     def __init__(self, dataset: DenseDataset, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0):
-        self.dataset, self.batch_size, self.shuffle, self.seed, self.workers = dataset, batch_size, shuffle, seed, workers
-        self.epoch = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(batch_size, shuffle, seed)
+        self.dataset, self.workers = dataset, workers
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
-    def order(self) -> list[int]:
-        n = self.num_samples
-        if not self.shuffle:
-            return list(range(n))
-        return torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)).tolist()
-
     def __iter__(self):
         self.dataset.seed, self.dataset.epoch = self.seed, self.epoch  # workers get a copy with these
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=self.order(),
+        order = self.order()
+        sampler = range(self.num_samples) if order is None else order.tolist()
+        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
                                              num_workers=self.workers, collate_fn=pad_collate, drop_last=False)
         yield from loader
 

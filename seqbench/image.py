@@ -27,6 +27,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data import EpochLoader
 from .registry import IMAGE
 from .task import ClassificationTask, TaskSpec
 
@@ -41,34 +42,25 @@ def split_indices(n: int, val_fraction: float, seed: int = SPLIT_SEED) -> tuple[
     return order[: n - n_val], order[n - n_val:]
 
 
-class ImageLoader:
+class ImageLoader(EpochLoader):
     """Mini-batches of uint8 images ``[N, C, H, W]`` and labels, transformed per batch.
 
     ``transform(batch_uint8, generator) -> tensor`` turns a batch into the model's input; on a
     training loader the generator is seeded from (seed, epoch, batch index), so augmentation is
-    reproducible and a resumed run sees the same pixels. Never drops the last batch."""
+    reproducible and a resumed run sees the same pixels."""
 
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, transform,
                  shuffle: bool = False, seed: int = 0):
         assert images.dtype == torch.uint8 and images.shape[0] == labels.shape[0]
-        self.images, self.labels, self.batch_size = images, labels, batch_size
-        self.transform, self.shuffle, self.seed, self.epoch = transform, shuffle, seed, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        super().__init__(batch_size, shuffle, seed)
+        self.images, self.labels, self.transform = images, labels, transform
 
     @property
     def num_samples(self) -> int:
         return self.images.shape[0]
 
-    def __len__(self) -> int:
-        return -(-self.num_samples // self.batch_size)
-
     def __iter__(self):
-        n = self.num_samples
-        order = None
-        if self.shuffle:
-            order = torch.randperm(n, generator=torch.Generator().manual_seed(self.seed * 100_003 + self.epoch))
+        n, order = self.num_samples, self.order()
         for b, i in enumerate(range(0, n, self.batch_size)):
             idx = slice(i, i + self.batch_size) if order is None else order[i: i + self.batch_size]
             g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 10_007 + b) if self.shuffle else None

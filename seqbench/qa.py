@@ -63,6 +63,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NONNEGATIVE, POSITIVE, Domain, setting
+from .data import EpochLoader
 from .errors import SeqbenchError
 from .registry import QA
 from .task import Metric, Task, TaskSpec
@@ -241,7 +242,7 @@ def trim(cw, qw, cc, qc):
     return cw[:, :Lc], qw[:, :Lq], cc[:, :Lc, :W], qc[:, :Lq, :W]
 
 
-class QALoader:
+class QALoader(EpochLoader):
     """Mini-batches of examples ``idx``, padded to each batch's longest context and question. Training
     (``shuffle``): shuffled by (seed, epoch), so a resumed run sees the same batches; with ``cluster``
     (the reference's ``--cluster``), the shuffled examples are sorted by context length within chunks
@@ -251,21 +252,15 @@ class QALoader:
 
     def __init__(self, data: QAData, idx: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                  max_context: int | None, cluster: bool = False, widths: tuple | None = None):
-        self.data, self.idx, self.batch_size = data, np.asarray(idx, dtype=np.int64), batch_size
-        self.shuffle, self.seed, self.epoch, self.max_context = shuffle, seed, 0, max_context
+        super().__init__(batch_size, shuffle, seed)
+        self.data, self.idx, self.max_context = data, np.asarray(idx, dtype=np.int64), max_context
         self.cluster, self.widths = cluster, widths
         lens = np.array([len(data.para_words[p]) for p in data.ex_para[self.idx]], dtype=np.int64)
         self.lens = np.minimum(lens, max_context) if max_context else lens
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
     @property
     def num_samples(self) -> int:
         return len(self.idx)
-
-    def __len__(self) -> int:
-        return -(-len(self.idx) // self.batch_size)
 
     def batches(self) -> list[np.ndarray]:
         """This epoch's batches (positions into ``idx``)."""
@@ -273,7 +268,7 @@ class QALoader:
         if not self.shuffle:
             pos = np.argsort(self.lens, kind="stable")
             return [pos[i:i + bs] for i in range(0, n, bs)]
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        g = self.generator()
         pos = torch.randperm(n, generator=g).numpy()
         if not self.cluster:
             return [pos[i:i + bs] for i in range(0, n, bs)]

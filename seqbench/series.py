@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from .data import TensorLoader
-from .config import FRACTION, POSITIVE, setting
+from .config import FRACTION, POSITIVE, check_split, setting
 from .errors import SeqbenchError
 from .registry import SERIES
 from .task import Metric, PerStepHead, Task, TaskSpec
@@ -54,9 +54,7 @@ class SeriesParams:
     val_frac: float = setting(0.1, FRACTION, "the part after it, for validation; the rest is the test part")
 
     def validate(self):
-        if self.train_frac + self.val_frac >= 1:
-            raise SeqbenchError(f"bad values for 'task.train_frac' ({self.train_frac:g}) and 'task.val_frac' "
-                                f"({self.val_frac:g}): expected a sum < 1 (the rest is the test part)")
+        check_split(self, "train_frac", "val_frac", "the rest is the test part")
 
 
 def window_starts(n: int, window: int, stride: int) -> np.ndarray:

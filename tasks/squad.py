@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqbench.config import FRACTION, SEED, _choice, setting
+from seqbench.config import FRACTION, SEED, _choice, check_split, setting
 from seqbench.data import ensure_files, verify_enabled, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.qa import (QAParams, QATask, char_span_to_tokens, normalize_answer, normalize_quotes,
@@ -65,9 +65,7 @@ class SquadParams(QAParams):
     test_fraction: float = setting(0.125, FRACTION, "dev-holdout: share of the articles for test")
 
     def validate(self):
-        if self.val_fraction + self.test_fraction >= 1:
-            raise SeqbenchError(f"bad values for 'task.val_fraction' ({self.val_fraction:g}) and 'task.test_fraction' "
-                                f"({self.test_fraction:g}): expected a sum < 1 (the rest of the articles trains)")
+        check_split(self, "val_fraction", "test_fraction", "the rest of the articles trains")
 
 
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "ema": 0.999, "task.cluster": True}  # the README's --len_opt --cluster

@@ -128,6 +128,18 @@ def test_cli_case(env, capsys, case):
     assert tree(results) is None
 
 
+@pytest.mark.parametrize("task,keys,needle", [
+    ("climate-hydro", ("train_frac=0.7", "val_frac=0.4"), "the rest is the test part"),
+    ("squad", ("val_fraction=0.5", "test_fraction=0.5"), "the rest of the articles trains")])
+def test_two_fractions_must_leave_a_third_split(env, capsys, task, keys, needle):
+    model = "bidaf" if task == "squad" else "lstm"
+    results = env["tmp"] / "res"
+    sets = [a for k in keys for a in ("--set", f"task.{k}")]
+    one_line(capsys, ["run", "--model", model, "--task", task, *TINY, "--results", str(results), *sets],
+             "expected a sum < 1", needle)
+    assert tree(results) is None
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks a machine without CUDA")
 @pytest.mark.parametrize("args,needle", [(["--amp", "fp16"], "amp fp16 needs a CUDA device"),
                                          (["--device", "cuda"], "no CUDA device"),
