@@ -303,6 +303,7 @@ class DenseTask(Task):
     class_names: list
     palette: list
     latency_batches = (1, 8)  # the runner's latency batch sizes for this kind
+    reference_model = "fcn"  # the backbone without the RNN: the report's gains are over it
 
     def size(self) -> tuple[int, int] | None:
         return None

@@ -158,6 +158,7 @@ class ImageTask(ClassificationTask):
     labels); this class splits, augments, normalises, wraps."""
 
     kind = IMAGE
+    reference_model = "resnet"  # SE and DIA are compared with the plain ResNet of the same depth
     num_classes: int
     input_shape: tuple = (3, 32, 32)
     mean: tuple

@@ -51,6 +51,9 @@ class TaskSpec:
 class Task:
     kind: str
     presets: dict = {}
+    # the model the others are compared with, seed by seed, in the report's gains table (the
+    # dense kind's fcn, the image kind's resnet: the same backbone without the idea under test)
+    reference_model: str | None = None
 
     def __init__(self, params, data_root):
         self.params = params

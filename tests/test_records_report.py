@@ -142,3 +142,33 @@ def test_iss_plot_from_iss_records(tmp_path):
         records.write(r, tmp_path)
     out = report.build(tmp_path)
     assert (tmp_path / "plots" / "iss_pmnist.png") in out["plots"]
+
+
+def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
+    """A task naming a reference model (camvid: fcn) gets a gains table: each other group's test
+    metric minus the reference's run of the same seed; an unpaired seed is left out; an ablation is
+    compared with the reference's own ablation."""
+    from seqbench import config
+    assert registry.get_task("camvid").cls.reference_model == "fcn"
+    assert registry.get_task("cifar10").cls.reference_model == "resnet"
+    assert registry.get_task("pmnist").cls.reference_model is None
+    recs = []
+    for model, seed, acc, skip in (("fcn", 0, 0.30, True), ("fcn", 1, 0.34, True), ("dag-rnn", 0, 0.33, True),
+                                   ("dag-rnn", 1, 0.35, True), ("dag-rnn", 2, 0.90, True),  # seed 2: no fcn
+                                   ("fcn", 0, 0.20, False), ("dag-rnn", 0, 0.10, False)):
+        r = fake_record(f"{model}-{seed}-{skip}", model=model, task="camvid", seed=seed, acc=acc)
+        flat = config.resolve(registry.get_model(model), registry.get_task("camvid"), "tiny").flat()
+        r["config"] = {**flat, **({} if skip else {"lr": 0.5})}
+        recs.append(r)
+    df = report.frame(recs)
+    rows = report.gain_tables(df)["camvid"]
+    plain = next(r for r in rows if r["variant"] == "")
+    assert plain["seeds"] == "0,1" and plain["vs"] == "fcn/tiny"
+    assert plain["Δtest_acc"] == "+0.0200 ± 0.0141 (+0.0300, +0.0100)"
+    ablation = next(r for r in rows if r["variant"] == "lr=0.5")
+    assert ablation["vs"] == "fcn/tiny (lr=0.5)" and ablation["Δtest_acc"] == "-0.1000"
+    assert "pmnist" not in report.gain_tables(report.frame([fake_record("x")]))
+    records.write(recs[0], tmp_path)
+    records.write(recs[2], tmp_path)
+    text = report.build(tmp_path)["report"].read_text()
+    assert "## Gain over the reference model: camvid" in text
