@@ -5,9 +5,10 @@
 Seeds python/numpy/torch, builds the task, the backbone and the task's wrapper around it, trains
 with the configured optimiser/schedule/clipping/AMP, validates each epoch, keeps the best
 validation checkpoint (``select=last``: the last epoch's), tests on it, measures the model and
-writes one record. A checkpoint of everything (model, optimiser, schedule, strategy, RNG states, history) is written after every
-epoch to ``<results>/checkpoints/<run_id>/last.pt``; ``Runner.resume(run_id)`` continues from it
-and ends with the same metrics as an uninterrupted run (same seed, CPU).
+writes one record. A checkpoint of everything (model, optimiser, schedule, strategy, RNG states,
+history) is written after every epoch to ``<results>/checkpoints/<run_id>/last.pt``;
+``Runner.resume(run_id)`` continues from it and ends with the same metrics as an uninterrupted run
+(same seed, CPU).
 
 Two settings change which weights are where: ``init_from`` (``--init-from RUN_ID``) loads another
 run's best weights (its best.pt, else last.pt) before the first epoch, any task, and refuses weights
