@@ -375,13 +375,9 @@ def from_flat(flat: dict, model_entry, task_entry) -> RunConfig:
 BOOKKEEPING = ("device", "threads", "log_every", "latency_time")
 
 
-def identity(flat: dict) -> dict:
-    """What makes a run the run it is: its flat config (``RunConfig.flat()`` or a record's
-    ``config``) without the bookkeeping keys and without the keys at their declared default;
-    ``model``, ``task`` and ``preset`` always. Leaving defaults out keeps older records' identity
-    when a setting is added later with a default that keeps the old behaviour (a record written
-    before the key existed simply lacks it). A model or task this install no longer has: its
-    keys are all kept (such a run matches no new one)."""
+def declared_defaults(flat: dict) -> dict:
+    """Every key's declared default for the run ``flat`` describes (training keys, and its model's
+    and task's keys while this install has them): what a record written before a key existed ran with."""
     from . import registry
 
     defaults = dataclasses.asdict(TrainConfig())
@@ -391,6 +387,17 @@ def identity(flat: dict) -> dict:
         except SeqbenchError:
             continue
         defaults.update({f"{prefix}.{k}": v for k, v in dataclasses.asdict(params).items()})
+    return defaults
+
+
+def identity(flat: dict) -> dict:
+    """What makes a run the run it is: its flat config (``RunConfig.flat()`` or a record's
+    ``config``) without the bookkeeping keys and without the keys at their declared default;
+    ``model``, ``task`` and ``preset`` always. Leaving defaults out keeps older records' identity
+    when a setting is added later with a default that keeps the old behaviour (a record written
+    before the key existed simply lacks it). A model or task this install no longer has: its
+    keys are all kept (such a run matches no new one)."""
+    defaults = declared_defaults(flat)
     return {k: v for k, v in flat.items()
             if k in ("model", "task", "preset") or (k not in BOOKKEEPING and not (k in defaults and defaults[k] == v))}
 

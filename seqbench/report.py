@@ -34,7 +34,9 @@ def variant(rec: dict) -> str:
         base = config.resolve(registry.get_model(rec["model"]), registry.get_task(rec["task"]), rec["preset"]).flat()
     except Exception:  # a model or task this install no longer has: compare nothing
         return ""
-    diff = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec["config"].items()
+    # a key the record lacks (written before the key existed) ran at its declared default
+    cfg = {**{k: v for k, v in config.declared_defaults(rec["config"]).items() if k in base}, **rec["config"]}
+    diff = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items()
             if k not in _NOT_VARIANT and k in base and base[k] != v]
     return " ".join(sorted(diff))
 

@@ -172,3 +172,16 @@ def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
     records.write(recs[2], tmp_path)
     text = report.build(tmp_path)["report"].read_text()
     assert "## Gain over the reference model: camvid" in text
+
+
+def test_a_key_a_record_lacks_counts_at_its_default_in_the_variant():
+    """A record written before a key existed ran at the key's declared default: when its preset now
+    sets the key otherwise (squad fast-iss: select=last), the old run is its own row, not a seed of
+    the new ones."""
+    from seqbench import config
+    base = config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "fast-iss").flat()
+    new, old = fake_record("new", model="bidaf", task="squad"), fake_record("old", model="bidaf", task="squad")
+    new["preset"] = old["preset"] = "fast-iss"
+    new["config"] = dict(base)
+    old["config"] = {k: v for k, v in base.items() if k != "select"}
+    assert report.variant(new) == "" and report.variant(old) == "select=best"
