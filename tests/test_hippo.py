@@ -302,12 +302,13 @@ def test_bad_choices_fail_clearly():
 
 
 def test_auto_step_is_dense_while_the_tables_fit_and_fast_beyond(monkeypatch):
-    """step=auto (the default): the paper's N = 512 over 784 steps keeps the cached dense tables;
-    2000 steps would need more than the cache holds (every pass would rebuild every chunk), so the
-    O(N) step runs; the two compute the same."""
+    """step=auto (the default): N = 512 over 784 (the paper's) or 2000 steps keeps the cached dense
+    tables (2.1 GB of the 4 GiB cache at 2000); 5000 steps would need more than the cache holds
+    (every pass would rebuild every chunk), so the O(N) step runs; the two compute the same."""
     m = cell(hidden=512)
     assert m.step == "auto"
-    assert m.pick_step(784, torch.float32) == "dense" and m.pick_step(2000, torch.float32) == "fast"
+    assert m.pick_step(784, torch.float32) == "dense" and m.pick_step(2000, torch.float32) == "dense"
+    assert m.pick_step(5000, torch.float32) == "fast" and m.pick_step(3000, torch.float64) == "fast"
     assert cell(hidden=512, discretization="zoh").pick_step(5000, torch.float32) == "dense"  # no O(N) ZOH
     torch.manual_seed(0)
     small = cell(hidden=6, memory_order=8, d_input=1)
