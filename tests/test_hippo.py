@@ -84,6 +84,29 @@ def test_fast_step_equals_dense_one_step_every_gbt(disc, t):
     assert float((a - b).norm() / b.norm()) < 1e-12
 
 
+@pytest.mark.parametrize("disc", ["forward", "backward", "bilinear"])
+def test_fast_step_hand_backward_equals_autograd(disc):
+    """The cell's fast step backpropagates through ``legs_step_fast_adjoint`` (the transposed step),
+    not autograd: both give the same (dc, du), at sizes that are and are not powers of 2."""
+    g = torch.Generator().manual_seed(1)
+    for N in (1, 2, 5, 8, 33):
+        for t in (1, 2, 3, 16, 40, 1500):
+            P = hp._row(hp.legs_fast_coefficients(N, [t], disc), 0)
+            c = torch.randn(3, 2, N, generator=g, dtype=torch.float64, requires_grad=True)
+            u = torch.randn(3, 2, generator=g, dtype=torch.float64, requires_grad=True)
+            dx = torch.randn(3, 2, N, generator=g, dtype=torch.float64)
+            want = torch.autograd.grad(hp.legs_step_fast(c, u, t, disc, coeffs=P), (c, u), dx)
+            x = hp.legs_step_fast_grad(c, u, t, disc, P)
+            assert x.grad_fn is not None and "FastStep" in type(x.grad_fn).__name__
+            got = torch.autograd.grad(x, (c, u), dx)
+            for w, h in zip(want, got):
+                assert torch.allclose(h, w, rtol=1e-12, atol=1e-12), (N, t)
+    c = torch.randn(2, 1, 6, dtype=torch.float64, requires_grad=True)
+    u = torch.randn(2, 1, dtype=torch.float64, requires_grad=True)
+    P = hp._row(hp.legs_fast_coefficients(6, [4], disc), 0)
+    assert torch.autograd.gradcheck(lambda c, u: hp.legs_step_fast_grad(c, u, 4, disc, P), (c, u))
+
+
 def test_first_step_sets_c_to_u_e0_and_constants_are_a_fixed_point():
     u = torch.tensor([[2.0, -1.0]], dtype=torch.float64)
     for disc in hp.DISCRETIZATIONS:
