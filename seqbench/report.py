@@ -189,23 +189,29 @@ def _reference_model(task: str) -> str | None:
 
 def gain_tables(df: pd.DataFrame) -> dict[str, list[dict]]:
     """Per task that names a ``reference_model`` with completed runs: every other (model, preset,
-    strategy, variant) group's test metrics minus the reference's run of the same seed (same preset
-    and strategy; the same variant where the reference has it, an ablation such as model.skip=false,
-    else none); mean ± std over the seeds both have, and each seed's difference."""
+    strategy, variant) group's test metrics minus the reference's runs of the same seed (same preset
+    and strategy, and the same value of every setting of the group's variant that the reference
+    also has — an ablation such as model.skip=false or a deeper net is compared with the
+    reference's own; settings only the group's model has are its own business). A group whose
+    reference runs do not exist gets no row. Reruns of a seed are averaged first, as in the
+    accuracy table; mean ± std over the seeds both have, and each seed's difference."""
+    from . import config
+
     out: dict[str, list[dict]] = {}
     ok = df[df.status == "completed"] if len(df) else df
     for task, t in ok.groupby("task", sort=True) if len(ok) else []:
         ref = _reference_model(task)
         if ref is None or ref not in set(t.model):
             continue
+        ref_keys = set(config.declared_defaults({"model": ref, "task": task}))
         cols = _metric_cols(t, "test_")
         rows = []
         for key, g in t[t.model != ref].groupby(GROUP, sort=True, dropna=False):
             name = dict(zip(GROUP, key))
             refs = t[(t.model == ref) & (t.preset == name["preset"]) & (t.strategy == name["strategy"])]
-            same = name["variant"] if (refs.variant == name["variant"]).any() else ""  # an ablation: the reference's own
-            base = refs[refs.variant == same].drop_duplicates("seed", keep="last").set_index("seed")
-            mine = g.drop_duplicates("seed", keep="last").set_index("seed")
+            same = " ".join(kv for kv in str(name["variant"]).split() if kv.split("=", 1)[0] in ref_keys)
+            base = refs[refs.variant == same].groupby("seed")[cols].mean()
+            mine = g.groupby("seed")[cols].mean()
             seeds = sorted(set(mine.index) & set(base.index))
             if not seeds:
                 continue
@@ -453,8 +459,10 @@ def _write(res: Path, recs: list[dict]) -> dict:
         lines.append(_md([]))
     for task, rows in gains.items():
         lines += [f"## Gain over the reference model: {task}", "",
-                  "Test metric of each group minus the reference model's run of the same seed (paired); "
-                  "mean ± std over the seeds both have, each seed's difference in brackets.", "", _md(rows)]
+                  "Test metric of each group minus the reference model's run of the same seed (paired; the "
+                  "reference at the same values of the settings it shares with the group's variant); "
+                  "mean ± std over the seeds both have, each seed's difference in brackets. For a loss, "
+                  "negative is better.", "", _md(rows)]
     for task, rows in per_class.items():
         lines += [f"## Per-class test IoU: {task}", "", _md(rows)]
     lines += [

@@ -147,7 +147,8 @@ def test_iss_plot_from_iss_records(tmp_path):
 def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
     """A task naming a reference model (camvid: fcn) gets a gains table: each other group's test
     metric minus the reference's run of the same seed; an unpaired seed is left out; an ablation is
-    compared with the reference's own ablation."""
+    compared with the reference's own ablation, a setting only the group's model has is not looked
+    for in the reference, and a group whose ablated reference does not exist gets no row."""
     from seqbench import config
     assert registry.get_task("camvid").cls.reference_model == "fcn"
     assert registry.get_task("cifar10").cls.reference_model == "resnet"
@@ -160,6 +161,14 @@ def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
         flat = config.resolve(registry.get_model(model), registry.get_task("camvid"), "tiny").flat()
         r["config"] = {**flat, **({} if skip else {"lr": 0.5})}
         recs.append(r)
+    rnn_only = next(k for k in config.declared_defaults({"model": "dag-rnn", "task": "camvid"})
+                    if k.startswith("model.") and k not in config.declared_defaults({"model": "fcn", "task": "camvid"}))
+    for name, seed, acc, extra in (("own", 1, 0.40, {rnn_only: "CHANGED"}),  # vs the plain fcn
+                                   ("own-lr", 0, 0.25, {rnn_only: "CHANGED", "lr": 0.5}),  # vs fcn lr=0.5
+                                   ("orphan", 0, 0.5, {"lr": 0.25})):  # no fcn at lr 0.25
+        r = fake_record(name, model="dag-rnn", task="camvid", seed=seed, acc=acc)
+        r["config"] = {**config.resolve(registry.get_model("dag-rnn"), registry.get_task("camvid"), "tiny").flat(), **extra}
+        recs.append(r)
     df = report.frame(recs)
     rows = report.gain_tables(df)["camvid"]
     plain = next(r for r in rows if r["variant"] == "")
@@ -167,6 +176,11 @@ def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
     assert plain["Δtest_acc"] == "+0.0200 ± 0.0141 (+0.0300, +0.0100)"
     ablation = next(r for r in rows if r["variant"] == "lr=0.5")
     assert ablation["vs"] == "fcn/tiny (lr=0.5)" and ablation["Δtest_acc"] == "-0.1000"
+    own = next(r for r in rows if r["variant"] == f"{rnn_only}=CHANGED")
+    assert own["vs"] == "fcn/tiny" and own["seeds"] == "1" and own["Δtest_acc"] == "+0.0600"
+    own_lr = next(r for r in rows if r["variant"] == f"lr=0.5 {rnn_only}=CHANGED")
+    assert own_lr["vs"] == "fcn/tiny (lr=0.5)" and own_lr["Δtest_acc"] == "+0.0500"
+    assert not [r for r in rows if r["variant"] == "lr=0.25"]
     assert "pmnist" not in report.gain_tables(report.frame([fake_record("x")]))
     records.write(recs[0], tmp_path)
     records.write(recs[2], tmp_path)
