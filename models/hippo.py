@@ -193,32 +193,38 @@ class _LRUCache:
     """Least-recently-used cache bounded by the bytes of the tensors it holds."""
 
     def __init__(self, max_bytes: int):
-        self.max_bytes, self.bytes, self.data = max_bytes, 0, OrderedDict()
+        self.max_bytes, self.bytes, self.data, self.sizes = max_bytes, 0, OrderedDict(), {}
 
     def get(self, key, make):
         if key in self.data:
             self.data.move_to_end(key)
             return self.data[key]
         value = make()
-        size = sum(v.numel() * v.element_size() for v in value)
         self.data[key] = value
-        self.bytes += size
+        self.sizes[key] = sum(v.numel() * v.element_size() for v in value)
+        self.bytes += self.sizes[key]
         while self.bytes > self.max_bytes and len(self.data) > 1:
-            _, old = self.data.popitem(last=False)
-            self.bytes -= sum(v.numel() * v.element_size() for v in old)
+            old, _ = self.data.popitem(last=False)
+            self.bytes -= self.sizes.pop(old)
         return value
+
+    def held_by_others(self, mine) -> int:
+        """Bytes held under the keys for which ``mine(key)`` is false."""
+        return sum(size for key, size in self.sizes.items() if not mine(key))
 
     def clear(self):
         self.data.clear()
+        self.sizes.clear()
         self.bytes = 0
 
 
 # 4 GiB holds N = 512 float32 tables for 4,000 steps (the paper's pMNIST: 784; the reference keeps
 # 1,024 as a buffer and clamps beyond) or N = 1024 for 1,000. A training pass keeps every table it
-# used alive until its backward (autograd saves A_t for dc), so keeping them after the pass adds
-# nothing to a training run's peak memory and spares the next pass their rebuild (with 1 GiB,
-# N = 512 and T = 2000 rebuilt every chunk on every pass: 60 s a training step instead of ~25).
-# Beyond the budget chunks are recomputed (never clamped), and step=auto takes the O(N) step.
+# used alive until its backward (autograd saves A_t for dc), so for a model whose tables fit,
+# keeping them after the pass adds nothing to its training's peak memory and spares the next pass
+# their rebuild (with 1 GiB, N = 512 and T = 2000 rebuilt every chunk on every pass: 60 s a
+# training step instead of ~25). Beyond the budget (what other cells' tables leave of it) chunks
+# are recomputed (never clamped), and step=auto takes the O(N) step.
 DENSE_CACHE = _LRUCache(4 << 30)
 
 
@@ -254,11 +260,15 @@ def legs_step_dense(c: torch.Tensor, u: torch.Tensor, t: int, discretization: st
 
 def _shift(x: torch.Tensor, k: int, value: float = 0.0) -> torch.Tensor:
     """x shifted right by k along the last dim: out[..., n] = x[..., n-k], ``value`` for n < k."""
+    if k >= x.shape[-1]:
+        return torch.full_like(x, value)
     return F.pad(x[..., :-k], (k, 0), value=value)
 
 
 def _shift_left(x: torch.Tensor, k: int) -> torch.Tensor:
     """x shifted left by k along the last dim (the adjoint of ``_shift``): out[..., n] = x[..., n+k], 0 beyond."""
+    if k >= x.shape[-1]:
+        return torch.zeros_like(x)
     return F.pad(x[..., k:], (0, k))
 
 
@@ -492,12 +502,13 @@ class HiPPOLegS(RecurrentBackbone):
         self.register_buffer("A", A, persistent=False)
         self.register_buffer("B", B, persistent=False)
 
-    def pick_step(self, t_end: int, dtype) -> str:
+    def pick_step(self, t_end: int, dtype, device=None) -> str:
         """``auto``: the dense step while the tables of the steps up to ``t_end`` fit the dense cache
         (they are built once and reused by every later pass), the O(N) step beyond (a pass that
         needs more tables than the cache holds would rebuild every chunk on every pass: 46 s instead
         of 0.3 s per forward at N = 512, T = 2000 with a 1 GiB cache, measured). ZOH has only the
-        dense step."""
+        dense step. The budget is what tables of other sizes, dtypes or devices leave of the cache
+        (layers of one N share theirs)."""
         if self.step != "auto":
             return self.step
         if self.discretization not in GBT_ALPHA:
@@ -505,11 +516,14 @@ class HiPPOLegS(RecurrentBackbone):
         C = chunk_size(self.N)
         chunks = -(-t_end // C)
         table = chunks * C * (self.N * self.N + self.N) * torch.empty((), dtype=dtype).element_size()
-        return "dense" if table <= DENSE_CACHE.max_bytes else "fast"
+        mine = ("legs", self.N, self.discretization)
+        dev = str(torch.device(device if device is not None else "cpu"))
+        others = DENSE_CACHE.held_by_others(lambda k: k[:3] == mine and k[4:] == (dtype, dev))
+        return "dense" if table <= DENSE_CACHE.max_bytes - others else "fast"
 
     def _memory_context(self, dtype, device, t_end: int = 0) -> dict:
         """What the steps of one forward share (built once per forward)."""
-        step = self.pick_step(t_end, dtype)
+        step = self.pick_step(t_end, dtype, device)
         self.last_step = step
         return {"chunk": None, "dtype": dtype, "device": device, "step": step,
                 "C": chunk_size(self.N) if step == "dense" else 64}

@@ -324,6 +324,23 @@ def test_bad_choices_fail_clearly():
     assert cfg.model_params.hidden == 512 and cfg.model_params.memory_order is None
 
 
+def test_auto_step_budget_is_what_other_tables_leave(monkeypatch):
+    """Tables of another size held in the cache count against the budget; the cell's own do not
+    (its earlier passes' chunks are the ones it would reuse)."""
+    m = cell(hidden=8, memory_order=8)
+    need = hp.chunk_size(8) * (8 * 8 + 8) * 4  # one chunk of float32 tables
+    monkeypatch.setattr(hp, "DENSE_CACHE", hp._LRUCache(2 * need + need // 2))
+    assert m.pick_step(10, torch.float32) == "dense"
+    other = lambda: (torch.zeros(need // 4 // 2), torch.zeros(need // 4 // 2))  # noqa: E731 (one chunk's bytes)
+    hp.DENSE_CACHE.get(("legs", 16, "bilinear", 0, torch.float32, "cpu"), other)
+    hp.DENSE_CACHE.get(("legs", 16, "bilinear", 1, torch.float32, "cpu"), other)
+    assert hp.DENSE_CACHE.bytes == 2 * need and m.pick_step(10, torch.float32) == "fast"
+    hp.DENSE_CACHE.clear()
+    for i in range(2):  # its own chunks: still dense
+        hp.DENSE_CACHE.get(("legs", 8, "bilinear", i, torch.float32, "cpu"), other)
+    assert m.pick_step(10, torch.float32, "cpu") == "dense"
+
+
 def test_auto_step_is_dense_while_the_tables_fit_and_fast_beyond(monkeypatch):
     """step=auto (the default): N = 512 over 784 (the paper's) or 2000 steps keeps the cached dense
     tables (2.1 GB of the 4 GiB cache at 2000); 5000 steps would need more than the cache holds
