@@ -150,6 +150,12 @@ def short_reason(e: Exception) -> str:
     return f"{type(e).__name__}: {text[0][:120]}" if text else type(e).__name__
 
 
+def epoch_key(seed: int, epoch: int) -> int:
+    """One integer for (seed, epoch): the seed of an epoch's order, and what the per-sample or
+    per-batch draws (augmentation) of the image and dense loaders derive theirs from."""
+    return seed * 100_003 + epoch
+
+
 class EpochLoader:
     """What every sample loader gives the runner: ``set_epoch``, ``num_samples``, ``len`` (batches,
     the last partial one kept) and, when ``shuffle``, an order drawn from a generator seeded by
@@ -169,9 +175,12 @@ class EpochLoader:
     def __len__(self) -> int:
         return -(-self.num_samples // self.batch_size)
 
+    def epoch_key(self) -> int:
+        return epoch_key(self.seed, self.epoch)
+
     def generator(self) -> torch.Generator:
         """This epoch's generator (the same two numbers, the same draws)."""
-        return torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.Generator().manual_seed(self.epoch_key())
 
     def order(self) -> torch.Tensor | None:
         """This epoch's permutation of the samples; None (their own order) when not shuffling."""

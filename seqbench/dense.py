@@ -6,7 +6,7 @@ label values to class indices, with **255 the one ignore index** (CamVid's void 
 "other" 0) for the loss and the confusion matrix alike. This base does the rest:
 
 - **Loader** (``DenseLoader`` over a ``DenseDataset``): file-backed (PIL decodes the PNG/JPEG files;
-  an optional in-memory cache of the decoded, resized arrays), with the ``TensorLoader`` contract:
+  an optional in-memory cache of the decoded, resized arrays), an ``EpochLoader`` (seqbench/data.py):
   the order of an epoch comes from a generator seeded by (seed, epoch), each training sample's
   augmentation from one seeded by (seed, epoch, sample index) — so any number of worker processes
   (``task.workers``) and a resumed run see the same pixels — ``set_epoch``, ``num_samples``,
@@ -49,7 +49,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NONNEGATIVE, POSITIVE, pattern, reals, setting
-from .data import EpochLoader
+from .data import EpochLoader, epoch_key
 from .errors import SeqbenchError
 from .image import count_flops
 from .registry import DENSE
@@ -201,11 +201,11 @@ class DenseDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int):
         x, y = self.raw(i)
         if self.train and self.augment:
-            g = torch.Generator().manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + i) % 2**63)
+            g = torch.Generator().manual_seed((epoch_key(self.seed, self.epoch) * 1_000_003 + i) % 2**63)
             crop = self.crop or tuple(y.shape)
             x, y = scale_crop_flip(x, y, g, crop, self.scale)
         elif self.train and self.crop and tuple(y.shape) != tuple(self.crop):
-            g = torch.Generator().manual_seed(((self.seed * 100_003 + self.epoch) * 1_000_003 + i) % 2**63)
+            g = torch.Generator().manual_seed((epoch_key(self.seed, self.epoch) * 1_000_003 + i) % 2**63)
             x, y = scale_crop_flip(x, y, g, self.crop, (1.0, 1.0), flip=False)
         return normalize(x), y.long()
 

@@ -63,7 +63,7 @@ class ImageLoader(EpochLoader):
         n, order = self.num_samples, self.order()
         for b, i in enumerate(range(0, n, self.batch_size)):
             idx = slice(i, i + self.batch_size) if order is None else order[i: i + self.batch_size]
-            g = torch.Generator().manual_seed((self.seed * 100_003 + self.epoch) * 10_007 + b) if self.shuffle else None
+            g = torch.Generator().manual_seed(self.epoch_key() * 10_007 + b) if self.shuffle else None
             yield self.transform(self.images[idx], g), self.labels[idx]
 
 

@@ -159,10 +159,12 @@ class WeightEMA:
 
     @torch.no_grad()
     def copy_to(self, model: torch.nn.Module, keep_zeros: bool = False) -> None:
-        """The averages into ``model``; ``keep_zeros``: an entry the trained weights hold at exactly
-        zero stays zero (a model that removes weights during training, ISS: a component its
-        thresholding has removed is removed from the average too, which otherwise takes thousands
-        of steps to decay below the threshold; our reading, the reference trains 10k steps)."""
+        """The averages into ``model``; ``keep_zeros``: every entry of any parameter that the trained
+        weights hold at exactly zero stays zero (meant for a model that removes weights during
+        training, ISS: a component its thresholding has removed is removed from the average too,
+        which otherwise takes thousands of steps to decay below the threshold; our reading, the
+        reference trains 10k steps). It does not ask which parameters the thresholding touches:
+        an exact zero elsewhere (an embedding entry, say) is kept too, a change of one weight."""
         for n, p in model.named_parameters():
             if n in self.shadow:
                 zero = p == 0 if keep_zeros else None

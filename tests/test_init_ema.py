@@ -119,6 +119,10 @@ def test_select_last_tests_the_last_epoch(env, capsys):
     brec = Runner(_cfg(**over), quiet=True).fit()  # the default: the best validation epoch
     best, vals = brec["metrics"], [h["val_acc"] for h in brec["history"]]
     assert best["selection"] == "best validation epoch" and best["val"]["acc"] == max(vals)
+    # same training; with seed 4 the best validation epoch is not the last (ties keep the first),
+    # so the two selections test different weights and select=last cannot pass by coincidence
+    assert [h["val_acc"] for h in rec["history"]] == vals and best["best_epoch"] != 3
+    assert m["test"] != best["test"]
     assert main(["run", "--model", "lstm", "--task", "pmnist", "--set", "select=middle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "'select'" in err[0] and "best, last" in err[0]
