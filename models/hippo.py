@@ -276,6 +276,27 @@ def scan_rounds(N: int) -> int:
     return math.ceil(math.log2(N)) if N > 1 else 0
 
 
+def _window_products(m: torch.Tensor, shift, rounds: int) -> list:
+    """The scan's multipliers: round r's is the product of m over windows of 2^r (``shift`` says in
+    which direction a window extends and what lies beyond the vector)."""
+    out, step = [], 1
+    for _ in range(rounds):
+        out.append(m)
+        m = m * shift(m, step)
+        step *= 2
+    return out
+
+
+def _scan(x: torch.Tensor, mults: torch.Tensor, shift) -> torch.Tensor:
+    """The Hillis-Steele rounds of a first-order linear recurrence: x <- x + mults[r] * shift(x, 2^r)
+    (``_shift``: forwards, S_n = coef_n S_{n-1} + x_n; ``_shift_left``: its transpose, backwards)."""
+    step = 1
+    for r in range(mults.shape[-2]):
+        x = torch.addcmul(x, mults[r], shift(x, step))
+        step *= 2
+    return x
+
+
 def legs_fast_coefficients(N: int, ts, discretization: str = "bilinear", dtype=torch.float64, device=None) -> dict:
     """The batch-independent vectors of ``legs_step_fast`` for the steps t in ``ts`` (t >= 1),
     computed in float64 and cast: each entry has a leading dim K = len(ts).
@@ -297,18 +318,10 @@ def legs_fast_coefficients(N: int, ts, discretization: str = "bilinear", dtype=t
     k = (1 - a) * d
     D = 1 + a * d * (n + 1)
     coef = (1 - a * d * n) / D
-    ms, m, step = [], coef, 1
-    for _ in range(scan_rounds(N)):
-        ms.append(m)
-        m = m * _shift(m, step, 1.0)
-        step *= 2
+    ms = _window_products(coef, lambda x, k: _shift(x, k, 1.0), scan_rounds(N))
     # The adjoint's scan runs backwards, G_j = g_j + coef_{j+1} G_{j+1}: mT[r][j] = the product of
     # the 2^r coefficients after j (0 where the window leaves the vector: G is 0 there).
-    mts, m, step = [], _shift_left(coef, 1), 1
-    for _ in range(scan_rounds(N)):
-        mts.append(m)
-        m = m * _shift_left(m, step)
-        step *= 2
+    mts = _window_products(_shift_left(coef, 1), _shift_left, scan_rounds(N))
     empty = torch.zeros(len(ts), 0, N, dtype=torch.float64, device=device)
     out = {
         "d": d[:, 0], "k": k[:, 0], "s": s.expand(len(ts), N), "p1": 1 - k * (n + 1), "q": s / D, "invD": 1 / D,
@@ -348,10 +361,7 @@ def legs_step_fast(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str
         y = torch.addcmul(c, P["s"], u, value=d)
     if a == 0.0:
         return y
-    S, step = y * P["q"], 1  # the scan of S_n = coef_n S_{n-1} + q_n y_n
-    for r in range(P["m"].shape[-2]):
-        S = torch.addcmul(S, P["m"][r], _shift(S, step))
-        step *= 2
+    S = _scan(y * P["q"], P["m"], _shift)  # S_n = coef_n S_{n-1} + q_n y_n
     return torch.addcmul(y * P["invD"], P["r"], _shift(S, 1), value=-1.0)
 
 
@@ -385,10 +395,7 @@ def legs_step_fast_adjoint(dx: torch.Tensor, t: int, a: float, P: dict):
     if a == 0.0:
         dy = dx
     else:
-        G, step = _shift_left(P["r"] * dx, 1).neg_(), 1
-        for r in range(P["mT"].shape[-2]):
-            G = torch.addcmul(G, P["mT"][r], _shift_left(G, step))
-            step *= 2
+        G = _scan(_shift_left(P["r"] * dx, 1).neg_(), P["mT"], _shift_left)
         dy = torch.addcmul(dx * P["invD"], P["q"], G)
     sdy = dy * P["s"]
     du = sdy.sum(-1) * d
