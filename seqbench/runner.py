@@ -243,6 +243,9 @@ class Runner:
         self.train_time = 0.0
         self.train_samples = 0
         self.started = time.time()
+        # wall time spent on this run by earlier processes (a resumed run; the gaps between them are
+        # not counted: a paper run trained in pieces over several GPU sessions) and how many there were
+        self.wall_before, self.pieces, self.piece_start = 0.0, 1, time.time()
         self._lock_token = None
         self._check_amp()
         if data:
@@ -487,6 +490,8 @@ class Runner:
             "train_time": self.train_time,
             "train_samples": self.train_samples,
             "started": self.started,
+            "wall_s": self.wall_before + time.time() - self.piece_start,
+            "pieces": self.pieces,
         })
 
     # --------------------------------------------------------------- lock
@@ -554,6 +559,10 @@ class Runner:
         _set_rng_state(ck["rng"])
         self.epoch, self.history, self.best = ck["epoch"], ck["history"], ck["best"]
         self.train_time, self.train_samples, self.started = ck["train_time"], ck["train_samples"], ck["started"]
+        if "wall_s" in ck:  # checkpoints before this field: wall time counts from the first start, as then
+            self.wall_before, self.pieces = ck["wall_s"], ck["pieces"] + 1
+        else:
+            self.piece_start = self.started
         return self
 
     # ---------------------------------------------------------------- fit
@@ -735,7 +744,8 @@ class Runner:
             "timing": {
                 "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(self.started)),
                 "finished": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(finished)),
-                "wall_s": finished - self.started,
+                "wall_s": self.wall_before + finished - self.piece_start,  # running time, all pieces
+                "pieces": self.pieces,  # processes that trained it (1 + resumes)
                 "train_s": self.train_time,
                 "eval_s": sum(r.get("eval_s", 0.0) for r in self.history),
                 "measure_s": time.perf_counter() - mstart,

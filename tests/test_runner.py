@@ -1,4 +1,5 @@
 import json
+import time
 
 import pytest
 import torch
@@ -19,13 +20,18 @@ def test_resume_after_interrupt_matches_uninterrupted(env):
                 **{"model.layers": 2, "model.dropout": 0.3, "seed": 7})
     full = Runner(_cfg(**over), quiet=True).fit()
 
+    begin = time.time()
     first = Runner(_cfg(**over), quiet=True)
     assert first.fit(stop_after_epochs=1) is None  # "killed" after epoch 1, checkpoint left
     assert not (env["results"] / "runs" / f"{first.run_id}.json").exists()
+    gap = 1.0
+    time.sleep(gap)  # between the pieces: not the run's wall time
     resumed = Runner.resume(first.run_id, quiet=True)
     assert resumed.epoch == 1
     rec = resumed.fit()
     assert rec["status"] == "completed" and rec["run_id"] == first.run_id
+    assert (rec["timing"]["pieces"], full["timing"]["pieces"]) == (2, 1)
+    assert rec["timing"]["train_s"] < rec["timing"]["wall_s"] < time.time() - begin - gap
     assert rec["metrics"]["test"] == full["metrics"]["test"]
     assert rec["metrics"]["val"] == full["metrics"]["val"]
     strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in h]  # noqa: E731
