@@ -19,11 +19,14 @@
 # (two), last.pt, best.pt, run_id, gpu_check.log, and the run's record when it finished. (--quick
 # benches a 20-step adding task instead of pMNIST: its bench file is bench-adding-*.json.)
 #
-# On the lent machine (torch 2.11, no network): the MNIST files travel with the tree in the ignored
-# folder .gpu/data (copy ../shared/data/mnist there once: `mkdir -p .gpu/data && cp -r
-# ../shared/data/mnist .gpu/data/`), and the command the device tool runs is
-#   pip install -q --no-deps -e . && SEQBENCH_DATA=.gpu/data scripts/gpu_check.sh "$OUT"
-# with carry [".gpu"] and timeout_s 560.
+# On the lent machine (Python 3.12 as python3, torch 2.11, no network): the MNIST files travel with
+# the tree in the ignored folder .gpu/data (copy ../shared/data/mnist there once: `mkdir -p .gpu/data
+# && cp -r ../shared/data/mnist .gpu/data/`), and the command the device tool runs is
+#   python3 -m pip install -q --no-deps --no-build-isolation -e . && SEQBENCH_DATA=.gpu/data PYTHON=python3 scripts/gpu_check.sh "$OUT"
+# with carry [".gpu"] and timeout_s 560. --no-build-isolation: without a network pip cannot fetch
+# setuptools into an isolated build environment (it fails before installing anything); the
+# machine's own setuptools builds the editable install. Rehearsed on this CPU in a venv like that
+# machine's (Python 3.12, torch 2.11.0, torchvision 0.26.0, no datasets or ray, pip --no-index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 OUT=${1:?usage: scripts/gpu_check.sh OUT [--quick]}
@@ -34,6 +37,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 say() { echo "== $*" | tee -a "$LOG"; }
 PY=${PYTHON:-python}
+SB=("$PY" -m seqbench)  # the interpreter named, not whichever `seqbench` is first on PATH
 start=$(date +%s)
 
 if [ "$QUICK" = "--quick" ]; then
@@ -49,16 +53,16 @@ fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
 
 say "1a. pMNIST shapes: B=$B, T=784, hidden = memory order = $H (train and infer)"
-seqbench bench "${SEQ_TASK[@]}" --models lstm,hippo+step=dense,hippo+step=fast,enrnn,iss-lstm --preset "$PRESET" \
+"${SB[@]}" bench "${SEQ_TASK[@]}" --models lstm,hippo+step=dense,hippo+step=fast,enrnn,iss-lstm --preset "$PRESET" \
   --set model.hidden=$H --batch-size $B --device $DEV --rounds $ROUNDS --min-run-time $MRT --out "$OUT" 2>&1 | tee -a "$LOG"
 
 say "1b. PTB large LM: 2 layers of $EMB (batch 20, bptt $BPTT), lstm and iss-lstm"
-seqbench bench --task ptb --models "lstm+layers=2+hidden=$EMB,iss-lstm+sizes=$SIZES" --preset "$PRESET" \
+"${SB[@]}" bench --task ptb --models "lstm+layers=2+hidden=$EMB,iss-lstm+sizes=$SIZES" --preset "$PRESET" \
   --set task.emb=$EMB --set task.bptt=$BPTT --batch-size 20 --device $DEV --rounds $ROUNDS --min-run-time $MRT \
   --out "$OUT" 2>&1 | tee -a "$LOG"
 
 say "2. ISS on the GPU: batch-1 forward per token, $SIZES vs $PRUNED"
-seqbench bench --task ptb --models "iss-lstm+sizes=$SIZES,iss-lstm+sizes=$PRUNED" --preset "$PRESET" --mode infer \
+"${SB[@]}" bench --task ptb --models "iss-lstm+sizes=$SIZES,iss-lstm+sizes=$PRUNED" --preset "$PRESET" --mode infer \
   --set task.emb=$EMB --set task.bptt=$BPTT --batch-size 1 --device $DEV --rounds $ROUNDS --min-run-time $MRT \
   --out "$OUT" 2>&1 | tee -a "$LOG"
 
@@ -71,9 +75,9 @@ if [ -f "$CK/run_id" ] && [ -f "$CK/last.pt" ]; then
   mkdir -p "$RES/checkpoints/$ID"
   cp "$CK/last.pt" "$RES/checkpoints/$ID/"
   [ -f "$CK/best.pt" ] && cp "$CK/best.pt" "$RES/checkpoints/$ID/"
-  seqbench run --resume "$ID" --results "$RES" --stop-after-minutes "$MINUTES" --quiet 2>&1 | tee -a "$LOG"
+  "${SB[@]}" run --resume "$ID" --results "$RES" --stop-after-minutes "$MINUTES" --quiet 2>&1 | tee -a "$LOG"
 else
-  seqbench run --model hippo --task pmnist --preset $RUN_PRESET --device $DEV --results "$RES" \
+  "${SB[@]}" run --model hippo --task pmnist --preset $RUN_PRESET --device $DEV --results "$RES" \
     --stop-after-minutes "$MINUTES" --quiet "${RUN_EXTRA[@]}" 2>&1 | tee -a "$LOG"
   ID=$(ls "$RES/checkpoints")
 fi
