@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from pathlib import Path
 
 import pandas as pd
@@ -303,8 +304,10 @@ def _savefig(fig, path: Path) -> Path:
 
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
-        fig.tight_layout()
-        fig.savefig(tmp, dpi=120)
+        with warnings.catch_warnings():  # a key too wide for tight_layout: bbox_inches="tight" keeps it whole
+            warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+            fig.tight_layout()
+        fig.savefig(tmp, dpi=120, bbox_inches="tight")
         os.replace(tmp, path)
     finally:
         plt.close(fig)
@@ -329,6 +332,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.lines  # noqa: F401
     import matplotlib.ticker  # noqa: F401
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -339,35 +343,66 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         higher = next(r for r in recs if r["task"] == task)["task_info"]["metrics"][sel] == "higher"
         agg = g.groupby(["model", "preset", "strategy", "variant"], dropna=False).agg(
             lat=("lat_b1_ms", "mean"), val=(f"test_{sel}", "mean")).reset_index().dropna(subset=["lat", "val"])
-        fig, ax = plt.subplots(figsize=(6, 4))
+        several = agg.strategy.nunique() > 1
+        names = [f"{r.model}/{r.preset}" + (f" [{r.strategy}]" if several else "") + (f" ({r.variant})" if r.variant else "")
+                 for r in agg.itertuples()]  # each point named as its row of the tables: strategy, variant
+        # many or long names: numbered points and a key beside the axes, not crowded labels
+        many = len(names) > 6 or max(map(len, names), default=0) > 28
+        fig, ax = plt.subplots(figsize=(6.5, max(4.0, 0.17 * len(names) + 1)) if many else (6, 4))
         pts = list(zip(agg.lat, agg.val))
         ax.scatter(agg.lat, agg.val)
-        for (_, r) in agg.iterrows():
-            ax.annotate(f"{r.model}/{r.preset}", (r.lat, r.val), fontsize=8, xytext=(3, 3), textcoords="offset points")
+        for i, (name, pt) in enumerate(zip(names, pts), 1):
+            ax.annotate(str(i) if many else name, pt, fontsize=7, xytext=(3, 3), textcoords="offset points")
         front = pareto(pts, higher)
         if front:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", label="Pareto front")
+        if many:
+            key = [matplotlib.lines.Line2D([], [], ls="none", label=f"{i}. {n}") for i, n in enumerate(names, 1)]
+            ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                      handlelength=0 if not front else None)
+        elif front:
             ax.legend()
         ax.set_xscale("log")
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=15))  # 1 2 5 10 20 ...: a tick in every span
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)  # inside a decade: label the minor ticks too
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}") if narrow
+                                     else matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch-1 latency, ms (median)")
         ax.set_ylabel(f"test {sel}")
         ax.set_title(f"{task}: test {sel} vs latency")
         out.append(_savefig(fig, folder / f"acc_vs_latency_{task}.png"))
 
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for r in recs:
-            if r["task"] == task and r["status"] == "completed" and r["history"]:
+        runs = [r for r in recs if r["task"] == task and r["status"] == "completed" and r["history"]]
+        # one colour and one legend entry per setting (model/preset, strategy where the task's runs
+        # differ in it, variant); its seeds share the colour
+        several = len({strategy_label(r) for r in runs}) > 1
+        curves: dict[str, list[dict]] = {}
+        for r in runs:
+            curves.setdefault(_group_label(r) + (f" [{strategy_label(r)}]" if several else ""), []).append(r)
+        lines = len(curves) + g["baseline"].nunique()
+        # many settings or long names: the legend beside the axes (savefig keeps it whole), in columns
+        # of at most 30, the figure as tall
+        beside = lines > 10 or max(map(len, curves), default=0) > 40
+        fig, ax = plt.subplots(figsize=(6, max(4.0, 0.15 * min(lines, 30) + 1)))
+        colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
+        for i, (label, rs) in enumerate(sorted(curves.items())):
+            for j, r in enumerate(sorted(rs, key=lambda r: (r["seed"], r["run_id"]))):
                 ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]],
-                        marker="o", ms=3, label=f"{r['model']}/{r['preset']}/s{r['seed']}")
+                        marker="o", ms=3, lw=1, color=colours(i % colours.N),
+                        label=None if j else f"{label}, seed{'s' if len(rs) > 1 else ''} "
+                                             f"{','.join(str(x['seed']) for x in sorted(rs, key=lambda x: x['seed']))}")
         for b in sorted(g["baseline"].dropna().unique()):
             ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel(f"validation {sel} (test where a run has no validation split)")
+        no_val = any(f"val_{sel}" not in h for r in runs for h in r["history"])
+        ax.set_ylabel(f"validation {sel}" + ("\n(test where a run has no validation split)" if no_val else ""))
         ax.set_title(f"{task}: training curves")
-        ax.legend(fontsize=7)
+        if beside:
+            ax.legend(fontsize=7, ncol=-(-lines // 30), loc="upper left", bbox_to_anchor=(1.02, 1.0))
+        else:
+            ax.legend(fontsize=7)
         out.append(_savefig(fig, folder / f"curves_{task}.png"))
     return out
 

@@ -57,6 +57,44 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
     assert sorted(r["run_id"] for r in recs) == sorted(f"run{i}" for i in range(8))
 
 
+def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
+    """A sweep's task (9 strategies x 2 seeds): the curves have one legend entry per strategy, its
+    seeds sharing a colour; the accuracy-latency points are numbered with a key naming each
+    strategy; no matplotlib warning (a legend too big for tight_layout had warned)."""
+    import warnings
+
+    from seqbench import config
+
+    preset = config.resolve(registry.get_model("lstm"), registry.get_task("pmnist"), "tiny").flat()
+    strategies = [f"strategy-{k}" for k in range(9)]
+    for k, st in enumerate(strategies):
+        for seed in (0, 1):
+            rec = fake_record(f"r{k}-{seed}", seed=seed, acc=0.5 + k / 20 + seed / 100, lat=1.0 + k)
+            rec["config"] = {**preset, "seed": seed, "strategy": st}  # no variant: the preset's values
+            rec["strategy"] = st
+            records.write(rec, tmp_path)
+    seen = {}
+
+    def keep(fig, path):
+        ax = fig.axes[0]
+        seen[path.name] = ([t.get_text() for t in ax.get_legend().get_texts()],
+                           [t.get_text() for t in ax.texts], {tuple(l.get_color()) if not isinstance(l.get_color(), str)
+                                                              else l.get_color() for l in ax.lines})
+        return real(fig, path)
+
+    real = report._savefig
+    monkeypatch.setattr(report, "_savefig", keep)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        report.build(tmp_path)
+    legend, _, colours = seen["curves_pmnist.png"]
+    assert legend == [f"lstm/tiny [{st}], seeds 0,1" for st in strategies]
+    assert len(colours) == 9  # 18 runs, a colour per strategy
+    key, numbers, _ = seen["acc_vs_latency_pmnist.png"]
+    assert sorted(numbers, key=int) == [str(i) for i in range(1, 10)]
+    assert [k for k in key if k[0].isdigit()] == [f"{i}. lstm/tiny [{st}]" for i, st in enumerate(strategies, 1)]
+
+
 def test_nan_is_written_as_null(tmp_path):
     rec = fake_record("r3")
     rec["history"][0]["val_acc"] = float("nan")
