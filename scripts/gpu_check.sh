@@ -3,6 +3,7 @@
 #
 #   scripts/gpu_check.sh OUT            # on a GPU machine (device tool: see below)
 #   scripts/gpu_check.sh OUT --quick    # anywhere, tiny sizes on the CPU (CI's smoke runs this)
+#   scripts/gpu_check.sh --prepare      # here, before the device call: MNIST into .gpu/data, sizes, the call
 #
 # 1. `seqbench bench` at the papers' shapes, train and infer: pMNIST B=100, T=784, H=N=512 for lstm
 #    (cuDNN), hippo (dense and fast steps), enrnn, iss-lstm; the PTB large LM (2 x 1500, batch 20,
@@ -24,16 +25,31 @@
 # benches a 20-step adding task instead of pMNIST: its bench file is bench-adding-*.json.)
 #
 # On the lent machine (Python 3.12 as python3, torch 2.11, no network): the MNIST files travel with
-# the tree in the ignored folder .gpu/data (copy ../shared/data/mnist there once: `mkdir -p .gpu/data
-# && cp -r ../shared/data/mnist .gpu/data/`), and the command the device tool runs is
-#   python3 -m pip install -q --no-deps --no-build-isolation -e . && SEQBENCH_DATA=.gpu/data PYTHON=python3 scripts/gpu_check.sh "$OUT"
+# the tree in the ignored folder .gpu/data (`scripts/gpu_check.sh --prepare` copies them there, checks
+# the size of what travels and prints the call), and the command the device tool runs is
+#   python3 -m pip install -q --no-deps --no-build-isolation -e . && SEQBENCH_DATA=.gpu/data PYTHON=python3 PYTHONUNBUFFERED=1 scripts/gpu_check.sh "$OUT"
 # with carry [".gpu"] and timeout_s 560. --no-build-isolation: without a network pip cannot fetch
 # setuptools into an isolated build environment (it fails before installing anything); the
 # machine's own setuptools builds the editable install. Rehearsed on this CPU in a venv like that
 # machine's (Python 3.12, torch 2.11.0, torchvision 0.26.0, no datasets or ray, pip --no-index).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-OUT=${1:?usage: scripts/gpu_check.sh OUT [--quick]}
+if [ "${1:-}" = "--prepare" ]; then
+  # What travels to the lent machine: the tree git would send (tracked, and untracked but not
+  # ignored) plus the carried .gpu folder, 64 MiB at most.
+  SRC=${SEQBENCH_DATA:-../shared/data}/mnist
+  [ -d "$SRC" ] || { echo "gpu_check: no MNIST folder at $SRC (set SEQBENCH_DATA)" >&2; exit 2; }
+  mkdir -p .gpu/data && rm -rf .gpu/data/mnist && cp -r "$SRC" .gpu/data/ && chmod -R u+w .gpu
+  tree=$( (git ls-files -z; git ls-files -z --others --exclude-standard) | xargs -0 -r du -cb 2>/dev/null | tail -1 | cut -f1)
+  gpu=$(du -sb .gpu | cut -f1)
+  echo "travels: tree $((tree / 1048576)) MiB + .gpu $((gpu / 1048576)) MiB (limit 64 MiB)"
+  [ $((tree + gpu)) -lt $((64 * 1048576)) ] || { echo "gpu_check: over 64 MiB" >&2; exit 2; }
+  echo 'device run: command = python3 -m pip install -q --no-deps --no-build-isolation -e . && SEQBENCH_DATA=.gpu/data PYTHON=python3 PYTHONUNBUFFERED=1 scripts/gpu_check.sh "$OUT"'
+  echo '            carry = [".gpu"], timeout_s = 560; then commit $OUT: bench-*.json to results/benchmarks/,'
+  echo '            last.pt best.pt run_id to results/gpu/hippo-pmnist-paper/, a finished record to results/runs/'
+  exit 0
+fi
+OUT=${1:?usage: scripts/gpu_check.sh OUT [--quick] | scripts/gpu_check.sh --prepare}
 QUICK=${2:-}
 mkdir -p "$OUT"
 LOG="$OUT/gpu_check.log"
