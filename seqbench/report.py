@@ -365,7 +365,7 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=15))  # 1 2 5 10 20 ...: a tick in every span
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)  # inside a decade: label the minor ticks too
+        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)  # a span of under 5x holds one 1-2-5 tick or none: label the minor ones
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}") if narrow
                                      else matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch-1 latency, ms (median)")
@@ -387,11 +387,11 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         fig, ax = plt.subplots(figsize=(6, max(4.0, 0.15 * min(lines, 30) + 1)))
         colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
         for i, (label, rs) in enumerate(sorted(curves.items())):
+            seeds = sorted({r["seed"] for r in rs})  # a rerun of a seed is drawn, not named twice
             for j, r in enumerate(sorted(rs, key=lambda r: (r["seed"], r["run_id"]))):
                 ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]],
                         marker="o", ms=3, lw=1, color=colours(i % colours.N),
-                        label=None if j else f"{label}, seed{'s' if len(rs) > 1 else ''} "
-                                             f"{','.join(str(x['seed']) for x in sorted(rs, key=lambda x: x['seed']))}")
+                        label=None if j else f"{label}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
         for b in sorted(g["baseline"].dropna().unique()):
             ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
