@@ -21,7 +21,9 @@ tables), then ``--rounds`` rounds; in each round every contender is timed once w
 torch.utils.benchmark's ``blocked_autorange`` (CUDA synchronised by the Timer), the order reversed
 every other round so drift hits all alike. Per contender: min / median / IQR of the round medians,
 and the ratio to the baseline (``--baseline``, default the first contender) as the median of the
-per-round ratios. Also: peak memory (CUDA: max allocated during two calls; CPU: the process's
+per-round ratios. Also: peak memory (CUDA: the most allocated during two calls above what was
+allocated before them, i.e. the call's own activations and gradients, not the contenders' resident
+weights; CPU: the process's
 resident-set growth from before the contender was built to after one call of each kind — what
 building and first running it took, not a per-call peak), analytic FLOPs (the wrapper's ``flops_per_sample`` times the batch; a training step counted
 as 3 forward passes, the usual convention) and the achieved FLOP/s.
@@ -194,11 +196,12 @@ def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, bas
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
                     torch.cuda.reset_peak_memory_stats(dev)
+                    held = torch.cuda.memory_allocated(dev)  # every contender's weights (and state) stay resident
                 for _ in range(2):
                     fn()
                 if dev.type == "cuda":
                     torch.cuda.synchronize(dev)
-                    mem[n] = {"peak_cuda_mb": torch.cuda.max_memory_allocated(dev) / 2**20}
+                    mem[n] = {"peak_cuda_mb": (torch.cuda.max_memory_allocated(dev) - held) / 2**20}
                 else:
                     mem[n] = {"rss_delta_mb": contenders[n].rss_delta_mb}
             times = measure.interleaved(fns, rounds=rounds, min_run_time=min_run_time)
