@@ -228,9 +228,14 @@ def gain_tables(df: pd.DataFrame) -> dict[str, list[dict]]:
     return out
 
 
+def _setting(model: str, preset: str, variant: str, strategy: str | None = None) -> str:
+    """A group's name as the tables list it: model/preset [strategy] (variant); the strategy only
+    where it is given (a task whose runs differ in it)."""
+    return f"{model}/{preset}" + (f" [{strategy}]" if strategy else "") + (f" ({variant})" if variant else "")
+
+
 def _group_label(rec: dict) -> str:
-    v = variant(rec)
-    return f"{rec['model']}/{rec['preset']}" + (f" ({v})" if v else "")
+    return _setting(rec["model"], rec["preset"], variant(rec))
 
 
 def per_class_tables(recs: list[dict]) -> dict[str, list[dict]]:
@@ -343,9 +348,8 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         higher = next(r for r in recs if r["task"] == task)["task_info"]["metrics"][sel] == "higher"
         agg = g.groupby(["model", "preset", "strategy", "variant"], dropna=False).agg(
             lat=("lat_b1_ms", "mean"), val=(f"test_{sel}", "mean")).reset_index().dropna(subset=["lat", "val"])
-        several = agg.strategy.nunique() > 1
-        names = [f"{r.model}/{r.preset}" + (f" [{r.strategy}]" if several else "") + (f" ({r.variant})" if r.variant else "")
-                 for r in agg.itertuples()]  # each point named as its row of the tables: strategy, variant
+        several = g.strategy.nunique() > 1  # name the strategy in both plots when the task's runs differ in it
+        names = [_setting(r.model, r.preset, r.variant, r.strategy if several else None) for r in agg.itertuples()]
         # many or long names: numbered points and a key beside the axes, not crowded labels
         many = len(names) > 6 or max(map(len, names), default=0) > 28
         fig, ax = plt.subplots(figsize=(6.5, max(4.0, 0.17 * len(names) + 1)) if many else (6, 4))
@@ -373,13 +377,13 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         ax.set_title(f"{task}: test {sel} vs latency")
         out.append(_savefig(fig, folder / f"acc_vs_latency_{task}.png"))
 
-        runs = [r for r in recs if r["task"] == task and r["status"] == "completed" and r["history"]]
-        # one colour and one legend entry per setting (model/preset, strategy where the task's runs
-        # differ in it, variant); its seeds share the colour
-        several = len({strategy_label(r) for r in runs}) > 1
+        # one colour and one legend entry per setting, named as its point above; its seeds share the
+        # colour (names from the table's rows: each record's variant is worked out once, in _row)
+        name = {r.run_id: _setting(r.model, r.preset, r.variant, r.strategy if several else None) for r in g.itertuples()}
+        runs = [r for r in recs if r["run_id"] in name and r["history"]]
         curves: dict[str, list[dict]] = {}
         for r in runs:
-            curves.setdefault(_group_label(r) + (f" [{strategy_label(r)}]" if several else ""), []).append(r)
+            curves.setdefault(name[r["run_id"]], []).append(r)
         lines = len(curves) + g["baseline"].nunique()
         # many settings or long names: the legend beside the axes (savefig keeps it whole), in columns
         # of at most 30, the figure as tall

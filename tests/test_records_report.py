@@ -63,6 +63,8 @@ def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
     strategy; no matplotlib warning (a legend too big for tight_layout had warned)."""
     import warnings
 
+    from matplotlib.colors import to_hex
+
     from seqbench import config
 
     preset = config.resolve(registry.get_model("lstm"), registry.get_task("pmnist"), "tiny").flat()
@@ -77,9 +79,8 @@ def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
 
     def keep(fig, path):
         ax = fig.axes[0]
-        seen[path.name] = ([t.get_text() for t in ax.get_legend().get_texts()],
-                           [t.get_text() for t in ax.texts], {tuple(l.get_color()) if not isinstance(l.get_color(), str)
-                                                              else l.get_color() for l in ax.lines})
+        seen[path.name] = ([t.get_text() for t in ax.get_legend().get_texts()], [t.get_text() for t in ax.texts],
+                           {to_hex(line.get_color()) for line in ax.lines})
         return real(fig, path)
 
     real = report._savefig
