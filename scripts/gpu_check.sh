@@ -100,27 +100,26 @@ MINUTES=$("$PY" -c "import sys; left, cap = float(sys.argv[1]), sys.argv[2]; pri
 say "3. hippo on pMNIST, preset $RUN_PRESET: one epoch ~${EST} s (part 1's steps), ${LEFT} s left, up to $MINUTES minutes"
 if [ "$EST" -ge "$LEFT" ]; then
   say "3. skipped: one epoch (~${EST} s) would not end in the ${LEFT} s left; no checkpoint written"
-  say "done in $(( $(date +%s) - start )) s; $(ls "$OUT" | wc -l) files in $OUT"
-  exit 0
-fi
-CK=results/gpu/hippo-pmnist-$RUN_PRESET
-[ "$QUICK" = "--quick" ] && CK="$WORK/no-checkpoint"  # the quick check always starts afresh
-RES="$WORK/results"
-if [ -f "$CK/run_id" ] && [ -f "$CK/last.pt" ]; then
-  ID=$(cat "$CK/run_id")
-  mkdir -p "$RES/checkpoints/$ID"
-  cp "$CK/last.pt" "$RES/checkpoints/$ID/"
-  [ -f "$CK/best.pt" ] && cp "$CK/best.pt" "$RES/checkpoints/$ID/"
-  "${SB[@]}" run --resume "$ID" --results "$RES" --stop-after-minutes "$MINUTES" --quiet 2>&1 | tee -a "$LOG"
 else
-  "${SB[@]}" run --model hippo --task pmnist --preset $RUN_PRESET --device $DEV --results "$RES" \
-    --stop-after-minutes "$MINUTES" --quiet "${RUN_EXTRA[@]}" 2>&1 | tee -a "$LOG"
-  ID=$(ls "$RES/checkpoints")
+  CK=results/gpu/hippo-pmnist-$RUN_PRESET
+  [ "$QUICK" = "--quick" ] && CK="$WORK/no-checkpoint"  # the quick check always starts afresh
+  RES="$WORK/results"
+  if [ -f "$CK/run_id" ] && [ -f "$CK/last.pt" ]; then
+    ID=$(cat "$CK/run_id")
+    mkdir -p "$RES/checkpoints/$ID"
+    cp "$CK/last.pt" "$RES/checkpoints/$ID/"
+    [ -f "$CK/best.pt" ] && cp "$CK/best.pt" "$RES/checkpoints/$ID/"
+    "${SB[@]}" run --resume "$ID" --results "$RES" --stop-after-minutes "$MINUTES" --quiet 2>&1 | tee -a "$LOG"
+  else
+    "${SB[@]}" run --model hippo --task pmnist --preset $RUN_PRESET --device $DEV --results "$RES" \
+      --stop-after-minutes "$MINUTES" --quiet "${RUN_EXTRA[@]}" 2>&1 | tee -a "$LOG"
+    ID=$(ls "$RES/checkpoints")
+  fi
+  echo "$ID" > "$OUT/run_id"
+  for f in last.pt best.pt; do
+    [ -f "$RES/checkpoints/$ID/$f" ] && cp "$RES/checkpoints/$ID/$f" "$OUT/"
+  done
+  [ -f "$RES/runs/$ID.json" ] && cp "$RES/runs/$ID.json" "$OUT/"
 fi
-echo "$ID" > "$OUT/run_id"
-for f in last.pt best.pt; do
-  [ -f "$RES/checkpoints/$ID/$f" ] && cp "$RES/checkpoints/$ID/$f" "$OUT/"
-done
-[ -f "$RES/runs/$ID.json" ] && cp "$RES/runs/$ID.json" "$OUT/"
 say "done in $(( $(date +%s) - start )) s; $(ls "$OUT" | wc -l) files in $OUT"
 ls -la "$OUT" | tee -a "$LOG"
