@@ -61,6 +61,11 @@ def _conv(cin, cout, k, stride=1, dilation=1, bn=True) -> nn.Conv2d:
     return nn.Conv2d(cin, cout, k, stride=stride, padding=pad, dilation=dilation, bias=not bn)
 
 
+def _add(out, other):
+    """``out + other``, written into ``out`` unless that would narrow the dtype (mixed precision)."""
+    return out.add_(other) if torch.result_type(out, other) == out.dtype else out + other
+
+
 # ------------------------------------------------------------------------------ attention
 class SE(nn.Module):
     """Squeeze-and-excitation (Hu et al.): one per block."""
@@ -169,24 +174,31 @@ class Block(nn.Module):
         self.out_channels = cout
 
     def branch(self, x):
+        """The residual branch. Its ReLUs run in place on the BN or conv output before them (neither
+        backward reads its output), never on ``x`` itself (the shortcut reads it; a BN-less
+        pre-activation block's first ReLU would otherwise get it from the identity norm)."""
         out = x
         for i in range(1, self.n_convs + 1):
             conv, norm = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
             if self.preact:
-                out = conv(F.relu(norm(out)))
+                y = norm(out)
+                out = conv(F.relu(y, inplace=y is not x))
             else:
                 out = norm(conv(out))
                 if i < self.n_convs:
-                    out = F.relu(out)
+                    out = F.relu(out, inplace=True)
         return self.bn_extra(out) if self.bn_extra is not None else out
 
     def forward(self, x, state=None):
+        """The shortcut is added, and the post-activation ReLU applied, in place on the branch's
+        output (a BN, conv or attention product: no backward reads it; the attention read the branch
+        before)."""
         out = self.branch(x)
         if self.attn is not None:
             out, state = self.attn(out, state)
         if self.skip:
-            out = out + (self.downsample(x) if self.downsample is not None else x)
-        return (out if self.preact else F.relu(out)), state
+            out = _add(out, self.downsample(x) if self.downsample is not None else x)
+        return (out if self.preact else F.relu(out, inplace=True)), state
 
 
 class Stage(nn.Module):
@@ -297,13 +309,14 @@ class ResNetTrunk(nn.Module):
     def forward(self, x):
         x = self.conv1(x)
         if self.bn1 is not None:
-            x = F.relu(self.bn1(x))
+            x = F.relu(self.bn1(x), inplace=True)  # on the stem's own BN or conv output
         if self.maxpool is not None:
             x = self.maxpool(x)
         for stage in self.stages():
             x = stage(x)
         if self.final_bn is not None:
-            x = F.relu(self.final_bn(x))
+            y = self.final_bn(x)
+            x = F.relu(y, inplace=y is not x)  # not in place on the stage's output (bn=False)
         return x
 
 
