@@ -183,6 +183,7 @@ class Highway(nn.Module):
 class BiDAF(nn.Module):
     kinds = frozenset({QA})
     Params = BiDAFParams
+    describe_structure = staticmethod(iss.describe)
     # The reference thresholds at 4e-4 in its dense training too (its flags always register the
     # LSTM and attention variables); ISS fine-tuning (its README command, from the dense checkpoint:
     # --init-from) adds structure_wd 0.001 = lam (no conversion: see the docstring) and keep 0.9.

@@ -76,7 +76,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench.config import POSITIVE, POSITIVE_REAL, _choice, setting
+from seqbench.config import POSITIVE, POSITIVE_REAL, choice, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import RecurrentBackbone, no_autocast
 from seqbench.registry import register_model
@@ -447,8 +447,8 @@ class HiPPOParams:
     hidden: int = setting(256, POSITIVE)
     memory_order: Optional[int] = setting(None, POSITIVE, "N; None = hidden (the reference's memory_order=-1)")
     memory_size: int = setting(1, POSITIVE, "M, memory channels")
-    discretization: str = _choice("bilinear", DISCRETIZATIONS)
-    step: str = _choice("auto", ("auto", "dense", "fast"),
+    discretization: str = choice("bilinear", DISCRETIZATIONS)
+    step: str = choice("auto", ("auto", "dense", "fast"),
                         "dense: cached N x N matrices; fast: the O(N) LegS step; auto: dense while a "
                         "forward's tables fit the cache, else fast")
 
@@ -605,7 +605,7 @@ class HiPPOLegS(RecurrentBackbone):
 @dataclass
 class HiPPOLegTParams(HiPPOParams):
     theta: float = setting(784.0, POSITIVE_REAL, "window length in steps (LMU theta); 784 = one MNIST sequence")
-    step: str = _choice("dense", ("dense",), "LegT is time invariant: one dense N x N pair")
+    step: str = choice("dense", ("dense",), "LegT is time invariant: one dense N x N pair")
     normalized: bool = False  # True: the reference's normalised 'legt' form instead of the LMU's
 
 

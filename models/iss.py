@@ -154,6 +154,7 @@ class ISSLSTM(RecurrentBackbone):
     presets = ISS_PRESETS
     state_batch_dim = 1  # every (h, c) is [1, B, H_l]
     pruned_from: list[int] | None = None  # set on a model made by pruned(): the trained widths
+    describe_structure = staticmethod(iss.describe)
 
     def __init__(self, d_input: int, p: ISSParams):
         super().__init__()

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch.nn as nn
 
-from seqbench.config import POSITIVE, Domain, _choice, setting
+from seqbench.config import POSITIVE, Domain, choice, setting
 from seqbench.registry import IMAGE, register_model
 from seqbench.resnet import ResNetTrunk, cifar_layers
 
@@ -41,7 +41,7 @@ DIA_CELL = Domain(lambda: "dia-lstm or a registered recurrent model: " + ", ".jo
 @dataclass
 class ResNetParams:
     depth: int = setting(20, POSITIVE, "layers: 6n+2 with basic blocks (20, 56, 110), 9n+2 with bottlenecks (164)")
-    block: str = _choice("basic", ("basic", "bottleneck"))
+    block: str = choice("basic", ("basic", "bottleneck"))
     width: int = setting(16, POSITIVE, "planes of the first stage; the others x2, x4")
     preact: bool = False  # pre-activation blocks (PreResNet)
     skip: bool = True  # False: no shortcuts (DIANet's ablation)

@@ -68,6 +68,7 @@ class RHNParams:
 @register_model("rhn")
 class RHN(RecurrentBackbone):
     Params = RHNParams
+    describe_structure = staticmethod(iss.describe)
     # The paper's PTB RHN (depth 10, width 830, tied embeddings; Zilly et al. Table 3, 65.4 test ppl).
     # PTB step sizes follow the ISS code's RHN (wenwei202/iss-rnns rhns/rhn_train.py, ptb_sota):
     # SGD lr 0.2, global-norm clip 10 on a loss summed over 35 steps = lr 7, clip 10/35 on our

@@ -6,14 +6,13 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from seqbench.config import POSITIVE, PROBABILITY, _choice, ints, setting
+from seqbench.config import POSITIVE, PROBABILITY, choice, ints, setting
 from seqbench.model import RecurrentBackbone
 from seqbench.registry import SERIES, register_model
 
 # Hidden sizes per preset, shared by the baselines. `paper`: the HiPPO paper's baselines use 512.
-# On the climate series the width is the MPTT paper's backbone (its scripts: one layer, hidden_size 32).
-SERIES_TASKS = ("climate-hydro", "climate-melbourne", "climate-seattle", "climate-co2", "climate-elnino")
-SERIES_PRESETS = {f"{t}:{p}": {"model.hidden": 32} for t in SERIES_TASKS for p in ("fast", "paper")}
+# On every series task the width is the MPTT paper's backbone (its scripts: one layer, hidden_size 32).
+SERIES_PRESETS = {f"{SERIES}:{p}": {"model.hidden": 32} for p in ("fast", "paper")}
 BASELINE_PRESETS = {"tiny": {"model.hidden": 16}, "fast": {"model.hidden": 64}, "paper": {"model.hidden": 512},
                     "ptb-char:fast": {"model.hidden": 256}, **SERIES_PRESETS}
 # On smnist the LSTM's fast preset adds chrono initialisation: with torch's default init it sat
@@ -72,7 +71,7 @@ class LSTMParams(RNNParams):
     # "chrono": Tallec & Ollivier, "Can recurrent neural networks warp time?" (ICLR 2018), eq. 16:
     # forget-gate bias log(U(1, T_max - 1)), input-gate bias its negative, so memory time scales
     # spread up to T_max steps from the start; the other weights keep torch's init.
-    init: str = _choice("torch", ("torch", "chrono"))
+    init: str = choice("torch", ("torch", "chrono"))
     chrono_tmax: int = setting(784, ints(2))
 
 

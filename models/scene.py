@@ -66,7 +66,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
 
-from seqbench.config import POSITIVE, Domain, _choice, setting
+from seqbench.config import POSITIVE, Domain, choice, setting
 from seqbench.errors import SeqbenchError
 from seqbench.registry import DENSE, register_model
 from seqbench.resnet import IMAGENET_RESNETS, imagenet_trunk, load_torchvision_weights
@@ -84,7 +84,7 @@ CHECKPOINT_FILE = Domain("empty, or a torchvision ResNet checkpoint file that ex
 
 @dataclass
 class DenseModelParams:
-    backbone: str = _choice("resnet18", tuple(k for k in IMAGENET_RESNETS), "the trunk: torchvision's ResNet")
+    backbone: str = choice("resnet18", tuple(k for k in IMAGENET_RESNETS), "the trunk: torchvision's ResNet")
     output_stride: int = setting(8, OUTPUT_STRIDE, "the trunk's output stride (8: layer3 and layer4 dilated)")
     width: int = setting(64, POSITIVE, "planes of the trunk's first stage (64: the ImageNet ResNets); then x2, x4, x8")
     pretrained: str = setting("", CHECKPOINT_FILE, "a torchvision ImageNet checkpoint for the trunk; empty: random init")

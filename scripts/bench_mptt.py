@@ -41,7 +41,7 @@ def main(argv=None) -> int:
     except SeqbenchError as e:
         print(f"bench_mptt: error: {e}", file=sys.stderr)
         return 2
-    dev = runners["mptt"].device
+    dev = runners["mptt"].setup.device
 
     done = {s: 0 for s in runners}
 
@@ -59,7 +59,7 @@ def main(argv=None) -> int:
     cfg = runners["mptt"].cfg
     result = {
         "benchmark": "mptt_epoch_cost", "model": a.model, "task": a.task, "preset": a.preset,
-        "baseline": a.baseline, "rounds": a.rounds, "batches": len(runners["mptt"].loaders["train"]),
+        "baseline": a.baseline, "rounds": a.rounds, "batches": len(runners["mptt"].setup.loaders["train"]),
         "batch_size": cfg.train.batch_size, "times_s": times, "baseline_median_s": mb, "mptt_median_s": mm,
         "ratio": mm / mb, "env": records.environment(dev), "config": cfg.flat(),
     }

@@ -55,8 +55,8 @@ def main(argv=None) -> int:
     except SeqbenchError as e:
         print(f"bench_runner_overhead: error: {e}", file=sys.stderr)
         return 2
-    dev = runner.device
-    n = min(a.batches, len(runner.loaders["train"]))
+    dev = runner.setup.device
+    n = min(a.batches, len(runner.setup.loaders["train"]))
 
     epoch = {"runner": 0, "hand": 0}
 
@@ -66,7 +66,7 @@ def main(argv=None) -> int:
 
     def run_hand():
         epoch["hand"] += 1
-        hand_loop(runner.model, runner.optimizer, runner.task, runner.loaders["train"], n, dev, epoch["hand"])
+        hand_loop(runner.setup.model, runner.setup.optimizer, runner.setup.task, runner.setup.loaders["train"], n, dev, epoch["hand"])
 
     run_runner(), run_hand()  # warm-up both
     times = measure.interleaved({"runner": run_runner, "hand": run_hand}, rounds=a.rounds)  # one epoch per round

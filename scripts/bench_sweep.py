@@ -27,7 +27,8 @@ import time
 from pathlib import Path
 
 from seqbench import config, records, sweep
-from seqbench.runner import Runner, cores_available
+from seqbench.build import cores_available
+from seqbench.runner import Runner
 
 DEFAULT_SET = ["epochs=2", "task.train_subset=2048", "latency_time=0.2"]
 

@@ -30,7 +30,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from seqbench.runner import _lock_owner
+from seqbench.rundir import lock_owner
 
 DEFAULT_RUN = ["--model", "gru", "--task", "pmnist", "--preset", "tiny", "--set", "epochs=3",
                "--set", "task.train_subset=1024", "--set", "latency_time=0.05", "--threads", "1"]
@@ -59,7 +59,7 @@ def run_id_of(out: str) -> str | None:
 def essence(rec: dict) -> dict:
     strip = lambda h: [{k: v for k, v in r.items() if not k.endswith("_s")} for r in h]  # noqa: E731
     m = rec["metrics"]
-    return {"status": rec["status"], "best_epoch": m["best_epoch"], "val": m["val"], "test": m["test"],
+    return {"status": rec["status"], "selection": m["selection"], "val": m["val"], "test": m["test"],
             "history": strip(rec["history"])}
 
 
@@ -123,8 +123,8 @@ def main(argv=None) -> int:
         subprocess.run([sys.executable, "-c", "import sys; from seqbench import records; records.load_all(sys.argv[1])",
                         str(res)], check=True)
         left = [p.name for p in (res / "runs").glob(".tmp-*")]
-        left += [f"live lock {p.relative_to(res)}" for p in res.rglob("lock") if _lock_owner(p) is not None]
-        stale = sum(1 for p in res.rglob("lock") if _lock_owner(p) is None)  # a killed owner's: taken over on resume
+        left += [f"live lock {p.relative_to(res)}" for p in res.rglob("lock") if lock_owner(p) is not None]
+        stale = sum(1 for p in res.rglob("lock") if lock_owner(p) is None)  # a killed owner's: taken over on resume
         ok += same and not left
         print(f"{trial:>5}  {kill:<22} {reached:<22} {then:<34} {'yes' if same else 'NO':<5} "
               f"{', '.join(left) or '-'}{f' ({stale} stale lock of the killed process)' if stale else ''}")

@@ -7,11 +7,11 @@
 
 Each contender is built exactly as ``seqbench run`` builds it (the config resolved from presets and
 overrides, the task's wrapper around the backbone, the run's optimiser, AMP and strategy hooks) by
-``Runner(cfg, data=False)``: no data files are read, inputs come from ``task.example_batch`` (the
+``build(cfg, data=False)``: no data files are read, inputs come from ``task.example_batch`` (the
 task's shapes and dtypes). A contender is a model name, optionally with settings after ``+``
 (``iss-lstm+sizes=373,315``: a key without a dot is a model key).
 
-- ``--mode train``: one call = ``Runner.step`` (forward, loss + regulariser, backward, clipping,
+- ``--mode train``: one call = ``Setup.step`` (forward, loss + regulariser, backward, clipping,
   optimiser step, after-step hook) at ``--batch-size``.
 - ``--mode infer``: one call = a forward in eval mode without autograd, at batch 1 and at
   ``--batch-size``. Default: both.
@@ -43,8 +43,10 @@ from pathlib import Path
 import torch
 
 from . import config, measure, records, registry
+from .build import Setup, build, pick_device, set_threads
 from .errors import SeqbenchError, clip
-from .model import install_pruned
+from .model import fit_problems, prune_in_place
+from .rundir import RunDir
 
 
 def parse_contenders(text: str) -> list[str]:
@@ -87,16 +89,18 @@ def _rss_mb() -> float:
 
 
 class Contender:
-    """A built model with its calls: ``infer(batch)`` and ``train()``."""
+    """A built model with its calls: ``call("infer", batch)`` and ``call("train", batch)``; ``model``:
+    another model than the setup's to time in inference (a pruned copy)."""
 
-    def __init__(self, label: str, runner, batch_size: int):
-        self.label, self.runner, self.batch_size = label, runner, batch_size
-        dev = runner.device
-        self.train_batch = tuple(t.to(dev) for t in runner.task.example_batch(batch_size))
-        self.infer_x = {b: runner.task.example_batch(b)[0].to(dev) for b in sorted({1, batch_size})}
-        self.flops = int(runner.model.flops_per_sample())
-        self.params = sum(p.numel() for p in runner.model.parameters())
-        self.seq_len = runner.spec.seq_len
+    def __init__(self, label: str, setup: Setup, batch_size: int, model=None):
+        self.label, self.setup, self.batch_size = label, setup, batch_size
+        self.model = model if model is not None else setup.model
+        dev = setup.device
+        self.train_batch = tuple(t.to(dev) for t in setup.task.example_batch(batch_size))
+        self.infer_x = {b: setup.task.example_batch(b)[0].to(dev) for b in sorted({1, batch_size})}
+        self.flops = int(self.model.flops_per_sample())
+        self.params = sum(p.numel() for p in self.model.parameters())
+        self.seq_len = setup.spec.seq_len
 
     def warm(self, rss_before: float, modes=("train", "infer")) -> None:
         """One call of each kind right after building: lazy state is made, and the resident-set
@@ -106,76 +110,64 @@ class Contender:
         self.rss_delta_mb = _rss_mb() - rss_before
 
     def call(self, mode: str, batch: int):
-        r = self.runner
+        setup, model = self.setup, self.model
         if mode == "train":
             def fn():
-                r.model.train()
-                r.step(self.train_batch, plain=True)
+                model.train()
+                setup.step(self.train_batch, plain=True)
         else:
             x = self.infer_x[batch]
 
             def fn():
-                with torch.no_grad(), r._autocast():
-                    r.model(x)
+                model.eval()
+                with torch.no_grad(), setup.autocast():
+                    model(x)
         return fn
 
 
-def build_contenders(specs, task, preset, overrides, batch_size, quiet=True) -> dict[str, Contender]:
+def build_contenders(specs, task, preset, overrides, batch_size) -> dict[str, Contender]:
     out = {}
     for spec in specs:
         if spec in out:
             raise SeqbenchError(f"contender {clip(repr(spec))} given twice")
         cfg = contender_config(spec, task, preset, overrides)
         before = _rss_mb()
-        from .runner import Runner
-
-        c = Contender(spec, Runner(cfg, quiet=quiet, data=False), batch_size)
+        c = Contender(spec, build(cfg, data=False), batch_size)
         c.warm(before)
         out[spec] = c
     return out
 
 
 def from_run(run_id: str, results=None, batch_size: int = 1, device: str | None = None) -> dict[str, Contender]:
-    """A trained run's model (best.pt, else last.pt, with the run's config) and, for a backbone with
-    ISS pruning, its physically pruned model (``install_pruned``, as the runner tests it)."""
-    from .runner import Runner
-
+    """A trained run's model (its selected weights, with the run's config) and, for a backbone with
+    ISS pruning, its physically pruned model (``prune_in_place``, as the runner tests it)."""
     res = records.results_dir(results)
-    folder = res / "checkpoints" / run_id
-    path = next((folder / n for n in ("best.pt", "last.pt") if (folder / n).is_file()), None)
-    if path is None:
-        raise SeqbenchError(f"run {clip(repr(run_id))}: no best.pt or last.pt in {folder}")
+    rd = RunDir(res, run_id)
+    state, _ = rd.weights()
     rec = res / "runs" / f"{run_id}.json"
     try:
-        flat = json.loads(rec.read_text())["config"] if rec.is_file() else \
-            torch.load(folder / "last.pt", map_location="cpu", weights_only=False)["config"]
-        state = torch.load(path, map_location="cpu", weights_only=False)["model"]
-    except Exception as e:
-        raise SeqbenchError(f"run {clip(repr(run_id))}: cannot read its config or weights ({type(e).__name__})") from None
+        flat = json.loads(rec.read_text())["config"] if rec.is_file() else rd.load("last.pt")["config"]
+    except (OSError, ValueError, KeyError, TypeError, SeqbenchError) as e:
+        raise SeqbenchError(f"run {clip(repr(run_id))}: cannot read its config ({type(e).__name__})") from None
     cfg = config.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
     cfg.train.device = device or "auto"  # this machine's, not the one the run trained on
     before = _rss_mb()
-    r = Runner(cfg, quiet=True, data=False)
-    try:
-        r.model.load_state_dict(state)
-    except RuntimeError as e:
-        raise SeqbenchError(f"run {clip(repr(run_id))}: its weights do not fit its model ({str(e).splitlines()[0][:150]})") from None
-    out = {"trained": Contender("trained", r, batch_size)}
+    setup = build(cfg, data=False)
+    problems = fit_problems(setup.model, state)
+    if problems:
+        raise SeqbenchError(f"run {clip(repr(run_id))}: its weights do not fit its model ({problems[0][:150]})")
+    setup.model.load_state_dict(state)
+    out = {"trained": Contender("trained", setup, batch_size)}
     out["trained"].warm(before, modes=("infer",))
-    fn = getattr(r.backbone, "pruned", None)
-    small = fn(r.model.head) if callable(fn) else None
-    if small is not None:
-        r2 = copy.copy(r)
-        r2.model = copy.deepcopy(r.model)
-        install_pruned(r2.model, *small)
-        r2.backbone = r2.model.backbone
-        r2.model.to(r.device)
+    small = copy.deepcopy(setup.model) if setup.hook("pruned") else None
+    if small is not None and prune_in_place(small):
+        small.to(setup.device)
         before = _rss_mb()
-        out["pruned"] = Contender("pruned", r2, batch_size)
+        out["pruned"] = Contender("pruned", setup, batch_size, model=small)
         out["pruned"].warm(before, modes=("infer",))
         x = out["trained"].infer_x[1]
         with torch.no_grad():
-            a, b = r.model.eval()(x)[0], r2.model.eval()(x)[0]
+            a, b = setup.model.eval()(x)[0], small.eval()(x)[0]
         out["pruned"].rel_err = float((b - a).norm() / a.norm().clamp_min(1e-30))
     return out
 
@@ -186,7 +178,7 @@ def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, bas
     base = baseline or names[0]
     if base not in contenders:
         raise SeqbenchError(f"--baseline {clip(repr(base))} is not one of the contenders: {', '.join(names)}")
-    dev = next(iter(contenders.values())).runner.device
+    dev = next(iter(contenders.values())).setup.device
     tables = []
     for mode in modes:
         for batch in ([batch_size] if mode == "train" else sorted({1, batch_size})):
@@ -252,8 +244,6 @@ def _fmt(col: str, v) -> str:
 
 def main(a) -> int:
     """The CLI's ``bench``: build, time, print, save."""
-    from .runner import pick_device, set_threads
-
     threads = set_threads(a.threads)
     modes = ["train", "infer"] if a.mode == "both" else [a.mode]
     overrides = config.parse_set(a.sets)
@@ -267,21 +257,21 @@ def main(a) -> int:
         if a.mode == "train":
             raise SeqbenchError("--run times inference (the trained model against its pruned one): use --mode infer")
         contenders = from_run(a.run, a.results, a.batch_size, a.device)
-        task = next(iter(contenders.values())).runner.cfg.task
+        task = next(iter(contenders.values())).setup.cfg.task
         modes = ["infer"]
     else:
         if not a.task or not a.models:
             raise SeqbenchError("bench needs --task and --models (or --run RUN_ID); see 'seqbench list'")
         task = a.task
         contenders = build_contenders(parse_contenders(a.models), task, a.preset, overrides, a.batch_size)
-    dev = next(iter(contenders.values())).runner.device
+    dev = next(iter(contenders.values())).setup.device
     print(f"bench on {task}: {', '.join(contenders)}; {dev} ({records.environment(dev)['device_name']}), "
           f"{threads} thread(s), torch {torch.__version__}", flush=True)
     result = run(contenders, modes, a.batch_size, a.baseline, a.rounds, a.min_run_time)
     result.update({
         "benchmark": "bench", "task": task, "preset": a.preset, "overrides": overrides, "run": a.run,
         "rounds": a.rounds, "min_run_time": a.min_run_time, "threads": threads, "batch_size": a.batch_size,
-        "configs": {n: c.runner.cfg.flat() for n, c in contenders.items()},
+        "configs": {n: c.setup.cfg.flat() for n, c in contenders.items()},
         "env": records.environment(dev), "time": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })
     result["markdown"] = markdown(result)

@@ -1,4 +1,4 @@
-"""The ``seqbench`` command: run, list, report, sweep.
+"""The ``seqbench`` command: run, list, report, bench, sweep.
 
 Bad input ends with one line on stderr (``seqbench: error: ...``) and a non-zero exit, never a
 traceback.
@@ -127,9 +127,9 @@ def _cmd_list() -> int:
             print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err})")
             continue
         print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.select}")
-    from .strategy import _STRATEGIES
     print("strategies (--strategy):")
-    for name, c in sorted(_STRATEGIES.items()):
+    for name, e in registry.strategies().items():
+        c = e.cls
         doc = re.split(r"\.\s+(?=[A-Z])|: ", " ".join((c.__doc__ or "").split()))[0]  # its first clause
         print(f"  {name:<12} {'series tasks' if c.layout else 'any task':<13} {doc}")
     width = max(len(n) for n in ms) if ms else 5
@@ -142,6 +142,7 @@ def _cmd_list() -> int:
 
 
 def _summary(rec: dict) -> None:
+    from . import records
     from .report import fmt_float
 
     m, meas = rec["metrics"], rec["measure"]
@@ -152,16 +153,16 @@ def _summary(rec: dict) -> None:
         test = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["test"] or {}).items())
         val = ", ".join(f"{k} {fmt_float(v)}" for k, v in (m["val"] or {}).items())
         lat = meas["latency"]
-        sel = rec["task_info"]["select"]
-        if str(m.get("selection", "")).startswith("last epoch"):  # no validation split (the papers' protocol)
+        sel, chosen = rec["task_info"]["select"], records.Selection.of(rec)
+        if chosen.reason == records.LAST_NO_VAL_SPLIT:  # the papers' protocol
             tb = m.get("test_best") or {}
             best = f"; best test {sel} over epochs {fmt_float(tb.get(sel))} at epoch {tb.get('epoch')}" if tb else ""
             print(f"  test: {test}   (last epoch's weights: no validation split{best})")
-        elif m["best_epoch"] is None:  # no epoch had a finite validation score: the last weights were tested
+        elif chosen.reason == records.LAST_NO_FINITE_VAL:
             print(f"  test: {test}   (no epoch had a finite validation {sel}: the last epoch's weights were tested)")
         else:
-            which = "last epoch" if str(m.get("selection", "")).startswith("select last") else "best val epoch"
-            print(f"  test: {test}   ({which} {m['best_epoch']}: {val})")
+            which = "last epoch" if chosen.reason == records.LAST_REQUESTED else "best val epoch"
+            print(f"  test: {test}   ({which} {chosen.epoch}: {val})")
         print(f"  params {meas['params']['total']:,} (nonzero {meas['params']['nonzero']:,}, "
               f"sparsity {meas['sparsity']['overall']:.4f}), FLOPs/sample {meas['flops_per_sample']:,}")
         print(f"  latency {', '.join(_latency(lat, k) for k in lat)} on {rec['env']['device']}, "
@@ -210,7 +211,7 @@ def _cmd_run(a) -> int:
             overrides["init_from"] = a.init_from
         cfg = config.resolve(model, task, a.preset or config.DEFAULT_PRESET, overrides)
         runner = Runner(cfg, results=a.results, quiet=a.quiet)
-        print(f"run {runner.run_id} on {runner.device}, {runner.threads} thread(s)", flush=True)
+        print(f"run {runner.run_id} on {runner.setup.device}, {runner.setup.threads} thread(s)", flush=True)
     try:
         rec = runner.fit(stop_after_epochs=a.stop_after_epochs, stop_after_minutes=a.stop_after_minutes)
     except KeyboardInterrupt:

@@ -1,15 +1,15 @@
 """Run configuration: training settings, the model's and the task's parameters, presets, overrides.
 
-Every setting has one flat key. Training keys are plain (``epochs``, ``lr``); the model's and the
-task's parameters are prefixed (``model.hidden``, ``task.permutation``). A preset is a dict of such
-keys. Resolution order, later wins:
+Every setting has one flat key: training keys are plain (``epochs``, ``lr``), the model's and the
+task's parameters prefixed (``model.hidden``, ``task.permutation``). A preset is a dict of such keys.
+Resolution order, later wins (typed defaults and only existing keys, as nanoGPT's configurator):
 
-    dataclass defaults < task preset < model preset < model preset for this task < CLI overrides
+    defaults < task preset < model preset < model preset for the task's kind < for this task < overrides
 
-Presets are named ``tiny`` (seconds on a CPU; tests and CI), ``fast`` (minutes on a laptop CPU,
-meaningful accuracy) and ``paper`` (the paper's hyperparameters). A model may give a preset for one
-task only with the key ``"<task>:<preset>"``. A task or model may define further names (PTB's
-``small``/``medium``/``large`` after Zaremba et al.), valid for the pairs where one of them is defined.
+Presets: ``tiny`` (seconds on a CPU; tests and CI), ``fast`` (minutes on a laptop CPU, meaningful
+accuracy), ``paper`` (the paper's hyperparameters). A model keys a preset for one input kind as
+``"<kind>:<preset>"`` and for one task as ``"<task>:<preset>"``. A task or model may define further
+names (PTB's ``small``/``medium``/``large``), valid for the pairs where one of them is defined.
 """
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
+from . import registry
 from .errors import SeqbenchError, clip
 
 PRESETS = ("tiny", "fast", "paper")
@@ -109,12 +110,8 @@ def check_split(params, first: str, second: str, rest: str) -> None:
                             f"expected a sum < 1 ({rest})")
 
 
-def _strategies() -> list[str]:
-    from .strategy import _STRATEGIES
-    return sorted(_STRATEGIES)
-
-
-STRATEGY = Domain(lambda: "a registered strategy: " + ", ".join(_strategies()), lambda v: v in _strategies(), "no-such-strategy")
+STRATEGY = Domain(lambda: "a registered strategy: " + ", ".join(registry.strategies()),
+                  lambda v: v in registry.strategies(), "no-such-strategy")
 
 
 def setting(default, domain: Domain, help: str = ""):
@@ -122,11 +119,9 @@ def setting(default, domain: Domain, help: str = ""):
     return field(default=default, metadata={"domain": domain, "help": help})
 
 
-def _choice(default, choices, help=""):
+def choice(default, choices, help=""):
+    """A dataclass field whose value is one of ``choices``."""
     return field(default=default, metadata={"choices": tuple(choices), "help": help})
-
-
-choice = _choice
 
 
 @dataclass
@@ -135,13 +130,13 @@ class TrainConfig:
     batch_size: int = setting(64, POSITIVE)
     eval_batch_size: int = setting(256, POSITIVE)
     lr: float = setting(1e-3, POSITIVE_REAL)
-    optimizer: str = _choice("adam", ("adam", "adamw", "sgd", "rmsprop"))
+    optimizer: str = choice("adam", ("adam", "adamw", "sgd", "rmsprop"))
     momentum: float = setting(0.0, MOMENTUM)
     nesterov: bool = False  # SGD with Nesterov momentum (needs momentum > 0)
     weight_decay: float = setting(0.0, NONNEGATIVE_REAL)
     # False: no weight decay on biases and normalisation weights (every parameter of dim < 2; nanoGPT's rule)
     decay_norm_bias: bool = True
-    schedule: str = _choice("none", ("none", "cosine", "step", "multistep", "decay_after", "poly"),
+    schedule: str = choice("none", ("none", "cosine", "step", "multistep", "decay_after", "poly"),
                             "LR schedule: per epoch; poly per iteration")
     lr_step: int = setting(1, POSITIVE, "step schedule: decay every lr_step epochs")
     milestones: str = setting("", int_list("epochs", "60,120"), "multistep schedule: epochs after which lr *= lr_gamma, e.g. 60,120")
@@ -151,7 +146,7 @@ class TrainConfig:
     # decay_after (Zaremba et al. 2014): lr stays for lr_hold epochs, then x lr_gamma every epoch
     lr_hold: int = setting(0, NONNEGATIVE)
     grad_clip: float = setting(0.0, NONNEGATIVE_REAL, "max global grad norm; 0 = off")
-    amp: str = _choice("off", ("off", "bf16", "fp16"))
+    amp: str = choice("off", ("off", "bf16", "fp16"))
     channels_last: bool = False  # 4-D inputs and the model in channels-last memory format (convnets on a GPU)
     strategy: str = setting("minibatch", STRATEGY, "training strategy (seqbench.strategy registry)")
     keeper: float = setting(1.0, NONNEGATIVE_REAL, "MPTT's delta: weight of the carried message against this epoch's mean")
@@ -166,7 +161,7 @@ class TrainConfig:
     ema: float = setting(0.0, reals(0.0, 1.0, hi_open=True), "decay of the weights' moving average used for evaluation; 0: off")
     # Which epoch's weights are tested and recorded: the best on validation, or the last (the ISS
     # references keep the final model: a Lasso run's best validation epoch is its least sparse one).
-    select: str = _choice("best", ("best", "last"), "the weights tested: best validation epoch, or the last epoch")
+    select: str = choice("best", ("best", "last"), "the weights tested: best validation epoch, or the last epoch")
     # Another run's best weights (its best.pt, else last.pt, under the same results folder) loaded
     # before the first epoch: fine-tuning, e.g. ISS from a dense BiDAF (the ISS reference's --load_path).
     init_from: str = setting("", pattern(r"|[A-Za-z0-9][A-Za-z0-9._-]*", "a run id (or empty)", "../run"),
@@ -312,16 +307,17 @@ def preset_layers(model_cls, task_cls, task_name: str, preset: str) -> list[tupl
     return [
         (f"task preset '{preset}'", tp.get(preset, {})),
         (f"model preset '{preset}'", mp.get(preset, {})),
+        (f"model preset '{task_cls.kind}:{preset}'", mp.get(f"{task_cls.kind}:{preset}", {})),
         (f"model preset '{task_name}:{preset}'", mp.get(f"{task_name}:{preset}", {})),
     ]
 
 
 def preset_names(model_cls, task_cls, task_name: str) -> list[str]:
-    """tiny/fast/paper, then any other name the task, the model, or the model for this task defines."""
+    """tiny/fast/paper, then any other name the task, the model, or the model for this task or its kind defines."""
     extra = set(getattr(task_cls, "presets", {}) or {})
     for k in getattr(model_cls, "presets", {}) or {}:
-        task, _, name = k.rpartition(":")
-        if task in ("", task_name):
+        scope, _, name = k.rpartition(":")
+        if scope in ("", task_name, task_cls.kind):
             extra.add(name)
     return list(PRESETS) + sorted(extra - set(PRESETS))
 
@@ -370,16 +366,14 @@ def from_flat(flat: dict, model_entry, task_entry) -> RunConfig:
 
 
 # ---------------------------------------------------------------------------- identity
-# Settings that never change what a run computes: left out of its identity. (``seed`` and every
-# other key are in: two seeds are two runs.)
-BOOKKEEPING = ("device", "threads", "log_every", "latency_time")
+# Settings of the machine, not of the experiment: left out of a run's identity and of the report's
+# variant. (``seed`` and every other key are in the identity: two seeds are two runs.)
+BOOKKEEPING = ("device", "threads", "log_every", "latency_time", "deterministic")
 
 
 def declared_defaults(flat: dict) -> dict:
     """Every key's declared default for the run ``flat`` describes (training keys, and its model's
     and task's keys while this install has them): what a record written before a key existed ran with."""
-    from . import registry
-
     defaults = dataclasses.asdict(TrainConfig())
     for prefix, get in (("model", registry.get_model), ("task", registry.get_task)):
         try:

@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from .config import NONNEGATIVE, POSITIVE, pattern, reals, setting
 from .data import EpochLoader, epoch_key
 from .errors import SeqbenchError
-from .image import count_flops
+from .measure import count_flops
 from .registry import DENSE
 from .task import Metric, Task, TaskSpec
 

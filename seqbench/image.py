@@ -14,20 +14,17 @@ independent of the run seed). ``val_fraction = 0`` is the protocol of the CIFAR 
 all training images, no validation): the runner then tests after every epoch and records the last
 epoch's test metrics, and separately the best test value over epochs (see ``Runner``).
 
-FLOPs per image are counted on one forward pass (``count_flops``): 2 per multiply-add of every
-convolution and linear layer, 2 per element of a batch norm (scale, shift), and the analytic count
-of modules that give their own (``flops()``: the recurrent DIA cells); elementwise activations and
-residual adds are not counted (under 2% of a CIFAR ResNet's total).
+FLOPs per image: ``measure.count_flops`` on one forward pass (convolutions, linear layers, batch
+norms; the DIA cells' analytic counts).
 """
 from __future__ import annotations
-
-import inspect
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from .data import EpochLoader
+from .measure import count_flops
 from .registry import IMAGE
 from .task import ClassificationTask, TaskSpec
 
@@ -108,48 +105,6 @@ class ImageClassifier(nn.Module):
     def flops_per_sample(self) -> int:
         p = next(self.parameters())
         return count_flops(self, torch.zeros(1, *self.input_shape, device=p.device, dtype=p.dtype))
-
-
-def count_flops(model: nn.Module, x: torch.Tensor) -> int:
-    """FLOPs of ``model(x)`` per sample (see the module docstring for what is counted)."""
-    total = [0]
-    inside = [0]  # > 0 while a module with its own count runs: its parts are not counted again
-
-    def pre(m, args):
-        if hasattr(m, "flops") and callable(m.flops):
-            if inside[0] == 0:  # per sample; a module whose count depends on its input (a 2-D RNN: the
-                own = m.flops(*args) if inspect.signature(m.flops).parameters else m.flops()  # map's size) takes it
-                total[0] += int(own) * args[0].shape[0]
-            inside[0] += 1
-
-    def post(m, args, out):
-        if hasattr(m, "flops") and callable(m.flops):
-            inside[0] -= 1
-            return
-        if inside[0]:
-            return
-        y = out[0] if isinstance(out, tuple) else out
-        if isinstance(m, nn.Conv2d):
-            k = m.kernel_size[0] * m.kernel_size[1] * m.in_channels // m.groups
-            total[0] += 2 * k * y.numel() + (y.numel() if m.bias is not None else 0)
-        elif isinstance(m, nn.Linear):
-            total[0] += 2 * m.in_features * y.numel() + (y.numel() if m.bias is not None else 0)
-        elif isinstance(m, nn.modules.batchnorm._BatchNorm):
-            total[0] += 2 * y.numel()
-
-    hooks = []
-    for m in model.modules():
-        hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
-    was = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        model.train(was)
-        for h in hooks:
-            h.remove()
-    return total[0] // x.shape[0]
 
 
 class ImageTask(ClassificationTask):

@@ -219,3 +219,14 @@ def report(groups: list[Group], lam: float, threshold: float, pruned_from=None) 
             "sizes_pruned": [int(k.numel()) for k in kept],
             "zero_groups": [int(z.sum()) for z in zero],
             "pruned_from": pruned_from}
+
+
+def describe(report: dict) -> dict:
+    """What the suite's report shows of an ISS structure report (any ISS model's
+    ``describe_structure``): the widths trained and kept, the units kept in all, the Lasso strength."""
+    before = report.get("pruned_from") or report.get("sizes")
+    kept = report.get("sizes_pruned") or report.get("sizes")
+    return {"summary": f"ISS widths {','.join(map(str, before))} -> {','.join(map(str, kept))}",
+            "method_label": "ISS", "units_kept": sum(kept), "units_label": "hidden units kept (all layers)",
+            "strength": report.get("lam", 0.0), "strength_symbol": "λ"}
+

@@ -1,7 +1,13 @@
-"""Measurements recorded with every run: parameters, sparsity, FLOPs, latency, throughput, memory."""
+"""Measurements recorded with every run: parameters, sparsity, structure, FLOPs, latency, memory.
+
+FLOPs: one multiply-add = 2 FLOPs (pytorch/benchmark's convention). A recurrent wrapper gives its
+analytic count (``flops_per_sample``: torch's counter sees 0 in fused LSTM kernels); a convolutional
+one counts one forward pass with ``count_flops``.
+"""
 from __future__ import annotations
 
 import contextlib
+import inspect
 import logging
 import resource
 import statistics
@@ -41,14 +47,110 @@ def sparsity(model: torch.nn.Module) -> dict:
 
 
 def structure(model: torch.nn.Module):
-    """The backbone's own structural-sparsity report, when it has one (it sees the head that reads
-    its output: ISS's groups reach into it)."""
-    fn = getattr(getattr(model, "backbone", model), "structure", None)
-    return fn(getattr(model, "head", None)) if callable(fn) else None
+    """The backbone's own structural report, when it has one (it sees the head that reads its output:
+    ISS's groups reach into it), with what the backbone says of it (``describe_structure``: the
+    summary, units kept, ... that the report shows without knowing the model)."""
+    backbone = getattr(model, "backbone", model)
+    fn = getattr(backbone, "structure", None)
+    if not callable(fn):
+        return None
+    rep = fn(getattr(model, "head", None))
+    describe = getattr(backbone, "describe_structure", None)
+    if isinstance(rep, dict) and callable(describe):
+        rep.update(describe(rep))
+    return rep
 
 
 def flops_per_sample(model: torch.nn.Module) -> int:
     return int(model.flops_per_sample())
+
+
+def _flop_formulas() -> dict:
+    """torch's FLOP formulas plus what our convention counts besides: a bias add (1 per output), a
+    batch norm (scale and shift: 2 per element)."""
+    from torch.utils import flop_counter as fc
+
+    aten = torch.ops.aten
+
+    def conv(x, w, bias, stride, padding, dilation, transposed, *args, out_shape=None, **kw):
+        flops = fc.conv_flop_count(x, w, out_shape, transposed=transposed)
+        return flops + (_numel(out_shape) if bias is not None else 0)
+
+    def addmm(bias, a, b, *args, out_shape=None, **kw):
+        return 2 * a[0] * a[1] * b[1] + _numel(out_shape)
+
+    def batch_norm(x, *args, out_shape=None, **kw):
+        return 2 * _numel(x)
+
+    return {aten.convolution: conv, aten._convolution: conv, aten.addmm: addmm,
+            aten.native_batch_norm: batch_norm, aten._native_batch_norm_legit_no_training: batch_norm}
+
+
+def _numel(shape) -> int:
+    if isinstance(shape, (tuple, list)) and shape and not isinstance(shape[0], int):
+        shape = shape[0]  # an op with several outputs (batch norm): the first
+    n = 1
+    for d in shape:
+        n *= int(d)
+    return n
+
+
+def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
+    """FLOPs of ``model(x)`` per sample, in eval mode: ``torch.utils.flop_counter.FlopCounterMode``
+    with the formulas above for convolutions, matrix products, bias adds and batch norms; a module
+    with its own ``flops()`` (a recurrent cell: the DIA unit, the scene RNNs) counts analytically,
+    per call, and what the counter saw inside it is left out. Elementwise activations and residual
+    adds are not counted (under 2% of a CIFAR ResNet)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter = FlopCounterMode(display=False, custom_mapping=_flop_formulas())
+    own, inside, seen = [0], [0], [0]  # analytic FLOPs; depth inside own-count modules; counter total on entry
+
+    def pre(m, args):
+        if inside[0] == 0:
+            takes_input = bool(inspect.signature(m.flops).parameters)  # a 2-D RNN: its map's size
+            own[0] += int(m.flops(*args) if takes_input else m.flops()) * args[0].shape[0]
+            seen[0] = counter.get_total_flops()
+        inside[0] += 1
+
+    def post(m, args, out):
+        inside[0] -= 1
+        if inside[0] == 0:
+            own[0] -= counter.get_total_flops() - seen[0]
+
+    hooks = []
+    for m in model.modules():
+        if callable(getattr(m, "flops", None)):
+            hooks += [m.register_forward_pre_hook(pre), m.register_forward_hook(post)]
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), counter:
+            model(x)
+    finally:
+        model.train(was)
+        for h in hooks:
+            h.remove()
+    return (counter.get_total_flops() + own[0]) // x.shape[0]
+
+
+def of_run(model, task, x, device, precision, latency_time: float, throughput: float | None, pruning: dict | None) -> dict:
+    """A finished run's measurements: size, sparsity, structure, FLOPs, latency at the task's
+    ``latency_batches`` on inputs like ``x`` (a test batch), training throughput, peak memory."""
+    lat = {}
+    for bs in task.latency_batches:
+        lat[f"b{bs}"] = latency(model, task.example_input(x, bs).to(device), latency_time, precision)
+    return {
+        "params": params(model),
+        "sparsity": sparsity(model),
+        "structure": structure(model),
+        "flops_per_sample": flops_per_sample(model),
+        "latency": lat,
+        "torch_threads": torch.get_num_threads(),
+        "train_throughput": throughput,
+        "memory": peak_memory(device),
+        "pruning": pruning,  # a pruned model's size before pruning
+    }
 
 
 def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib.nullcontext) -> dict:

@@ -11,6 +11,8 @@ operation or nonlinearity = 1 FLOP.
 Optional hooks the runner calls when present. ``head`` is the task wrapper's layer that reads the
 backbone's output (an nn.Linear; every wrapper names it ``head``), or None:
     structure(head) -> dict        structural sparsity report for the record
+    describe_structure(report) -> dict   (static) what the report shows of it: ``summary`` (one
+                                   line), ``units_kept``, ``strength`` ... (``seqbench.iss.describe``)
     regularization(head) -> Tensor extra loss term added to the task loss (e.g. group Lasso)
     after_step(head) -> None       called after every optimiser step (e.g. thresholding)
     pruned(head) -> (backbone, head) | None
@@ -72,6 +74,26 @@ def install_pruned(model: nn.Module, backbone: nn.Module, head: nn.Module) -> No
     kept = getattr(backbone, "kept_inputs", None)
     if kept is not None:
         model.keep_inputs(kept)
+
+
+def prune_in_place(model: nn.Module) -> bool:
+    """Replace ``model``'s backbone and head by the physically smaller ones its backbone's ``pruned(head)``
+    returns (ISS); False when it has no such hook or nothing can be removed."""
+    fn = getattr(model.backbone, "pruned", None)
+    small = fn(getattr(model, "head", None)) if callable(fn) else None
+    if small is None:
+        return False
+    install_pruned(model, *small)
+    return True
+
+
+def fit_problems(model: nn.Module, state: dict) -> list[str]:
+    """Why the state dict ``state`` does not fit ``model`` (shapes, missing and unexpected keys); empty when it does."""
+    own = model.state_dict()
+    return ([f"{k} is {list(state[k].shape)} there, {list(own[k].shape)} here" for k in own
+             if k in state and state[k].shape != own[k].shape]
+            + [f"{k} is missing there" for k in own if k not in state]
+            + [f"{k} is not in this model" for k in state if k not in own])
 
 
 def check_prunable(model: nn.Module, backbone: nn.Module, what: str) -> None:

@@ -1,13 +1,19 @@
 """Run records: one immutable JSON file per run in ``<results>/runs/<run_id>.json``.
 
-A record is written once, atomically: the JSON goes to a temporary file in the same folder and
-is then hard-linked to its final name, which fails rather than overwrite an existing record.
-Concurrent runs never see a half-written record and never clobber one another. The temporary file
-is named after its writer (``.tmp-<host>-<pid>-<random>.json``), so one left by a writer killed
-mid-write (kill -9) is recognised and removed by the next writer or reader on that host.
+A record (``Record``) is written once, atomically (``files.atomic_write`` without replace: a
+temporary file hard-linked to its final name, which fails rather than overwrite), so concurrent
+runs never see a half-written record nor clobber one another; a temporary file left by a writer
+killed mid-write is removed by the next writer or reader on that host. Every record carries its
+``schema``; ``load_all`` / ``upgrade`` read the older schemas into the current one.
+
+Schema 2: ``metrics.selection`` is data, ``{"epoch", "reason"}`` (``Selection``), and the record says
+what the report shows of it: ``strategy_label`` (the strategy's ``label``) and, in a structure report,
+what its backbone's ``describe_structure`` gives. Schema 1 had ``metrics.best_epoch`` and the
+selection as prose.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -17,18 +23,85 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 
-from . import faults
 from .errors import SeqbenchError
+from .files import TMP_PREFIX, atomic_write, clean_stale_tmp
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 REQUIRED = (
     "schema", "run_id", "status", "model", "task", "preset", "seed", "config", "env",
     "task_info", "metrics", "history", "measure", "timing",
 )
+
+# Why the tested weights are the ones they are (``metrics.selection.reason``).
+BEST_VAL = "best_val"  # the epoch with the best validation value of the task's selection metric
+LAST_REQUESTED = "last_requested"  # select=last: the last epoch's
+LAST_NO_VAL_SPLIT = "last_no_val_split"  # the task has no validation split: the last epoch's (CIFAR papers)
+LAST_NO_FINITE_VAL = "last_no_finite_val"  # no epoch had a finite validation value: the last epoch's
+REASONS = (BEST_VAL, LAST_REQUESTED, LAST_NO_VAL_SPLIT, LAST_NO_FINITE_VAL)
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which epoch's weights were tested, and why (one of ``REASONS``)."""
+
+    epoch: int | None
+    reason: str
+
+    @property
+    def validated(self) -> bool:
+        """Whether validation chose them (then the record has validation metrics)."""
+        return self.reason in (BEST_VAL, LAST_REQUESTED)
+
+    @classmethod
+    def of(cls, rec: dict) -> "Selection":
+        d = rec["metrics"]["selection"]
+        return cls(d["epoch"], d["reason"])
+
+
+@dataclass
+class Record:
+    """One run's record, as written (``to_dict``); the fields of schema 2."""
+
+    run_id: str
+    status: str  # completed | failed
+    failure: str | None
+    model: str
+    task: str
+    preset: str
+    strategy: str
+    strategy_label: str
+    seed: int
+    config: dict
+    config_hash: str  # the run's identity (config.identity)
+    env: dict
+    task_info: dict
+    init_from: dict | None
+    metrics: dict  # val, test, selection (Selection as a dict), test_best?, test_per_class?
+    history: list
+    measure: dict
+    timing: dict
+    examples: dict | None = None
+    schema: int = field(default=SCHEMA_VERSION)
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        if d["examples"] is None:
+            del d["examples"]
+        return d
+
+
+def metrics_block(val, test, selection: Selection, test_best=None, per_class=None) -> dict:
+    out = {"val": val, "test": test, "selection": asdict(selection)}
+    if test_best:
+        out["test_best"] = test_best  # no validation split: the best test value over epochs, reported apart
+    if per_class:
+        out["test_per_class"] = per_class
+    return out
 
 
 def results_dir(path=None) -> Path:
@@ -52,47 +125,6 @@ def check_writable(results) -> None:
     except OSError as e:
         raise SeqbenchError(f"results folder {res} cannot be written ({e.strerror or type(e).__name__}: "
                             f"{e.filename or res}); choose another with --results") from None
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _tmp_name() -> str:
-    return f".tmp-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.json"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def clean_stale_tmp(folder: Path) -> list[Path]:
-    """Remove temporary record files whose writer (a process on this host) is gone."""
-    removed, host = [], socket.gethostname()
-    for p in folder.glob(".tmp-*.json"):
-        parts = p.name[len(".tmp-"):-len(".json")].rsplit("-", 2)
-        if len(parts) == 3 and parts[0] == host and parts[1].isdigit():
-            stale = not _pid_alive(int(parts[1]))
-        else:  # an older naming without the writer: stale once it is an hour old
-            try:
-                stale = time.time() - p.stat().st_mtime > 3600
-            except OSError:
-                continue
-        if stale:
-            try:
-                p.unlink()
-                removed.append(p)
-            except OSError:
-                pass
-    return removed
 
 
 def new_run_id(model: str, task: str, preset: str, seed: int) -> str:
@@ -150,28 +182,19 @@ def _clean(obj):
 
 
 def write(record: dict, results=None) -> Path:
+    """Write ``record`` (a ``Record.to_dict()``, perhaps with ``sweep``) as ``<results>/runs/<run_id>.json``."""
     missing = [k for k in REQUIRED if k not in record]
     if missing:
         raise ValueError(f"record lacks {missing}")
     folder = results_dir(results) / "runs"
     folder.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(folder)
+    clean_stale_tmp(folder, ".json")
     final = folder / f"{record['run_id']}.json"
-    tmp = folder / _tmp_name()
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask decides the mode, as for any file
+    text = json.dumps(_clean(record), indent=1, sort_keys=True, allow_nan=False)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(_clean(record), f, indent=1, sort_keys=True, allow_nan=False)
-            f.flush()
-            os.fsync(f.fileno())
-        faults.point("record:written")
-        try:
-            os.link(tmp, final)  # atomic, and refuses to replace an existing record
-        except FileExistsError:
-            raise SeqbenchError(f"record {final} exists already; records are immutable") from None
-        faults.point("record:linked")
-    finally:
-        os.unlink(tmp)
+        atomic_write(final, text, replace=False, fault="record:written", fault_after="record:linked")
+    except FileExistsError:
+        raise SeqbenchError(f"record {final} exists already; records are immutable") from None
     return final
 
 
@@ -194,11 +217,17 @@ def problem(rec) -> str | None:
             return f"field '{k}' is {'null' if rec[k] is None else type(rec[k]).__name__}, expected {_TYPES[k].__name__}"
     if rec["status"] not in ("completed", "failed"):
         return f"status {rec['status']!r} is neither completed nor failed"
+    if rec["schema"] > SCHEMA_VERSION:
+        return f"schema {rec['schema']} is newer than this seqbench's ({SCHEMA_VERSION})"
+    try:
+        rec = upgrade(rec)
+        sel = Selection.of(rec)
+    except (KeyError, TypeError, AttributeError) as e:
+        return f"its selection cannot be read ({type(e).__name__}: {e})"
+    if sel.reason not in REASONS:
+        return f"selection reason {sel.reason!r} is not one of {', '.join(REASONS)}"
     m = rec["metrics"]
-    # no validation split, or no epoch with a finite validation value (the last weights were tested):
-    # no validation metrics to show
-    no_val = str(m.get("selection", "")).startswith("last epoch") or ("best_epoch" in m and m["best_epoch"] is None)
-    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and (no_val or isinstance(m.get("val"), dict))):
+    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and (not sel.validated or isinstance(m.get("val"), dict))):
         return "a completed run without test or validation metrics"
     if rec["status"] == "completed" and not isinstance(rec["measure"].get("params"), dict):
         return "a completed run without measurements"
@@ -207,55 +236,111 @@ def problem(rec) -> str | None:
     return None
 
 
+def upgrade(rec: dict) -> dict:
+    """``rec`` in the current schema (a copy where anything changes): schema 1's ``best_epoch`` and
+    prose selection become a ``Selection``; the strategy's label and the structure report's
+    description are added, asked of the registered strategy and model (a name this install no
+    longer has: the strategy's name, no description)."""
+    if rec.get("schema") == SCHEMA_VERSION:
+        return rec
+    rec = copy.deepcopy(rec)
+    m = rec["metrics"]
+    prose, best = str(m.pop("selection", "") or ""), m.pop("best_epoch", None)
+    last = rec["timing"].get("epochs")
+    had_val = any(k.startswith("val_") for row in rec["history"][:1] for k in row)
+    if prose.startswith("last epoch") or (not prose and best is None and not had_val):
+        sel = Selection(last, LAST_NO_VAL_SPLIT)
+    elif prose.startswith("select last"):
+        sel = Selection(best, LAST_REQUESTED)
+    elif best is None:
+        sel = Selection(last, LAST_NO_FINITE_VAL)
+    else:
+        sel = Selection(best, BEST_VAL)
+    m["selection"] = asdict(sel)
+    rec.setdefault("strategy_label", strategy_label(rec["config"].get("strategy", rec.get("strategy")), rec["config"]))
+    st = (rec.get("measure") or {}).get("structure")
+    if isinstance(st, dict):
+        st.update({k: v for k, v in describe_structure(rec["model"], st).items() if k not in st})
+    rec["schema"] = SCHEMA_VERSION
+    return rec
+
+
+def strategy_label(name: str, config: dict) -> str:
+    """The strategy as the report names it (its registered class's ``label``)."""
+    from . import registry
+
+    try:
+        return registry.get_strategy(name).cls.label(config)
+    except SeqbenchError:
+        return str(name)
+
+
+def describe_structure(model: str, structure: dict) -> dict:
+    """What the model's backbone says of its structure report (``describe_structure``), or nothing."""
+    from . import registry
+
+    try:
+        fn = getattr(registry.get_model(model).cls, "describe_structure", None)
+    except SeqbenchError:
+        return {}
+    return fn(structure) if callable(fn) else {}
+
+
 def warn(msg: str) -> None:
     print(f"seqbench: warning: {msg}", file=sys.stderr, flush=True)
 
 
+def _parse(path: Path) -> tuple[dict | None, str | None]:
+    """A record file in the current schema, or why it is not usable (one warning's text)."""
+    try:
+        rec = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        return None, f"unreadable record {path}: {e}"
+    why = problem(rec)
+    if why:
+        return None, f"{path}: not a complete seqbench record ({why})"
+    return upgrade(rec), None
+
+
+def read(path: Path) -> dict:
+    """One record file in the current schema; one line when it is not a usable record."""
+    rec, why = _parse(path)
+    if why:
+        raise SeqbenchError(why)
+    return rec
+
+
 def load_all(results=None, clean: bool = True) -> list[dict]:
-    """Every usable record under ``<results>/runs``; an unreadable file, or a record whose required
-    fields are missing or null, is skipped with one warning on stderr. ``clean=False``: stale
-    temporary files are left where they are (a dry run writes nothing)."""
+    """Every usable record under ``<results>/runs``, in the current schema; an unreadable file, or a
+    record whose required fields are missing or null, is skipped with one warning on stderr.
+    ``clean=False``: stale temporary files are left where they are (a dry run writes nothing)."""
     folder = results_dir(results) / "runs"
     if folder.is_dir() and clean:
-        clean_stale_tmp(folder)
+        clean_stale_tmp(folder, ".json")
     out = []
     for p in sorted(folder.glob("*.json")):
-        if p.name.startswith(".tmp-"):
+        if p.name.startswith(TMP_PREFIX):
             continue
-        try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError) as e:
-            warn(f"skipping unreadable record {p}: {e}")
-            continue
-        why = problem(rec)
+        rec, why = _parse(p)
         if why:
-            warn(f"skipping {p}: not a complete seqbench record ({why})")
-            continue
-        out.append(rec)
+            warn(f"skipping {why}")
+        else:
+            out.append(rec)
     return out
 
 
 def write_examples(arrays: dict, run_id: str, results=None) -> Path:
-    """A run's example predictions (named uint8 arrays) as ``<results>/examples/<run_id>.npz``,
-    written whole or not at all (temporary file, then renamed)."""
+    """A run's example predictions (named uint8 arrays) as ``<results>/examples/<run_id>.npz``."""
     import numpy as np
 
     folder = results_dir(results) / "examples"
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{run_id}.npz"
-    tmp = folder / f".{run_id}.{os.getpid()}.tmp.npz"
-    try:
-        np.savez_compressed(tmp, **arrays)
-        os.replace(tmp, final)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return final
+    return atomic_write(folder / f"{run_id}.npz", lambda tmp: np.savez_compressed(tmp, **arrays))
 
 
 def write_benchmark(result: dict, name: str, out=None) -> Path:
-    """Save a benchmark script's result as ``<out or results/benchmarks>/<name>-<time>.json``."""
+    """Save a benchmark's result as ``<out or results/benchmarks>/<name>-<time>.json``."""
     folder = Path(out) if out else results_dir() / "benchmarks"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    path.write_text(json.dumps(_clean(result), indent=1))
-    return path
+    return atomic_write(path, json.dumps(_clean(result), indent=1))

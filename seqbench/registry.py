@@ -1,10 +1,10 @@
-"""Model and task registries.
+"""The one registry: models (``@register_model``), tasks (``@register_task``) and training strategies
+(``@register_strategy``), each an ``Entry`` keyed by name.
 
-A model is one file in ``models/`` with a class decorated by ``@register_model("name")``;
-a task is one file in ``tasks/`` with ``@register_task("name")``. Discovery imports every
-module of the two packages; a module that fails to import (an optional dependency missing)
-is remembered, and only reported when a name it might define is asked for. Model files keep
-heavy optional imports inside their constructors so that they fail only when chosen.
+Discovery imports every module of ``seqbench.models`` and ``seqbench.tasks`` and the built-in
+strategies (timm's ``register_model`` pattern). A module that fails to import (an optional
+dependency missing) is remembered and reported only when a name it might define is asked for.
+This module imports nothing of the package but ``errors``: it sits at the ground of the import graph.
 """
 from __future__ import annotations
 
@@ -37,11 +37,16 @@ class Entry:
 
 _MODELS: dict[str, Entry] = {}
 _TASKS: dict[str, Entry] = {}
+_STRATEGIES: dict[str, Entry] = {}
+_TABLES = {"model": _MODELS, "task": _TASKS, "strategy": _STRATEGIES}
+_PACKAGES = {"model": "seqbench.models", "task": "seqbench.tasks", "strategy": "seqbench.strategy"}
 _BROKEN: dict[str, str] = {}  # module name -> import error
 _discovered = False
 
 
-def _register(table: dict, what: str, name: str, kinds=None):
+def _register(what: str, name: str, kinds=None):
+    table = _TABLES[what]
+
     def deco(cls):
         if name in table and table[name].cls.__qualname__ != cls.__qualname__:
             raise ValueError(f"{what} '{name}' registered twice ({table[name].module}, {cls.__module__})")
@@ -58,30 +63,37 @@ def _register(table: dict, what: str, name: str, kinds=None):
 
 def register_model(name: str, kinds=None):
     """Register a backbone. ``kinds``: the input kinds it serves (default ``cls.kinds``)."""
-    return _register(_MODELS, "model", name, kinds)
+    return _register("model", name, kinds)
 
 
 def register_task(name: str):
     """Register a task class (see ``seqbench.task.Task``)."""
 
     def deco(cls):
-        return _register(_TASKS, "task", name, [cls.kind])(cls)
+        return _register("task", name, [cls.kind])(cls)
 
     return deco
 
 
+def register_strategy(name: str):
+    """Register a training strategy (see ``seqbench.strategy.MiniBatch``)."""
+    return _register("strategy", name, ())
+
+
 def unregister(name: str) -> None:
-    """Remove a model or task (used by tests that register throwaway entries)."""
-    _MODELS.pop(name, None)
-    _TASKS.pop(name, None)
+    """Remove a model, task or strategy (used by tests that register throwaway entries)."""
+    for table in _TABLES.values():
+        table.pop(name, None)
 
 
-def discover() -> None:
+def discover(what: str = "") -> None:
+    """Import the built-in strategies; unless only strategies are asked for, every model and task module."""
     global _discovered
-    if _discovered:
+    importlib.import_module(_PACKAGES["strategy"])
+    if _discovered or what == "strategy":
         return
     _discovered = True
-    for pkg_name in ("seqbench.models", "seqbench.tasks"):
+    for pkg_name in (_PACKAGES["model"], _PACKAGES["task"]):
         pkg = importlib.import_module(pkg_name)
         for info in pkgutil.iter_modules(pkg.__path__):
             if info.name.startswith("_"):
@@ -93,33 +105,46 @@ def discover() -> None:
                 _BROKEN[mod] = f"{type(e).__name__}: {e}"
 
 
+def _all(what: str) -> dict[str, Entry]:
+    discover(what)
+    return dict(sorted(_TABLES[what].items()))
+
+
 def models() -> dict[str, Entry]:
-    discover()
-    return dict(sorted(_MODELS.items()))
+    return _all("model")
 
 
 def tasks() -> dict[str, Entry]:
-    discover()
-    return dict(sorted(_TASKS.items()))
+    return _all("task")
 
 
-def _get(table: dict, what: str, name: str) -> Entry:
-    discover()
+def strategies() -> dict[str, Entry]:
+    return _all("strategy")
+
+
+def _get(what: str, name: str) -> Entry:
+    discover(what)
+    table = _TABLES[what]
     if name in table:
         return table[name]
-    msg = f"unknown {what} {clip(repr(name))}; known {what}s: {', '.join(sorted(table)) or '(none)'}"
-    broken = [m for m in _BROKEN if m.startswith(f"seqbench.{what}s.")]
+    plural = "strategies" if what == "strategy" else f"{what}s"
+    msg = f"unknown {what} {clip(repr(name))}; known {plural}: {', '.join(sorted(table)) or '(none)'}"
+    broken = [m for m in _BROKEN if m.startswith(_PACKAGES[what] + ".")]
     if broken:
         msg += "; modules that failed to import: " + "; ".join(f"{m} ({_BROKEN[m]})" for m in broken)
     raise SeqbenchError(msg)
 
 
 def get_model(name: str) -> Entry:
-    return _get(_MODELS, "model", name)
+    return _get("model", name)
 
 
 def get_task(name: str) -> Entry:
-    return _get(_TASKS, "task", name)
+    return _get("task", name)
+
+
+def get_strategy(name: str) -> Entry:
+    return _get("strategy", name)
 
 
 def compatible(model: Entry, task: Entry) -> tuple[bool, str]:

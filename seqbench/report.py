@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import warnings
 from pathlib import Path
 
@@ -20,14 +19,20 @@ import pandas as pd
 
 from . import records
 from .errors import SeqbenchError
+from .files import atomic_write
 
 GROUP = ["task", "model", "preset", "strategy", "variant"]
-# Keys that never make a run a different experiment (seeds are averaged; the rest is bookkeeping).
-# (config.BOOKKEEPING: device, threads, log_every, latency_time; a sweep's name is a record field, not a key)
-_NOT_VARIANT = {"seed", "device", "threads", "deterministic", "latency_time", "log_every", "strategy", "keeper"}
 
 
-def variant(rec: dict) -> str:
+def not_variant() -> set[str]:
+    """Keys that never make a run another row: the machine's (``config.BOOKKEEPING``), the seed
+    (averaged), the strategy (its own column) and the keys strategies show in their labels."""
+    from . import config, registry
+
+    return {*config.BOOKKEEPING, "seed", "strategy", *(k for e in registry.strategies().values() for k in e.cls.label_keys)}
+
+
+def variant(rec: dict, skip: set[str] | None = None) -> str:
     """The settings a run changed from its preset (``--set`` and flags), e.g. ``model.lam=6e-05``:
     runs of one preset with different settings are different rows, not seeds of one."""
     try:
@@ -35,26 +40,22 @@ def variant(rec: dict) -> str:
         base = config.resolve(registry.get_model(rec["model"]), registry.get_task(rec["task"]), rec["preset"]).flat()
     except Exception:  # a model or task this install no longer has: compare nothing
         return ""
+    skip = not_variant() if skip is None else skip
     # a key the record lacks (written before the key existed) ran at its declared default
     cfg = {**{k: v for k, v in config.declared_defaults(rec["config"]).items() if k in base}, **rec["config"]}
     diff = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in cfg.items()
-            if k not in _NOT_VARIANT and k in base and base[k] != v]
+            if k not in skip and k in base and base[k] != v]
     return " ".join(sorted(diff))
 
 
-def strategy_label(rec: dict) -> str:
-    """The strategy, with MPTT's keeper delta (two rows of the MPTT paper's table)."""
-    s = rec.get("strategy") or rec["config"].get("strategy")
-    return f"{s} δ={rec['config'].get('keeper', 1.0):g}" if s == "mptt" else s
-
-
-def _row(rec: dict) -> dict:
+def _row(rec: dict, skip: set[str]) -> dict:
     m, meas, ti = rec["metrics"] or {}, rec["measure"] or {}, rec["task_info"] or {}
-    strategy = strategy_label(rec)
+    strategy = rec["strategy_label"]
+    sel = records.Selection.of(rec)
     row = {
         "run_id": rec["run_id"], "status": rec["status"], "model": rec["model"], "task": rec["task"],
-        "preset": rec["preset"], "strategy": strategy, "variant": variant(rec),
-        "seed": rec["seed"], "select": ti.get("select"), "best_epoch": m.get("best_epoch"),
+        "preset": rec["preset"], "strategy": strategy, "variant": variant(rec, skip),
+        "seed": rec["seed"], "select": ti.get("select"), "best_epoch": sel.epoch if sel.validated else None,
         "epochs": rec["timing"].get("epochs"), "wall_s": rec["timing"].get("wall_s"),
         "train_s": rec["timing"].get("train_s"), "device": rec["env"].get("device"),
         "device_name": rec["env"].get("device_name"), "git_commit": rec["env"].get("git_commit"),
@@ -99,11 +100,11 @@ def _paper(ti: dict, rec: dict, strategy: str):
 
 
 def _structure_text(s, meas: dict | None = None) -> str | None:
+    """The structure report's own summary (else its keys), and what pruning saved when the run pruned."""
     if not s:
         return None
-    if isinstance(s, dict) and s.get("method") == "iss":  # widths trained -> kept, and what pruning saved
-        before, to = s.get("pruned_from") or s.get("sizes"), s.get("sizes_pruned") or s.get("sizes")
-        txt = f"ISS widths {','.join(map(str, before))} -> {','.join(map(str, to))}"
+    if isinstance(s, dict) and "summary" in s:
+        txt = s["summary"]
         pr = (meas or {}).get("pruning")
         if pr:
             pb, pa = pr["before"]["params"]["total"], meas["params"]["total"]
@@ -119,7 +120,8 @@ def _text_or_dash(v) -> str:
 
 
 def frame(recs: list[dict]) -> pd.DataFrame:
-    df = pd.DataFrame([_row(r) for r in recs])
+    skip = not_variant()
+    df = pd.DataFrame([_row(records.upgrade(r), skip) for r in recs])
     return df.sort_values(["task", "model", "preset", "seed", "started"]).reset_index(drop=True) if len(df) else df
 
 
@@ -307,17 +309,13 @@ def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
 def _savefig(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
     try:
         with warnings.catch_warnings():  # a key too wide for tight_layout: bbox_inches="tight" keeps it whole
             warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
             fig.tight_layout()
-        fig.savefig(tmp, dpi=120, bbox_inches="tight")
-        os.replace(tmp, path)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
     finally:
         plt.close(fig)
-        tmp.unlink(missing_ok=True)
-    return path
 
 
 def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -411,52 +409,43 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
     return out
 
 
-def iss_plots(recs: list[dict], folder: Path) -> list[Path]:
-    """Per task with ISS runs: the test metric against the hidden units kept (all layers), one point
-    per run labelled with its lam, one series per (model, epochs): the ISS runs joined by a line,
-    the lam-0 runs (dense baseline, direct designs trained at a kept width) as open squares."""
+def structure_plots(recs: list[dict], folder: Path) -> list[Path]:
+    """Per task and structure method whose reports say how many units they keep (``units_kept``, from
+    the model's ``describe_structure``: ISS): the test metric against the units kept, one point per
+    run labelled with its strength (λ), one series per (model, epochs): the runs with a penalty
+    joined by a line, strength-0 runs (the dense baseline, or a model trained at a kept width) as
+    open squares."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     out = []
-    by_task: dict[str, list] = {}
+    by_task: dict[tuple, list] = {}
     for r in recs:
         st = (r.get("measure") or {}).get("structure")
-        if r["status"] != "completed" or not isinstance(st, dict) or st.get("method") != "iss":
+        if r["status"] != "completed" or not isinstance(st, dict) or "units_kept" not in st:
             continue
         sel = r["task_info"]["select"]
-        kept = sum(st.get("sizes_pruned") or st.get("sizes"))
-        series = f"{r['model']}, {r['timing'].get('epochs')} epochs"  # a lambda sweep at one budget
-        by_task.setdefault(r["task"], []).append((kept, r["metrics"]["test"][sel], st.get("lam", 0.0), series, sel))
-    for task, pts in sorted(by_task.items()):
+        series = f"{r['model']}, {r['timing'].get('epochs')} epochs"  # a sweep of the strength at one budget
+        key = (r["task"], st["method_label"], st["units_label"], st["strength_symbol"])
+        by_task.setdefault(key, []).append((st["units_kept"], r["metrics"]["test"][sel], st.get("strength", 0.0), series, sel))
+    for (task, method, units, symbol), pts in sorted(by_task.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for series in sorted({p[3] for p in pts}):
             mp = sorted(p for p in pts if p[3] == series)
-            iss, dense = [p for p in mp if p[2]], [p for p in mp if not p[2]]
-            line = ax.plot([p[0] for p in iss], [p[1] for p in iss], "o-", label=f"{series}: ISS")[0]
-            # lam 0: trained dense at its width (the baseline, or a "direct design" at a kept width)
+            pen, dense = [p for p in mp if p[2]], [p for p in mp if not p[2]]
+            line = ax.plot([p[0] for p in pen], [p[1] for p in pen], "o-", label=f"{series}: {method}")[0]
             ax.plot([p[0] for p in dense], [p[1] for p in dense], "s", mfc="none", color=line.get_color(),
                     label=f"{series}: dense at that width")
             for k, v, lam, _, _ in mp:
-                ax.annotate(f"λ={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
-        ax.set_xlabel("hidden units kept (all layers)")
+                ax.annotate(f"{symbol}={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        ax.set_xlabel(units)
         ax.set_ylabel(f"test {pts[0][4]}")
-        ax.set_title(f"{task}: ISS, {pts[0][4]} vs components kept")
+        ax.set_title(f"{task}: {method}, {pts[0][4]} vs components kept")
         ax.legend(fontsize=8)
-        out.append(_savefig(fig, folder / f"iss_{task}.png"))
+        out.append(_savefig(fig, folder / f"{method.lower()}_{task}.png"))
     return out
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    """Replace ``path`` whole or not at all: an interrupted report never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        tmp.write_text(text)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def build(results=None) -> dict:
@@ -475,10 +464,10 @@ def build(results=None) -> dict:
 
 def _write(res: Path, recs: list[dict]) -> dict:
     df = frame(recs)
-    _atomic_write(res / "summary.csv", df.to_csv(index=False))
+    atomic_write(res / "summary.csv", df.to_csv(index=False))
     tabs = tables(df)
     pngs = plots(df, recs, res / "plots")
-    pngs += iss_plots(recs, res / "plots")
+    pngs += structure_plots(recs, res / "plots")
     pngs += example_plots(recs, res, res / "plots")
     per_class = per_class_tables(recs)
     gains = gain_tables(df)
@@ -517,7 +506,7 @@ def _write(res: Path, recs: list[dict]) -> dict:
         lines += ["## Failed runs", "", _md([{"run_id": r.run_id, "failure": r.failure} for r in failed.itertuples()])]
     if pngs:
         lines += ["## Plots", ""] + [f"![{p.stem}](plots/{p.name})" for p in pngs] + [""]
-    _atomic_write(res / "report.md", "\n".join(lines))
+    atomic_write(res / "report.md", "\n".join(lines))
     return {"records": len(recs), "summary": res / "summary.csv", "report": res / "report.md", "plots": pngs}
 
 

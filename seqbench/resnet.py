@@ -70,8 +70,6 @@ def _add(out, other):
 class SE(nn.Module):
     """Squeeze-and-excitation (Hu et al.): one per block."""
 
-    shared = False
-
     def __init__(self, c: int, reduction: int = 16):
         super().__init__()
         mid = max(c // reduction, 1)
@@ -134,8 +132,6 @@ class RecurrentDIACell(nn.Module):
 
 class DIAUnit(nn.Module):
     """The stage's shared attention unit: x_t = GAP(branch), h = cell(x_t, state), branch ⊙ h."""
-
-    shared = True
 
     def __init__(self, c: int, reduction: int = 4, cell: str = "dia-lstm"):
         super().__init__()
@@ -258,7 +254,6 @@ class ResNetTrunk(nn.Module):
                  preact: bool = False, attn: str = "none", reduction: int = 16, dia_cell: str = "dia-lstm",
                  skip: bool = True, bn: bool = True, output_stride: int | None = None, stem_width: int | None = None):
         super().__init__()
-        self.preact, self.stem_kind = preact, stem
         w0 = stem_width or widths[0]
         if stem == "cifar":
             self.conv1 = _conv(d_input, w0, 3, bn=bn)

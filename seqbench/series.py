@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from .data import TensorLoader
 from .config import FRACTION, POSITIVE, check_split, setting
 from .errors import SeqbenchError
+from . import registry
 from .registry import SERIES
 from .task import Metric, PerStepHead, Task, TaskSpec
 
@@ -78,16 +79,14 @@ class SeriesTask(Task):
     # ------------------------------------------------------------- strategy
     def use_strategy(self, strategy_cls) -> None:
         if getattr(strategy_cls, "layout", None) is None:
-            from .strategy import _STRATEGIES
-            series = sorted(n for n, c in _STRATEGIES.items() if getattr(c, "layout", None))
+            series = sorted(n for n, e in registry.strategies().items() if getattr(e.cls, "layout", None))
             raise SeqbenchError(f"task '{self.name}' is a time series: choose a series strategy "
                                 f"({', '.join(series)}), not '{strategy_cls.name}'")
         self.strategy_cls = strategy_cls
 
     def _strategy(self):
         if getattr(self, "strategy_cls", None) is None:
-            from .strategy import get_strategy
-            self.strategy_cls = get_strategy("rmb-ssif")
+            self.strategy_cls = registry.get_strategy("rmb-ssif").cls
         return self.strategy_cls
 
     # ----------------------------------------------------------------- data

@@ -1,8 +1,8 @@
 """Training strategies: how mini-batches and recurrent state meet. A pluggable piece of the runner.
 
-The runner asks the strategy to run the model on each batch and hands it each batch's final
-state and output; everything else (loss, optimiser, evaluation loop) is the runner's one loop.
-Register a new strategy with ``@register_strategy("name")``; select it with ``--strategy name``.
+The runner asks the strategy to run the model on each batch and hands it each batch's final state
+and output; the loss, optimiser and evaluation loop are the runner's. Register one with
+``@register_strategy("name")`` (``seqbench.registry``); select it with ``--strategy name``.
 
     start(train)              at the start of every training epoch / evaluation pass
     initial_state(batch)      the state the model starts this batch from (None = zeros)
@@ -10,16 +10,16 @@ Register a new strategy with ``@register_strategy("name")``; select it with ``--
     update(batch, state, out) after the batch (after the optimiser step when training)
     end(train)                at the end of the epoch / pass
     state_dict(), load_state_dict(d)   whatever must survive a checkpoint (e.g. MPTT's memory)
+    label(config)             (classmethod) the strategy as the report names it, from a flat config
 
-Class attributes tell a time-series task (``seqbench.series``) how to lay out the data:
-``layout`` (training batches: None = the task's own loaders; "windows": shuffled overlapping
-windows; "stream": non-overlapping windows, batch rows continuing each other; "sequence":
-consecutive non-overlapping windows), ``inference`` ("windows": each window from a zero state;
-"sequential": the whole split as one sequence; "conditional": the whole split, chunked by the
-strategy) and ``extra_input`` (None, "previous_target", "initial_target": one more input channel).
-
-The time-series strategies are the MPTT paper's comparison (Xu et al., SDM 2024, reference
-XuShaoming/Message-Propagation-Through-Time ``scripts/Train_*_demo.py``): training / inference.
+Class attributes tell a time-series task (``seqbench.series``) how to lay out the data. ``layout``,
+the training batches: None (the task's own loaders), "windows" (shuffled overlapping windows),
+"stream" (non-overlapping windows, batch rows continuing each other), "sequence" (consecutive
+non-overlapping windows). ``inference``: "windows" (each window from a zero state), "sequential"
+(the whole split as one sequence), "conditional" (the whole split, chunked by the strategy).
+``extra_input``: None, "previous_target" or "initial_target" (one more input channel).
+The time-series strategies are the MPTT paper's comparison (Xu et al., SDM 2024;
+XuShaoming/Message-Propagation-Through-Time ``scripts/Train_*_demo.py``).
 """
 from __future__ import annotations
 
@@ -27,25 +27,10 @@ import math
 
 import torch
 
-from .errors import SeqbenchError
 from .model import batch_dims, state_leaves, state_rebuild
+from .registry import register_strategy
 
-_STRATEGIES: dict[str, type] = {}
-
-
-def register_strategy(name: str):
-    def deco(cls):
-        cls.name = name
-        _STRATEGIES[name] = cls
-        return cls
-
-    return deco
-
-
-def get_strategy(name: str) -> type:
-    if name not in _STRATEGIES:
-        raise SeqbenchError(f"unknown strategy '{name}'; known: {', '.join(sorted(_STRATEGIES))}")
-    return _STRATEGIES[name]
+__all__ = ["register_strategy", "detach_state", "MiniBatch"]
 
 
 def detach_state(state):
@@ -63,9 +48,15 @@ class MiniBatch:
     layout: str | None = None
     inference: str | None = None
     extra_input: str | None = None
+    label_keys: tuple = ()  # the config keys ``label`` shows (the report's variant leaves them out)
 
     def __init__(self, task=None, model=None, train=None):
         self.task, self.model, self.train_cfg = task, model, train
+
+    @classmethod
+    def label(cls, config: dict) -> str:
+        """The strategy as the report names it, from a run's flat config."""
+        return cls.name
 
     def start(self, train: bool) -> None:
         pass
@@ -318,6 +309,12 @@ class MPTT(_Series):
     mean ends the same as one by one."""
 
     inference = "sequential"
+    label_keys = ("keeper",)
+
+    @classmethod
+    def label(cls, config: dict) -> str:
+        """With the keeper delta: δ=0 and δ=1 are two rows of the MPTT paper's table."""
+        return f"{cls.name} δ={config.get('keeper', 1.0):g}"
 
     def __init__(self, task=None, model=None, train=None):
         super().__init__(task, model, train)

@@ -235,7 +235,7 @@ def _wait_for_lock(path: Path, timeout: float = 60.0) -> None:
     runner sees that (its pid is gone; a process of a lost node may take a moment to exit). From
     another host it cannot: a lock written on a host where no Ray node is alive any more is removed.
     A lock still held after ``timeout`` is left to the runner, which refuses the run in one line."""
-    from .runner import _lock_owner
+    from .rundir import lock_owner
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -244,7 +244,7 @@ def _wait_for_lock(path: Path, timeout: float = 60.0) -> None:
         except (OSError, IndexError):
             return  # no lock, or a half-written one (stale for the runner)
         if host == socket.gethostname():
-            if _lock_owner(path) is None:
+            if lock_owner(path) is None:
                 return
         else:
             import ray
@@ -287,8 +287,7 @@ def work(job: dict) -> dict:
 def _prepare_data(runs: list[Run]) -> None:
     """Local sweeps: each distinct task's data is checked (and downloaded or generated) once, here,
     before the workers start, so they do not race on a download and a missing file is one line now."""
-    from .data import data_root
-    from .strategy import get_strategy
+    from .build import make_task
 
     seen = set()
     for run in runs:
@@ -297,8 +296,7 @@ def _prepare_data(runs: list[Run]) -> None:
         if key in seen:
             continue
         seen.add(key)
-        task = registry.get_task(c.task).cls(c.task_params, data_root())
-        task.use_strategy(get_strategy(c.train.strategy))
+        task = make_task(c)
         task.spec()
         task.loaders(c.train.batch_size, c.train.eval_batch_size, c.train.seed)
 
@@ -322,7 +320,7 @@ def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
             # once a token file exists: see README), and no usage report from an offline machine
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-            from .runner import cores_available
+            from .build import cores_available
 
             ray.init(address="local", num_cpus=num_cpus or cores_available(), **kw)
         else:

@@ -4,16 +4,23 @@ A task class sets ``kind`` (one of ``registry.INPUT_KINDS``), a ``Params`` datac
 ``presets``; an instance is built from its params and the data root and provides:
 
     spec() -> TaskSpec                   shapes, loss, metrics with direction, selection metric
-    loaders(batch_size, eval_batch_size, seed) -> {"train", "val", "test"}
-    wrap(backbone) -> nn.Module          encoder in, head out; forward(x, state) -> (out, state)
+    use_strategy(strategy_cls)           before spec() and loaders(): a strategy may shape the data
+    loaders(batch_size, eval_batch_size, seed) -> {"train", "val"?, "test"}
+    wrap(backbone) -> nn.Module          encoder in, ``head`` out; forward(x, state) -> (out, state)
     loss(out, y) -> scalar Tensor        the training loss (mean)
     eval_stats(out, y) -> {name: Tensor} sums over a batch; added up over the whole split
     metrics(sums) -> {name: float}       from the summed stats; one value per declared metric
+    per_class(sums) -> dict | None       a per-class breakdown for the record (dense: IoU per class)
+    examples(predict) -> (arrays, meta) | None   predictions to save beside the record (dense)
     info() -> dict                       extra facts for the record (e.g. the permutation)
+    example_batch(n), example_input(x, n)  inputs without data files (bench), latency inputs
+    latency_batches                      the batch sizes latency is measured at (default 1, 64)
+    reference_model                      the model others are compared with in the report, or None
     write_fake_data(root)                (classmethod) tiny generated files in the real layout, for tests
 
 Loaders yield tuples ``(x, y, *extra)``; training strategies may use ``extra`` (e.g. window
-starts). Evaluation loaders never drop the last batch.
+starts). Evaluation loaders never drop the last batch. A task without a "val" loader is tested
+after every epoch and its last epoch's weights are the ones recorded (the CIFAR papers' protocol).
 """
 from __future__ import annotations
 
@@ -54,6 +61,7 @@ class Task:
     # the model the others are compared with, seed by seed, in the report's gains table (the
     # dense kind's fcn, the image kind's resnet: the same backbone without the idea under test)
     reference_model: str | None = None
+    latency_batches: tuple = (1, 64)
 
     def __init__(self, params, data_root):
         self.params = params
@@ -61,6 +69,12 @@ class Task:
 
     def info(self) -> dict:
         return {}
+
+    def per_class(self, sums) -> dict | None:
+        return None
+
+    def examples(self, predict) -> tuple[dict, dict] | None:
+        return None
 
     def use_strategy(self, strategy_cls) -> None:
         """Called by the runner before spec() and loaders(): the training strategy may shape the

@@ -41,7 +41,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from seqbench.config import POSITIVE, _choice, reals, setting
+from seqbench.config import POSITIVE, choice, reals, setting
 from seqbench.data import ensure_archive, ensure_files, verify_enabled
 from seqbench.errors import SeqbenchError
 from seqbench.image import ImageLoader, ImageTask, normalize, random_crop_flip, split_indices
@@ -85,7 +85,7 @@ def read_batch(path: Path, what: str) -> tuple[np.ndarray, np.ndarray]:
 
 @dataclass
 class CIFARParams:
-    source: str = _choice("official", ("official", "subset"),
+    source: str = choice("official", ("official", "subset"),
                           "official: the full python-version files; subset: the real 6,102-image CIFAR-10 subset")
     val_fraction: float = setting(0.1, reals(0.0, 1.0, hi_open=True, what="a fraction"),
                                   "of the training images, held out for validation; 0: none (the papers' protocol)")

@@ -158,7 +158,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from seqbench.config import POSITIVE, SEED, _choice, setting
+from seqbench.config import POSITIVE, SEED, choice, setting
 from seqbench.data import ensure_files, file_digest, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_task
@@ -823,7 +823,7 @@ class HydroStandIn(_ClimateTask):
 
     @dataclass
     class Params(SeriesParams):
-        target: str = _choice("soil_water", tuple(HYDRO_TARGETS),
+        target: str = choice("soil_water", tuple(HYDRO_TARGETS),
                               "soil_water (mm) | snowpack (mm SWE) | streamflow (mm/day)")
         years: int = setting(1000, POSITIVE)
         gen_seed: int = setting(0, SEED)

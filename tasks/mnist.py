@@ -17,7 +17,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from seqbench.config import FRACTION, POSITIVE, SEED, _choice, setting
+from seqbench.config import FRACTION, POSITIVE, SEED, choice, setting
 from seqbench.data import TensorLoader, ensure_files
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
@@ -87,7 +87,7 @@ def make_permutation(kind: str, n: int, seed: int) -> Optional[np.ndarray]:
 
 @dataclass
 class MNISTParams:
-    permutation: str = _choice("none", ("none", "bitreversal", "random"))
+    permutation: str = choice("none", ("none", "bitreversal", "random"))
     perm_seed: int = setting(0, SEED, "for permutation=random")
     val_fraction: float = setting(0.1, FRACTION, "of the 60k training images, held out for validation")
     train_subset: Optional[int] = setting(None, POSITIVE, "first N of the (shuffled-split) training part")
@@ -188,4 +188,4 @@ class SequentialMNIST(ClassificationTask):
 class PermutedMNIST(SequentialMNIST):
     @dataclass
     class Params(MNISTParams):
-        permutation: str = _choice("bitreversal", ("bitreversal", "random"))
+        permutation: str = choice("bitreversal", ("bitreversal", "random"))

@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqbench.config import _choice, reals, setting
+from seqbench.config import choice, reals, setting
 from seqbench.data import ensure_archive, ensure_files, verify_enabled
 from seqbench.dense import (IGNORE, SIZE, DenseParams, DenseTask, check_pairs, median_frequency_weights,
                             parse_size, read_label)
@@ -65,7 +65,7 @@ CAMVID_COUNTS = {"train": 367, "val": 101, "test": 233}
 @dataclass
 class CamVidParams(DenseParams):
     size: str = setting("360x480", SIZE, "the network's input size HxW (evaluation stays at the labels' 360x480)")
-    class_weights: str = _choice("none", ("none", "median_freq"),
+    class_weights: str = choice("none", ("none", "median_freq"),
                                  "loss weights: none, or SegNet's median-frequency balancing from the training labels")
 
 

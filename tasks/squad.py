@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from seqbench.config import FRACTION, SEED, _choice, check_split, setting
+from seqbench.config import FRACTION, SEED, choice, check_split, setting
 from seqbench.data import ensure_files, verify_enabled, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.qa import (QAParams, QATask, char_span_to_tokens, normalize_answer, normalize_quotes,
@@ -58,7 +58,7 @@ NOT_COMPARABLE = ("dev-holdout: trained on about 7.9k questions of 36 dev articl
 
 @dataclass
 class SquadParams(QAParams):
-    split: str = _choice("official", ("official", "dev-holdout"),
+    split: str = choice("official", ("official", "dev-holdout"),
                          "official: train-v1.1 -> dev-v1.1; dev-holdout: dev's articles split into train/val/test")
     split_seed: int = setting(0, SEED, "dev-holdout: the shuffle of dev's articles")
     val_fraction: float = setting(0.125, FRACTION, "dev-holdout: share of the articles for validation")

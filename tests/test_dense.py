@@ -91,7 +91,7 @@ def test_dense_rnn_flops_count_the_quadrant_pairs():
     model = registry.get_model("dense-rnn")
     p = config.resolve(model, registry.get_task("camvid"), "tiny").model_params
     small = model.cls(3, p)
-    from seqbench.image import count_flops
+    from seqbench.measure import count_flops
     with_rnn = count_flops(small, torch.zeros(1, 3, 32, 32))
     rnn = small.rnn.flops(torch.zeros(1, p.d_in, 4, 4))
     assert rnn > 0 and with_rnn > rnn  # the recurrence's own count is inside the model's
@@ -349,7 +349,7 @@ def test_poly_schedule_steps_every_batch(env):
     cfg = config.resolve(registry.get_model("fcn"), registry.get_task("camvid"), "tiny", over)
     r = Runner(cfg, quiet=True)
     lrs = []
-    r.optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
+    r.setup.optimizer.register_step_pre_hook(lambda opt, args, kwargs: lrs.append(opt.param_groups[0]["lr"]))
     rec = r.fit()
     total = 2 * 2
     assert lrs == pytest.approx([0.1 * (1 - i / total) ** 0.9 for i in range(total)])

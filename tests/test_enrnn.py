@@ -317,12 +317,12 @@ def test_optimizer_groups_through_the_runner(env):
         over = {**QUICK, "lr": 1e-3} | ({"model.lr_A": lr_A} if lr_A is not None else {})
         cfg = config.resolve(registry.get_model(name), registry.get_task("copy"), "tiny", over)
         runner = Runner(cfg, quiet=True)
-        groups = runner.optimizer.param_groups
+        groups = runner.setup.optimizer.param_groups
         assert len(groups) == 2
-        assert groups[0]["params"] == [runner.backbone.A] and groups[0]["lr"] == want
+        assert groups[0]["params"] == [runner.setup.backbone.A] and groups[0]["lr"] == want
         assert groups[1]["lr"] == 1e-3
         n_rest = sum(p.numel() for p in groups[1]["params"])
-        assert n_rest + runner.backbone.A.numel() == sum(p.numel() for p in runner.model.parameters())
+        assert n_rest + runner.setup.backbone.A.numel() == sum(p.numel() for p in runner.setup.model.parameters())
 
 
 def test_paper_presets():

@@ -348,12 +348,10 @@ def test_a_second_runner_on_the_same_run_id_is_refused(env):
     cfg = config.resolve(registry.get_model("gru"), registry.get_task("pmnist"), "tiny", QUICK)
     a = Runner(cfg, quiet=True, run_id="same-id")
     b = Runner(cfg, quiet=True, run_id="same-id")
-    a._acquire_lock()
-    try:
+    with a.dir.lock():
         with pytest.raises(Exception, match="is in use by process"):
             b.fit()
-    finally:
-        a._release_lock()
+    assert not (a.dir / "lock").exists()
 
 
 # ------------------------------------------------------------------- threads, output
@@ -370,7 +368,7 @@ def test_threads_are_set_recorded_and_printed(env, capsys):
 
 
 def test_default_threads_never_exceed_the_cores_given(monkeypatch):
-    from seqbench import runner as R
+    from seqbench import build as R
 
     n = torch.get_num_threads()
     monkeypatch.setattr(R, "cores_available", lambda: 1)
@@ -412,7 +410,7 @@ def test_summary_says_what_happened_instead_of_none(capsys):
 
     rec = {"run_id": "r", "status": "completed", "path": "p", "env": {"device": "cpu"},
            "task_info": {"select": "acc"},
-           "metrics": {"best_epoch": None, "val": None, "test": {"acc": 0.1}},
+           "metrics": {"val": None, "test": {"acc": 0.1}, "selection": {"epoch": 1, "reason": "last_no_finite_val"}},
            "measure": {"params": {"total": 10, "nonzero": 10}, "sparsity": {"overall": 0.0}, "flops_per_sample": 5,
                        "latency": {"b1": {"median_ms": 1.0, "iqr_ms": 0.0, "runs": 1},
                                    "b64": {"median_ms": 2.0, "iqr_ms": 0.1, "runs": 5}},

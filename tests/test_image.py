@@ -11,7 +11,8 @@ import torch.nn as nn
 from seqbench import config, registry
 from seqbench.cli import main
 from seqbench.errors import SeqbenchError
-from seqbench.image import count_flops, random_crop_flip
+from seqbench.image import random_crop_flip
+from seqbench.measure import count_flops
 from seqbench.resnet import DIALSTMCell, DIAUnit
 from seqbench.runner import Runner
 from conftest import QUICK
@@ -245,11 +246,11 @@ def test_no_validation_protocol_records_last_and_best_test_apart(env):
     over = {**QUICK, "epochs": 3, "limit_batches": 0, "task.val_fraction": 0.0}
     cfg = config.resolve(registry.get_model("resnet"), registry.get_task("cifar10"), "tiny", over)
     r = Runner(cfg, quiet=True)
-    assert "val" not in r.loaders
+    assert "val" not in r.setup.loaders
     rec = r.fit()
     m = rec["metrics"]
-    assert rec["status"] == "completed" and m["selection"] == "last epoch (no validation split)"
-    assert m["val"] is None and m["best_epoch"] is None
+    assert rec["status"] == "completed" and m["selection"] == {"epoch": 3, "reason": "last_no_val_split"}
+    assert m["val"] is None
     tests = [h["test_acc"] for h in rec["history"]]
     assert len(tests) == 3 and all("val_acc" not in h for h in rec["history"])
     assert m["test"]["acc"] == pytest.approx(tests[-1])  # the last epoch's weights

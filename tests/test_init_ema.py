@@ -6,7 +6,9 @@ import torch
 from seqbench import config, registry
 from seqbench.cli import main
 from seqbench.errors import SeqbenchError
-from seqbench.runner import Runner, WeightEMA
+from seqbench.ema import WeightEMA
+from seqbench.build import build
+from seqbench.runner import Runner
 from conftest import QUICK
 
 
@@ -17,11 +19,11 @@ def _cfg(model="lstm", task="pmnist", **over):
 def test_init_from_loads_the_best_weights_and_is_recorded(env):
     src = Runner(_cfg(seed=1), quiet=True)
     src.fit()
-    best = torch.load(src.run_dir / "best.pt", weights_only=False)["model"]
+    best = torch.load(src.dir / "best.pt", weights_only=False)["model"]
     dst = Runner(_cfg(seed=2, init_from=src.run_id), quiet=True)
-    assert any(not torch.equal(v, best[k]) for k, v in dst.model.state_dict().items())  # another init
+    assert any(not torch.equal(v, best[k]) for k, v in dst.setup.model.state_dict().items())  # another init
     dst._init_from(src.run_id)
-    assert all(torch.equal(v, best[k]) for k, v in dst.model.state_dict().items())
+    assert all(torch.equal(v, best[k]) for k, v in dst.setup.model.state_dict().items())
     rec = Runner(_cfg(seed=2, init_from=src.run_id), quiet=True).fit()
     assert rec["status"] == "completed"
     assert rec["init_from"]["run_id"] == src.run_id and rec["init_from"]["file"].endswith("best.pt")
@@ -62,8 +64,8 @@ def test_weight_ema_math_and_swap():
 def test_ema_is_what_validation_and_best_see_and_resume_keeps_it(env):
     one = Runner(_cfg(epochs=1, ema=0.5, seed=3), quiet=True)
     one.fit()
-    last = torch.load(one.run_dir / "last.pt", weights_only=False)
-    best = torch.load(one.run_dir / "best.pt", weights_only=False)
+    last = torch.load(one.dir / "last.pt", weights_only=False)
+    best = torch.load(one.dir / "best.pt", weights_only=False)
     assert best["epoch"] == 1 and last["ema"] is not None
     for k, v in last["ema"].items():  # best.pt holds the average; the trained weights are apart
         assert torch.equal(best["model"][k], v) and not torch.equal(last["model"][k], v)
@@ -76,7 +78,7 @@ def test_ema_is_what_validation_and_best_see_and_resume_keeps_it(env):
     # with ema 0, nothing of it is kept
     plain = Runner(_cfg(epochs=1), quiet=True)
     plain.fit()
-    assert plain.ema is None and torch.load(plain.run_dir / "last.pt", weights_only=False)["ema"] is None
+    assert plain.setup.ema is None and torch.load(plain.dir / "last.pt", weights_only=False)["ema"] is None
 
 
 def test_weight_ema_keep_zeros_holds_the_trained_zeros():
@@ -96,15 +98,15 @@ def test_an_iss_component_removed_in_training_is_removed_from_the_evaluated_aver
     """ISS + ema: validation, best.pt and the test see the average with the trained weights' zeros,
     so a unit the thresholding removed counts as removed (else the average keeps it for ~1/(1-decay)
     steps and nothing is ever pruned)."""
-    r = Runner(config.resolve(registry.get_model("iss-lstm"), registry.get_task("ptb"), "tiny",
-                              {**QUICK, "ema": 0.9}), quiet=True, data=False)
+    r = build(config.resolve(registry.get_model("iss-lstm"), registry.get_task("ptb"), "tiny", {**QUICK, "ema": 0.9}),
+              data=False)
     head = r.model.head
     with torch.no_grad():
         for s in r.backbone.iss_groups(head)[0].slices:  # component 0 of the first layer: all its weights
             s.tensor.index_fill_(s.dim, s.index([0]), 0.0)
     with r.ema.swapped(r.model):  # the plain average: unit 0 is still there
         assert not r.backbone.zero_groups(head)[0][0]
-    with r._evaluated_weights():
+    with r.evaluated_weights():
         assert bool(r.backbone.zero_groups(head)[0][0]) and int(r.backbone.zero_groups(head)[0].sum()) == 1
     assert bool(r.backbone.zero_groups(head)[0][0])  # the trained weights are back
 
@@ -113,15 +115,15 @@ def test_select_last_tests_the_last_epoch(env, capsys):
     over = dict(epochs=3, seed=4)
     rec = Runner(_cfg(**over, select="last"), quiet=True).fit()
     m = rec["metrics"]
-    assert m["best_epoch"] == 3 and m["selection"].startswith("select last")
+    assert m["selection"] == {"epoch": 3, "reason": "last_requested"}
     assert m["val"]["acc"] == rec["history"][-1]["val_acc"]
     assert torch.load(env["results"] / "checkpoints" / rec["run_id"] / "best.pt", weights_only=False)["epoch"] == 3
     brec = Runner(_cfg(**over), quiet=True).fit()  # the default: the best validation epoch
     best, vals = brec["metrics"], [h["val_acc"] for h in brec["history"]]
-    assert best["selection"] == "best validation epoch" and best["val"]["acc"] == max(vals)
+    assert best["selection"]["reason"] == "best_val" and best["val"]["acc"] == max(vals)
     # same training; with seed 4 the best validation epoch is not the last (ties keep the first),
     # so the two selections test different weights and select=last cannot pass by coincidence
-    assert [h["val_acc"] for h in rec["history"]] == vals and best["best_epoch"] != 3
+    assert [h["val_acc"] for h in rec["history"]] == vals and best["selection"]["epoch"] != 3
     assert m["test"] != best["test"]
     assert main(["run", "--model", "lstm", "--task", "pmnist", "--set", "select=middle"]) == 2
     err = capsys.readouterr().err.strip().splitlines()

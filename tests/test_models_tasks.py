@@ -9,7 +9,7 @@ import torch
 
 from seqbench import config, registry
 from seqbench.runner import Runner
-from seqbench.strategy import get_strategy
+from seqbench.build import make_task
 from conftest import QUICK
 
 PAIRS = [
@@ -29,21 +29,21 @@ def test_every_model_and_task_is_in_some_pair():
 def test_pair_trains_evaluates_and_records(env, model, task):
     cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", QUICK)
     runner = Runner(cfg, quiet=True)
-    before = {k: v.clone() for k, v in runner.model.state_dict().items()}
+    before = {k: v.clone() for k, v in runner.setup.model.state_dict().items()}
     rec = runner.fit()
     assert rec["status"] == "completed", rec["failure"]
     # training changed the weights
-    after = runner.model.state_dict()
+    after = runner.setup.model.state_dict()
     assert any(not torch.equal(before[k], after[k].cpu()) for k in before)
-    spec = runner.spec
+    spec = runner.setup.spec
     for split in ("val", "test"):
         assert set(rec["metrics"][split]) == {m.name for m in spec.metrics}
         assert all(math.isfinite(v) for v in rec["metrics"][split].values())
     meas = rec["measure"]
     assert meas["flops_per_sample"] > 0
-    assert meas["params"]["total"] == sum(p.numel() for p in runner.model.parameters())
+    assert meas["params"]["total"] == sum(p.numel() for p in runner.setup.model.parameters())
     assert 0 < meas["params"]["nonzero"] <= meas["params"]["total"]
-    batches = getattr(runner.task, "latency_batches", (1, 64))  # a task may declare its own (dense: 1, 8)
+    batches = runner.setup.task.latency_batches  # a task may declare its own (dense: 1, 8)
     assert sorted(meas["latency"]) == sorted(f"b{b}" for b in batches)
     for b in batches:
         d = meas["latency"][f"b{b}"]
@@ -67,8 +67,7 @@ def test_flops_positive_and_scale_with_width(env, model):
         for k in ("hidden", "width"):
             if hasattr(cfg.model_params, k):
                 setattr(cfg.model_params, k, 8 * scale)
-        t = registry.get_task(task).cls(cfg.task_params, env["data"])
-        t.use_strategy(get_strategy(cfg.train.strategy))
+        t = make_task(cfg)
         return t.wrap(registry.get_model(model).cls(t.spec().d_input, cfg.model_params)).flops_per_sample()
 
     small, big = flops(1), flops(2)
@@ -87,8 +86,7 @@ def test_every_task_gives_an_example_batch_its_models_train_on(env, task):
     batches: the task's first compatible model takes it through the wrapper and the loss."""
     model = next(m for m, t in PAIRS if t == task)
     cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny")
-    t = registry.get_task(task).cls(cfg.task_params, env["data"])
-    t.use_strategy(get_strategy(cfg.train.strategy))
+    t = make_task(cfg)
     x, y = t.example_batch(3)
     real_x, real_y = next(iter(t.loaders(3, 3, 0)["train"]))[:2]
     assert x.shape[1:] == real_x.shape[1:] and x.dtype == real_x.dtype

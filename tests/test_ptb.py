@@ -174,8 +174,8 @@ def _runner(task="ptb", model="lstm", **over):
 
 def _eval(runner, eval_batch_size):
     t = runner.cfg.train
-    runner.loaders = runner.task.loaders(t.batch_size, eval_batch_size, t.seed)
-    return runner.evaluate("val")
+    runner.setup.loaders = runner.setup.task.loaders(t.batch_size, eval_batch_size, t.seed)
+    return runner.setup.evaluate("val")
 
 
 def test_perplexity_does_not_depend_on_the_eval_batch_size(env, one_thread):
@@ -183,7 +183,7 @@ def test_perplexity_does_not_depend_on_the_eval_batch_size(env, one_thread):
     # prediction depends on its own input only, so B = 1, 3 and 10 rows must agree to rounding;
     # dropping the remainder (10 tokens here) would show at ~1e-5.
     runner = _runner()
-    rnn = runner.backbone.rnn
+    rnn = runner.setup.backbone.rnn
     with torch.no_grad():
         rnn.weight_hh_l0.zero_()
         rnn.bias_ih_l0[16:32] = -1e4
@@ -197,15 +197,15 @@ def test_perplexity_with_memory_is_the_rows_scored_from_zero_states(env, one_thr
     # still depends on B. The B = 10 number is exactly the sum over its 10 row segments each
     # evaluated alone (every target once), and within 1e-3 of the full-context B = 1 number.
     runner = _runner()
-    stream = runner.task.corpus()["streams"]["val"]
+    stream = runner.setup.task.corpus()["streams"]["val"]
     ten, one = _eval(runner, 10), _eval(runner, 1)
     loader = P.batchify_eval(stream, 10, 5)
     nll, count = 0.0, 0
     for r in range(10):
         k = int((loader.y[r] != P.IGNORE).sum())
         seg = torch.cat([loader.x[r, :k], loader.y[r, k - 1 : k]])
-        runner.loaders["val"] = P.batchify_eval(seg, 1, 5)
-        m = runner.evaluate("val")
+        runner.setup.loaders["val"] = P.batchify_eval(seg, 1, 5)
+        m = runner.setup.evaluate("val")
         nll, count = nll + m["loss"] * k, count + k
     assert count == len(stream) - 1
     assert ten["loss"] == pytest.approx(nll / count, rel=1e-6)
@@ -216,11 +216,11 @@ def test_perplexity_with_memory_is_the_rows_scored_from_zero_states(env, one_thr
 def test_uniform_logits_score_the_vocabulary_size(env, task, one_thread):
     runner = _runner(task)
     with torch.no_grad():
-        runner.model.head.weight.zero_()
-        runner.model.head.bias.zero_()
-    v = runner.spec.d_output
+        runner.setup.model.head.weight.zero_()
+        runner.setup.model.head.bias.zero_()
+    v = runner.setup.spec.d_output
     for split in ("val", "test"):
-        m = runner.evaluate(split)
+        m = runner.setup.evaluate(split)
         if task == "ptb":
             assert m["ppl"] == pytest.approx(v, rel=1e-6)  # float32 token NLLs
         else:

@@ -4,7 +4,7 @@ import multiprocessing as mp
 import pandas as pd
 import pytest
 
-from seqbench import records, registry, report
+from seqbench import iss, records, registry, report
 from seqbench.errors import SeqbenchError
 
 
@@ -12,12 +12,13 @@ def fake_record(run_id, model="lstm", task="pmnist", seed=0, acc=0.9, lat=2.0, s
     return {
         "schema": records.SCHEMA_VERSION, "run_id": run_id, "status": status,
         "failure": None if status == "completed" else "non-finite training loss at epoch 1, step 3",
-        "model": model, "task": task, "preset": "tiny", "strategy": "minibatch", "seed": seed,
-        "config": {"model": model, "task": task, "strategy": "minibatch"},
+        "model": model, "task": task, "preset": "tiny", "strategy": "minibatch", "strategy_label": "minibatch",
+        "seed": seed, "config": {"model": model, "task": task, "strategy": "minibatch"},
         "env": {"device": "cpu", "device_name": "x86_64", "git_commit": "abc"},
         "task_info": {"select": "acc", "metrics": {"acc": "higher", "loss": "lower"}},
-        "metrics": {"best_epoch": 2, "val": {"acc": acc - 0.01, "loss": 0.3}, "test": {"acc": acc, "loss": 0.3}}
-        if status == "completed" else {"best_epoch": None, "val": None, "test": None},
+        "metrics": {"val": {"acc": acc - 0.01, "loss": 0.3}, "test": {"acc": acc, "loss": 0.3},
+                    "selection": {"epoch": 2, "reason": "best_val"}}
+        if status == "completed" else {"val": None, "test": None, "selection": {"epoch": 0, "reason": "last_no_finite_val"}},
         "history": [{"epoch": 1, "val_acc": acc / 2}, {"epoch": 2, "val_acc": acc}] if status == "completed" else [],
         "measure": {
             "params": {"total": 1000, "nonzero": 900}, "sparsity": {"overall": 0.1, "per_tensor": {}},
@@ -27,6 +28,43 @@ def fake_record(run_id, model="lstm", task="pmnist", seed=0, acc=0.9, lat=2.0, s
         } if status == "completed" else {},
         "timing": {"started": f"2026-01-01T00:00:0{seed}", "wall_s": 10.0, "train_s": 8.0, "epochs": 2},
     }
+
+
+def schema1(rec):
+    """``rec`` as schema 1 wrote it: ``best_epoch`` and no selection, no strategy label."""
+    rec = {**rec, "schema": 1, "metrics": dict(rec["metrics"])}
+    sel = rec["metrics"].pop("selection")
+    rec["metrics"]["best_epoch"] = sel["epoch"] if sel["reason"] == "best_val" else None
+    rec.pop("strategy_label")
+    return rec
+
+
+def test_schema_1_records_read_as_the_current_schema(tmp_path):
+    """Records written before the typed selection: best_epoch and prose become a Selection, the
+    strategy's label and the structure's description are asked of the registry."""
+    old = schema1(fake_record("old", model="iss-lstm"))
+    old["metrics"]["selection"] = "select last: the last epoch's weights"
+    old["strategy"], old["config"] = "mptt", {**old["config"], "strategy": "mptt", "keeper": 0.0}
+    old["measure"]["structure"] = {"method": "iss", "sizes": [3], "sizes_pruned": [2], "lam": 1e-3}
+    nov = schema1(fake_record("noval"))
+    nov["metrics"].update(best_epoch=None, val=None, selection="last epoch (no validation split)")
+    bare = schema1(fake_record("bare"))  # the oldest: no selection field at all
+    nofin = schema1(fake_record("nofinite"))
+    nofin["metrics"].update(best_epoch=None, val=None)
+    for r in (old, nov, bare, nofin):
+        (tmp_path / "runs").mkdir(exist_ok=True)
+        (tmp_path / "runs" / f"{r['run_id']}.json").write_text(json.dumps(r))
+    got = {r["run_id"]: r for r in records.load_all(tmp_path)}
+    assert {r["schema"] for r in got.values()} == {records.SCHEMA_VERSION}
+    assert got["old"]["metrics"]["selection"] == {"epoch": 2, "reason": "last_requested"}
+    assert "best_epoch" not in got["old"]["metrics"]
+    assert got["old"]["strategy_label"] == "mptt δ=0" and got["bare"]["strategy_label"] == "minibatch"
+    assert got["old"]["measure"]["structure"]["summary"] == "ISS widths 3 -> 2"
+    assert got["old"]["measure"]["structure"]["units_kept"] == 2
+    assert got["noval"]["metrics"]["selection"] == {"epoch": 2, "reason": "last_no_val_split"}
+    assert got["bare"]["metrics"]["selection"] == {"epoch": 2, "reason": "best_val"}
+    assert got["nofinite"]["metrics"]["selection"] == {"epoch": 2, "reason": "last_no_finite_val"}
+    assert records.problem(old) is None and records.read(tmp_path / "runs" / "old.json")["schema"] == 2
 
 
 def test_write_is_immutable_and_leaves_no_temp(tmp_path):
@@ -73,7 +111,7 @@ def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
         for seed in (0, 1):
             rec = fake_record(f"r{k}-{seed}", seed=seed, acc=0.5 + k / 20 + seed / 100, lat=1.0 + k)
             rec["config"] = {**preset, "seed": seed, "strategy": st}  # no variant: the preset's values
-            rec["strategy"] = st
+            rec["strategy"], rec["strategy_label"] = st, st
             records.write(rec, tmp_path)
     seen = {}
 
@@ -156,16 +194,17 @@ def test_report_rows_split_by_variant_strategy_label_and_iss_structure(tmp_path)
     b = fake_record("b", acc=0.7)
     b["config"] = {**base, "lr": 0.01}
     m = fake_record("m", task="pmnist", acc=0.6)
-    m["strategy"] = "mptt"
+    m["strategy"], m["strategy_label"] = "mptt", records.strategy_label("mptt", {"keeper": 0.0})
     m["config"] = {**base, "strategy": "mptt", "keeper": 0.0}
     i = fake_record("i", model="iss-lstm", acc=0.8)
-    i["measure"]["structure"] = {"method": "iss", "sizes": [3, 2], "sizes_pruned": [3, 2], "pruned_from": [8, 6]}
+    st = {"method": "iss", "sizes": [3, 2], "sizes_pruned": [3, 2], "pruned_from": [8, 6]}
+    i["measure"]["structure"] = {**st, **iss.describe(st)}
     i["measure"]["pruning"] = {"before": {"params": {"total": 4000}, "flops_per_sample": 8_000_000}}
     for r in (a, b, m, i):
         records.write(r, tmp_path)
     df = report.frame(records.load_all(tmp_path))
     assert report.variant(b) == "lr=0.01" and report.variant(a) == ""
-    assert report.strategy_label(m) == "mptt δ=0"
+    assert m["strategy_label"] == "mptt δ=0" and "mptt δ=0" in set(df.strategy)
     rows = report.tables(df)["accuracy"]
     assert len(rows) == 4  # a and b are not averaged together
     s = report.tables(df)["sparsity"]
@@ -175,10 +214,12 @@ def test_report_rows_split_by_variant_strategy_label_and_iss_structure(tmp_path)
 
 
 def test_iss_plot_from_iss_records(tmp_path):
+    """The plot reads the structure's description (units kept, strength); a schema-1 record gets it on reading."""
     for n, (kept, acc, lam) in enumerate([([8, 6], 0.9, 0.0), ([3, 2], 0.8, 1e-3)]):
         r = fake_record(f"i{n}", model="iss-lstm", acc=acc, seed=n)
-        r["measure"]["structure"] = {"method": "iss", "sizes": kept, "sizes_pruned": kept, "lam": lam}
-        records.write(r, tmp_path)
+        st = {"method": "iss", "sizes": kept, "sizes_pruned": kept, "lam": lam}
+        r["measure"]["structure"] = {**st, **iss.describe(st)} if n else st
+        records.write(r if n else schema1(r), tmp_path)
     out = report.build(tmp_path)
     assert (tmp_path / "plots" / "iss_pmnist.png") in out["plots"]
 

@@ -7,7 +7,7 @@ import torch
 from seqbench import config, records, registry
 from seqbench.model import RecurrentBackbone
 from seqbench.runner import Runner
-from seqbench.strategy import Stateful, get_strategy
+from seqbench.strategy import Stateful
 from conftest import QUICK
 
 
@@ -43,12 +43,12 @@ def test_resume_after_interrupt_matches_uninterrupted(env):
 def test_best_checkpoint_is_what_gets_tested(env):
     runner = Runner(_cfg(epochs=2, limit_batches=0), quiet=True)
     rec = runner.fit()
-    best = torch.load(runner.run_dir / "best.pt", weights_only=False)
-    assert best["epoch"] == rec["metrics"]["best_epoch"]
+    best = torch.load(runner.dir / "best.pt", weights_only=False)
+    assert rec["metrics"]["selection"] == {"epoch": best["epoch"], "reason": "best_val"}
     vals = [h["val_acc"] for h in rec["history"]]
     assert rec["metrics"]["val"]["acc"] == max(vals)
-    runner.model.load_state_dict(best["model"])
-    assert runner.evaluate("test") == rec["metrics"]["test"]
+    runner.setup.model.load_state_dict(best["model"])
+    assert runner.setup.evaluate("test") == rec["metrics"]["test"]
 
 
 class _NaNNet(RecurrentBackbone):
@@ -82,12 +82,12 @@ def test_nonfinite_loss_stops_and_records_failure(env, nan_model):
 
 def test_eval_covers_every_sample_without_drop_last(env):
     runner = Runner(_cfg(limit_batches=0, eval_batch_size=7, **{"task.test_subset": 100}), quiet=True)
-    n = sum(b[1].numel() for b in runner.loaders["test"])
-    assert n == 100 and len(runner.loaders["test"]) == 15
+    n = sum(b[1].numel() for b in runner.setup.loaders["test"])
+    assert n == 100 and len(runner.setup.loaders["test"]) == 15
 
 
 def test_stateful_strategy_carries_detached_state():
-    s = get_strategy("stateful")()
+    s = registry.get_strategy("stateful").cls()
     s.start(train=True)
     assert s.initial_state(None) is None
     h = (torch.ones(1, 2, 3, requires_grad=True) * 2, torch.zeros(1, 2, 3, requires_grad=True) + 1)
@@ -145,10 +145,10 @@ def test_model_optimizer_groups_get_their_own_lr(env):
     registry.register_model("two-rates-test")(_TwoRates)
     try:
         r = Runner(_cfg(model="two-rates-test", lr=0.1), quiet=True)
-        lrs = sorted(g["lr"] for g in r.optimizer.param_groups)
+        lrs = sorted(g["lr"] for g in r.setup.optimizer.param_groups)
         assert lrs == [pytest.approx(0.001), pytest.approx(0.1)]
-        n_params = sum(len(g["params"]) for g in r.optimizer.param_groups)
-        assert n_params == len(list(r.model.parameters()))  # every parameter once: slow, fast, head
+        n_params = sum(len(g["params"]) for g in r.setup.optimizer.param_groups)
+        assert n_params == len(list(r.setup.model.parameters()))  # every parameter once: slow, fast, head
     finally:
         registry.unregister("two-rates-test")
 
@@ -167,6 +167,7 @@ def test_preset_names_beyond_tiny_fast_paper():
         presets = {"tiny": {}, "ptb:small": {}, "copy:huge": {}}
 
     class T:
+        kind = "tokens"
         presets = {"medium": {}}
 
     assert config.preset_names(M, T, "ptb") == ["tiny", "fast", "paper", "medium", "small"]

@@ -197,7 +197,7 @@ def test_official_split_tests_dev_every_epoch_without_validation(env):
     cfg = config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny",
                          {**QUICK, "task.split": "official"})
     rec = Runner(cfg, quiet=True).fit()
-    assert rec["status"] == "completed" and rec["metrics"]["selection"] == "last epoch (no validation split)"
+    assert rec["status"] == "completed" and rec["metrics"]["selection"]["reason"] == "last_no_val_split"
 
 
 def test_missing_and_corrupted_files_are_one_line(env, tmp_path, capsys, monkeypatch):

@@ -12,10 +12,13 @@ from seqbench import config, registry
 from seqbench.errors import SeqbenchError
 from seqbench.runner import Runner
 from seqbench.series import SeriesFrame, SeriesParams, SeriesTask, window_starts
-from seqbench.strategy import _STRATEGIES, get_strategy
 from conftest import QUICK
 
-SERIES_STRATEGIES = sorted(n for n, c in _STRATEGIES.items() if c.layout)
+SERIES_STRATEGIES = sorted(n for n, e in registry.strategies().items() if e.cls.layout)
+
+
+def get_strategy(name):
+    return registry.get_strategy(name).cls
 
 
 @dataclass

@@ -1,0 +1,112 @@
+"""A run's checkpoint folder, ``<results>/checkpoints/<run_id>/``: its lock and its files.
+
+``last.pt`` (everything a resume needs, written after every epoch), ``best.pt`` (the selected
+weights), ``pruned.pt`` (an ISS run's physically pruned model), each written atomically. One process
+at a time trains a run: ``lock()`` holds ``lock`` (host, pid, token) while it does; a lock whose
+process on this host is gone (kill -9) is stale and taken over.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import socket
+from pathlib import Path
+
+import torch
+
+from .errors import SeqbenchError, clip
+from .files import atomic_write
+
+
+def lock_owner(path: Path) -> str | None:
+    """Who holds a run's lock, or None when nobody does (no lock, or its process on this host is gone)."""
+    try:
+        host, pid, _ = Path(path).read_text().split()
+        pid = int(pid)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return None  # an unreadable or half-written lock: its writer died mid-write
+    if host == socket.gethostname():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass  # alive, another user's
+    return f"process {pid} on {host}"
+
+
+class RunDir:
+    def __init__(self, results, run_id: str):
+        self.run_id = run_id
+        self.path = Path(results) / "checkpoints" / run_id
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    # ------------------------------------------------------------------ lock
+    def owner(self) -> str | None:
+        return lock_owner(self.path / "lock")
+
+    def check_free(self) -> None:
+        """One line when another live process trains this run."""
+        owner = self.owner()
+        if owner is not None:
+            raise SeqbenchError(f"run '{self.run_id}' is in use by {owner} (its checkpoint folder {self.path} is "
+                                f"locked); wait for it, or delete {self.path / 'lock'} if it is gone")
+
+    @contextlib.contextmanager
+    def lock(self):
+        """Hold the run's lock inside the block (a stale lock is taken over)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        path, token = self.path / "lock", secrets.token_hex(8)
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+            except FileExistsError:
+                self.check_free()
+                path.unlink(missing_ok=True)  # stale: its process is gone
+                continue
+            with os.fdopen(fd, "w") as f:
+                f.write(f"{socket.gethostname()} {os.getpid()} {token}\n")
+            break
+        else:
+            raise SeqbenchError(f"run '{self.run_id}': could not lock {path}")
+        try:
+            yield
+        finally:
+            try:
+                if path.read_text().split()[2] == token:
+                    path.unlink()
+            except (OSError, IndexError):
+                pass
+
+    # ----------------------------------------------------------------- files
+    def save(self, name: str, payload) -> Path:
+        """``torch.save(payload)`` as ``name``, atomically (crash-test point ``save:<name>``)."""
+        self.path.mkdir(parents=True, exist_ok=True)
+        return atomic_write(self.path / name, lambda tmp: torch.save(payload, tmp), fault=f"save:{name}")
+
+    def load(self, name: str, map_location="cpu", what: str = "checkpoint") -> dict:
+        """A checkpoint file; an unreadable one (truncated, foreign) is one line naming it."""
+        path = self.path / name
+        try:
+            return torch.load(path, map_location=map_location, weights_only=False)
+        except Exception as e:
+            raise SeqbenchError(f"{what} {clip(str(path), 200)} is unreadable ({type(e).__name__})") from None
+
+    def has(self, name: str) -> bool:
+        return (self.path / name).is_file()
+
+    def weights_file(self) -> str | None:
+        """The run's selected weights: ``best.pt``, else ``last.pt``; None when it has neither."""
+        return next((n for n in ("best.pt", "last.pt") if self.has(n)), None)
+
+    def weights(self, map_location="cpu", what: str = "") -> tuple[dict, Path]:
+        """The state dict of ``weights_file()`` and its path; one line when there is none or it is unreadable."""
+        name = self.weights_file()
+        if name is None:
+            raise SeqbenchError(f"{what}run {clip(repr(self.run_id))}: no best.pt or last.pt in {self.path}")
+        return self.load(name, map_location, f"{what}run '{self.run_id}': checkpoint")["model"], self.path / name
