@@ -2,64 +2,8 @@
 paper's reference implements it (wenwei202/iss-rnns, ``bidaf/basic/model.py``, a fork of
 allenai/bi-att-flow), and ISS on its LSTMs (Wen et al., ICLR 2018, section 4.3). Written from the
 papers and those codes (and allenai/allennlp-models ``rc/models/bidaf.py``); nothing is copied.
-
-The model (``hidden`` = d, 100 in the reference) reads the task's word vectors and 8-d character
-vectors (``seqbench/qa.py`` ``QAModel``: the embedding tables depend on the task's vocabularies):
-
-1. char CNN: dropout on the char vectors, ``char_filters`` (100) filters of width ``char_width`` (5)
-   over each word's characters (no padding), ReLU, max over positions; shared by context and question;
-2. [char CNN ; word vector] through ``highway`` (2) highway layers, t = relu(W_t x), g = sigmoid(W_g x),
-   g t + (1 - g) x, shared;
-3. contextual biLSTM (d per direction) shared by context (h) and question (u). Dropout on its input
-   for the question pass only: the reference wraps the cells in DropoutWrapper for the question and
-   runs the context through the bare cells (a quirk of both reference codes, kept);
-4. attention flow: S[t, j] = w . [h_t; u_j; h_t * u_j] + b (masked); c2q u~_t = sum_j softmax_j(S) u_j;
-   q2c h~ = sum_t softmax_t(max_j S[t, j]) h_t; G = [h; u~; h * u~; h * h~] (8d);
-5. modeling biLSTMs g0 (G -> 2d) and g1 (-> M, 2d);
-6. output: start logits = w1 . [M; G] + b1 (the reference's order); a = sum_t softmax(start)_t M_t;
-   g2 biLSTM over [G; M; a; M * a] -> M2; end logits = w2 . [M2; G] + b2. Both masked (-1e30).
-
-Dropout ``dropout`` (0.2: the reference's keep 0.8) on the char vectors, on the inputs of the LSTMs
-(u1's question pass, g0, g1, g2) and of the two logit layers; a fresh mask per step, as TF's
-DropoutWrapper. None on the highway layers, the attention or the context's contextual pass.
-LSTM: TF's BasicLSTMCell with forget_bias 1.0 = torch's gates with the forget gate's bias_hh
-starting at 1 (trainable here, a constant plus a zero-started bias there: the same at the start and
-in every gradient); weights glorot-uniform over TF's joint [in + d, 4d] kernel, biases 0.
-Linear and conv weights glorot-uniform (TF's default), biases 0.
-
-Each biLSTM (``BiLSTM``) is two one-direction ``nn.LSTM`` of their own widths, the backward one
-run on each sequence reversed within its length: after ISS pruning the two directions keep
-different numbers of units (nn.LSTM(bidirectional=True) needs equal ones).
-
-ISS (``iss_groups``; the reference's groups_hidden100.json, one group per direction of g0, g1, g2;
-the contextual LSTM is not regularised, as the reference). Component k of a direction is its
-gate rows k, H+k, 2H+k, 3H+k of weight_ih and weight_hh, its column k of weight_hh (biases carried)
-and every weight that reads its output:
-    g0.fw / g0.bw: their columns of g1.fw's and g1.bw's weight_ih;
-    g1.fw / g1.bw: their columns of the start logits (the M part) and of g2.fw's and g2.bw's
-        weight_ih in the M, a and M * a parts. The reference's groups lack the a columns: a unit
-        whose group is zero there still feeds a_k = sum_t p_t M_t[k] (M_t[k] is its bias-driven
-        output) into g2, so removing it changes the output. With the a columns every removed unit
-        is read by nothing and pruned = masked holds exactly (tested);
-    g2.fw / g2.bw: their columns of the end logits (the M2 part).
-Group Lasso ``lam`` (sum over the 6 groups of sqrt(||w_k||^2 + 1e-8)), added to the task loss. The
-reference adds structure_wd * that to the sum of the start and end cross-entropies, each a mean
-over its batch (towers averaged): our loss is the same sum, so lam = structure_wd needs no
-conversion (0.001 in its README command; the PTB runs' lam is divided by the summed steps
-because that loss is a sum over them, see models/iss.py). Thresholding ``threshold`` after every
-step (the reference's zero_threshold 4e-4, also during its dense training) of every tensor under
-its ``prepro/`` and ``main/`` scopes: the contextual LSTM, the attention weights, g0, g1, g2 and the
-logit layers (not the char CNN, the highway layers or the embeddings). After training,
-``pruned()`` builds a BiDAF whose g0, g1, g2 directions have the kept widths (``sizes``), the
-downstream weights cut to match.
-
-Parameters without embeddings at d = 100 (char CNN 4,100, highway 160,800, contextual LSTM
-241,600, attention 601, g0 721,600, g1 241,600, g2 1,201,600, logits 2 x 1,001): 2,573,903 here
-(torch's LSTMs carry two bias vectors); 2,570,703 with TF's one. The ISS paper calls its BiDAF
-"a compact model with only 2.69M weights"; iss-rnns prints ``get_num_params()``, every trainable
-variable, which includes the 8-d char table and the trainable word rows (words without a GloVe
-vector); GloVe's fixed vectors are not variables. 2.69M - 2.57M ~ 119k of such rows is our reading
-of that number (the train-v1.1 vocabulary is not available here to check it).
+Registered: ``bidaf`` (a QA model: ``seqbench/qa.py``'s ``QAModel`` holds the embedding tables, which
+depend on the task's vocabularies).
 """
 from __future__ import annotations
 
@@ -115,6 +59,9 @@ def _glorot_(w: torch.Tensor, fan_in: int, fan_out: int) -> None:
 
 
 def _lstm(d_in: int, h: int) -> nn.LSTM:
+    """TF's BasicLSTMCell with forget_bias 1.0 as a torch LSTM: the forget gate's bias_hh starts at 1
+    (trainable here, a constant plus a zero-started bias there: the same at the start and in every
+    gradient); weights glorot-uniform over TF's joint [in + h, 4h] kernel, biases 0."""
     m = nn.LSTM(d_in, h, batch_first=True)
     with torch.no_grad():  # TF BasicLSTMCell: glorot over the joint [in + h, 4h] kernel, forget bias 1
         _glorot_(m.weight_ih_l0, d_in + h, GATES * h)
@@ -126,6 +73,7 @@ def _lstm(d_in: int, h: int) -> nn.LSTM:
 
 
 def _linear(d_in: int, d_out: int) -> nn.Linear:
+    """Glorot-uniform weights (TF's default, also the char CNN's), bias 0."""
     m = nn.Linear(d_in, d_out)
     with torch.no_grad():
         _glorot_(m.weight, d_in, d_out)
@@ -138,12 +86,13 @@ def _lstm_flops(d_in: int, h: int, steps: int) -> int:
 
 
 class BiLSTM(nn.Module):
-    """A forward and a backward one-layer LSTM of their own widths; outputs [fw ; bw]. The backward
-    LSTM reads each sequence reversed within its length (``lengths``), so in both directions a
-    padded position comes after every valid one and never reaches a valid output; padded outputs
-    are whatever the cells make of the padding, and the model masks them (attention, logits, the
-    softmax that weighs M for a). Dense runs, not packed sequences: on a CPU torch's packed LSTM
-    takes a per-step path 4-5 times slower (measured here, [60, 359] batches)."""
+    """A forward and a backward one-layer LSTM of their own widths (after ISS pruning the two directions
+    keep different numbers of units; nn.LSTM(bidirectional=True) needs equal ones); outputs [fw ; bw]. The
+    backward LSTM reads each sequence reversed within its length (``lengths``), so in both directions a
+    padded position comes after every valid one and never reaches a valid output; padded outputs are
+    whatever the cells make of the padding, and the model masks them (attention, logits, the softmax that
+    weighs M for a). Dense runs, not packed sequences: on a CPU torch's packed LSTM takes a per-step path
+    4-5 times slower (measured here, [60, 359] batches)."""
 
     def __init__(self, d_in: int, h_fw: int, h_bw: int):
         super().__init__()
@@ -181,12 +130,40 @@ class Highway(nn.Module):
 
 @register_model("bidaf")
 class BiDAF(nn.Module):
+    """BiDAF over the task's word and 8-d character vectors, giving start and end logits, with optional
+    ISS group Lasso on its modeling and output biLSTMs (g0, g1, g2) and pruning of their zero units.
+
+    With ``hidden`` = d (100 in the reference):
+    1. char CNN: dropout on the char vectors, ``char_filters`` (100) filters of width ``char_width`` (5)
+       over each word's characters (no padding), ReLU, max over positions; shared by context and question;
+    2. [char CNN ; word vector] through ``highway`` (2) highway layers, t = relu(W_t x), g = sigmoid(W_g x),
+       g t + (1 - g) x, shared;
+    3. contextual biLSTM (d per direction) shared by context (h) and question (u). Dropout on its input for
+       the question pass only: the reference wraps the cells in DropoutWrapper for the question and runs
+       the context through the bare cells (a quirk of both reference codes, kept);
+    4. attention flow: S[t, j] = w . [h_t; u_j; h_t * u_j] + b (masked); c2q u~_t = sum_j softmax_j(S) u_j;
+       q2c h~ = sum_t softmax_t(max_j S[t, j]) h_t; G = [h; u~; h * u~; h * h~] (8d);
+    5. modeling biLSTMs g0 (G -> 2d) and g1 (-> M, 2d);
+    6. output: start logits = w1 . [M; G] + b1 (the reference's order); a = sum_t softmax(start)_t M_t;
+       g2 biLSTM over [G; M; a; M * a] -> M2; end logits = w2 . [M2; G] + b2. Both masked (-1e30).
+    ``dropout`` (0.2: the reference's keep 0.8) on the char vectors, on the inputs of the LSTMs (u1's
+    question pass, g0, g1, g2) and of the two logit layers; a fresh mask per step, as TF's DropoutWrapper.
+    None on the highway layers, the attention or the context's contextual pass. Initialisation: ``_lstm``,
+    ``_linear``.
+
+    Parameters without embeddings at d = 100 (char CNN 4,100, highway 160,800, contextual LSTM 241,600,
+    attention 601, g0 721,600, g1 241,600, g2 1,201,600, logits 2 x 1,001): 2,573,903 (torch's LSTMs carry
+    two bias vectors); 2,570,703 with TF's one. The ISS paper's "a compact model with only 2.69M weights"
+    is iss-rnns' ``get_num_params()``, every trainable variable, which includes the 8-d char table and the
+    trainable word rows (words without a GloVe vector; GloVe's fixed vectors are not variables): ~119k such
+    rows is our reading of the difference, unchecked against the train-v1.1 vocabulary."""
+
     kinds = frozenset({QA})
     Params = BiDAFParams
     describe_structure = staticmethod(iss.describe)
     # The reference thresholds at 4e-4 in its dense training too (its flags always register the
     # LSTM and attention variables); ISS fine-tuning (its README command, from the dense checkpoint:
-    # --init-from) adds structure_wd 0.001 = lam (no conversion: see the docstring) and keep 0.9.
+    # --init-from) adds structure_wd 0.001 = lam (no conversion: see regularization) and keep 0.9.
     # fast: d = 32, 6 epochs of the dev-holdout split (822 steps; tasks/squad.py). fast-iss's lam is
     # scaled, not tuned: under Adam the Lasso moves each weight of a group by about
     # lr * lam / sqrt(group size) / sqrt(v) per step, so over a run the drift goes as
@@ -281,8 +258,18 @@ class BiDAF(nn.Module):
 
     # -------------------------------------------------------------------------------------- ISS
     def iss_groups(self, head=None) -> list[iss.Group]:
-        """The 6 groups of g0, g1, g2's directions (see the module docstring); ``head`` is unused
-        (the QA wrapper has none: BiDAF's output layers are its own)."""
+        """The 6 groups of g0, g1, g2's directions (the reference's groups_hidden100.json; the contextual
+        LSTM is not regularised, as the reference); ``head`` is unused (the QA wrapper has none: BiDAF's
+        output layers are its own). Component k of a direction is its gate rows k, H+k, 2H+k, 3H+k of
+        weight_ih and weight_hh, its column k of weight_hh (biases carried) and every weight that reads
+        its output:
+            g0.fw / g0.bw: their columns of g1.fw's and g1.bw's weight_ih;
+            g1.fw / g1.bw: their columns of the start logits (the M part) and of g2.fw's and g2.bw's
+                weight_ih in the M, a and M * a parts. The reference's groups lack the a columns: a unit
+                whose group is zero there still feeds a_k = sum_t p_t M_t[k] (M_t[k] is its bias-driven
+                output) into g2, so removing it changes the output. With the a columns every removed unit
+                is read by nothing and pruned = masked holds exactly (tested);
+            g2.fw / g2.bw: their columns of the end logits (the M2 part)."""
         G = 8 * self.p.hidden
         k0f, k0b, k1f, k1b, k2f, k2b = (int(v) for v in self.sizes)
         K1 = k1f + k1b
@@ -290,8 +277,10 @@ class BiDAF(nn.Module):
         for name, lstm, reads in (
                 ("g0.fw", self.g0.fw, [("g1.fw", 0), ("g1.bw", 0)]),
                 ("g0.bw", self.g0.bw, [("g1.fw", k0f), ("g1.bw", k0f)]),
-                ("g1.fw", self.g1.fw, [("logits1", 0)] + [(g, G + o) for g in ("g2.fw", "g2.bw") for o in (0, K1, 2 * K1)]),
-                ("g1.bw", self.g1.bw, [("logits1", k1f)] + [(g, G + k1f + o) for g in ("g2.fw", "g2.bw") for o in (0, K1, 2 * K1)]),
+                ("g1.fw", self.g1.fw,
+                 [("logits1", 0)] + [(g, G + o) for g in ("g2.fw", "g2.bw") for o in (0, K1, 2 * K1)]),
+                ("g1.bw", self.g1.bw,
+                 [("logits1", k1f)] + [(g, G + k1f + o) for g in ("g2.fw", "g2.bw") for o in (0, K1, 2 * K1)]),
                 ("g2.fw", self.g2.fw, [("logits2", 0)]),
                 ("g2.bw", self.g2.bw, [("logits2", k2f)])):
             g = iss.lstm_unit_slices(iss.Group(name, lstm.hidden_size), f"{name}.", lstm)
@@ -303,16 +292,25 @@ class BiDAF(nn.Module):
         return groups
 
     def regularization(self, head=None) -> torch.Tensor:
+        """Group Lasso ``lam`` * sum over the 6 groups of sqrt(||w_k||^2 + 1e-8), added to the task loss. The
+        reference adds structure_wd * that to the sum of the start and end cross-entropies, each a mean over
+        its batch (towers averaged): our loss is the same sum, so lam = structure_wd needs no conversion
+        (0.001 in its README command; the PTB runs' lam is divided by the summed steps because that loss is
+        a sum over them, see models/iss.py)."""
         if self.p.lam == 0:
             return self.att.weight.new_zeros(())
         return iss.group_lasso(self.iss_groups(), self.p.lam)
 
     def thresholded(self) -> list[torch.Tensor]:
-        """The tensors the reference zeroes below its threshold (its prepro/ and main/ scopes)."""
+        """The tensors the reference zeroes below its threshold (its prepro/ and main/ scopes): the
+        contextual LSTM, the attention weights, g0, g1, g2 and the logit layers (not the char CNN, the
+        highway layers or the embeddings)."""
         return [t for m in (self.ctx, self.att, self.g0, self.g1, self.logits1, self.g2, self.logits2)
                 for t in m.parameters()]
 
     def after_step(self, head=None) -> None:
+        """Zero entries below ``threshold`` after every step (the reference's zero_threshold 4e-4, also
+        during its dense training)."""
         iss.threshold_(self.thresholded(), self.p.threshold)
 
     def structure(self, head=None) -> dict:

@@ -1,81 +1,11 @@
-"""ENRNN and scoRNN (Helfrich & Ye, "Eigenvalue Normalized Recurrent Neural Networks for Short Term
-Memory", AAAI 2020; Helfrich, Willmott & Ye, "Orthogonal Recurrent Neural Networks with Scaled
-Cayley Transform", ICML 2018), and a plain tanh RNN baseline (``rnn``). Written from the papers and
-checked against the reference code (KHelfrich1/ENRNN ``ENRNN.py``, ``ENRNN_copying.py``,
-``ENRNN_adding.py``; SpartinStuff/scoRNN ``scoRNN.py``, ``scoRNN_copying.py``, ``scoRNN_adding.py``);
-no reference code is copied.
+"""ENRNN and scoRNN recurrent cells, and a plain tanh RNN baseline.
 
-The cell (``enrnn``). State h = [h1 (n1 = hidden), h2 (n2)], column vectors:
-    z_t = U x_t + [W1 h1 + W3 h2 ; W̄2 h2]
-    h_t = modReLU(z_t) = ReLU(|z_t| + b) * sign(z_t)
-  W1 = (I + A)^-1 (I - A) D  scaled Cayley transform of a skew-symmetric A; D = diag(+1 (n1 - n_neg
-       times), -1 (n_neg times)), as the references' ``D1``. Orthogonal for every A.
-  W̄2 = W2 / rho(W2)           eigenvalue normalisation (rho: the spectral radius), from the first
-       forward in which rho(W2) > 1 on, for good (the references' ``enrnn_begin`` flag: once set, W2
-       is divided by its spectral radius at every later step, also when rho drops below 1 again,
-       so every eigenvalue of W̄2 then lies in the closed unit disc with the largest on the circle).
-       Before that W̄2 = W2 (at initialisation rho(W2) <= max|D2| < 1). The flag is the buffer
-       ``en_active`` (saved in checkpoints).
-  W3                           couples h2 into the first block (the references' 'coupled' mode).
-  b                            the modReLU bias. With modReLU the references add no other bias to z
-       (``ENRNN.py``: ``relu(bias_add(abs(res), bias)) * sign(res)`` with ``res = x U + recurrent``);
-       we follow the reference: there is no separate additive bias in z.
-``scornn`` is the same cell with n2 = 0 (only the orthogonal block).
-
-Row vectors in the reference. The references compute ``h_t = f(x_t U_ref + h_{t-1} W_ref)`` (row
-vectors, TensorFlow); here every matrix is the transpose of the reference's (U = U_ref^T,
-W3 = W3_ref^T, W2 = W2_ref^T, and the whole block matrix [[W1, W3], [0, W̄2]] is the transpose of
-the reference's [[W1_ref, 0], [W3_ref, W̄2_ref]]). The scaled Cayley formula is applied in our
-convention, W1 = C(A) D with C(A) = (I + A)^-1 (I - A); since C(A)^T = C(-A) and D C(A) D = C(DAD),
-    W1_ref^T = (C(A_ref) D)^T = C(-D A_ref D) D,
-so our A is the reference's -D A_ref D (entrywise a sign flip), and we initialise it that way: the
-initial W1 is exactly the transpose of the reference's. The optimisers are elementwise and odd, so
-training in this parametrisation follows the reference's trajectory entry by entry.
-
-Parametrisation of A. The parameter ``A`` is the vector of the n1 (n1 - 1) / 2 strictly-upper
-entries of the skew matrix (``torch.triu_indices`` order); the matrix is S - S^T with S the
-strictly-upper matrix holding them. The reference keeps a full n1 x n1 variable and applies the
-skew-symmetric gradient V^T - V to it, so its lower triangle mirrors the upper one; our gradient of
-an upper entry (i < j) is exactly the reference's entry (V^T - V)_ij, and the parameter count is
-the true one.
-
-Gradients are autograd through the same maths (the tests compare them with the papers' closed
-forms and with finite differences):
-  Cayley (scoRNN paper, Theorem 3.1): with G = dL/dW1 and V = (I + A)^-T G (D + W1^T),
-      dL/dA = V^T - V   (from dW1 = -(I + A)^-1 dA (D + W1)).
-  Eigenvalue normalisation (ENRNN paper; the reference's ``EN_Deriv``): lambda = alpha + i beta the
-      eigenvalue of largest modulus sigma = |lambda|, W2 u = lambda u, v^H W2 = lambda v^H,
-      P = conj(v) u^T / (v^H u)   (so that d lambda = <P, dW2>, real inner product),
-      d sigma / dW2 = (alpha Re P + beta Im P) / sigma,
-      dL/dW2 = (G - <G, W̄2> (alpha Re P + beta Im P) / sigma) / sigma,   G = dL/dW̄2.
-
-Per forward call (= per optimiser step), never per time step: W1 (one n1 x n1 solve), rho(W2) (one
-eigen-decomposition of the n2 x n2 matrix with ``torch.linalg.eigvals``, on the CPU in float64:
-the reference also computes it on the host, with scipy's Schur form of the float32 matrix) and the block matrix; the time loop is one
-[B, n] x [n, n] product and the modReLU per step. Before the flag is set, rho is computed without
-autograd; the differentiable decomposition runs only once W2 is normalised (no gradient flows
-through eigenvectors while it is unused). These matrices are computed with autocast off, in the
-parameters' dtype.
-
-Initialisation (the references'): A from 2x2 blocks on the diagonal, the reference's entry
-A_ref[2k, 2k+1] = tan(theta_k / 2) (written sqrt((1 - cos)/(1 + cos))) with theta_k ~ U(0, pi/2)
-(positive in ``ENRNN.py``, negative in ``scoRNN.py``), then A = -D A_ref D as above. W2_ref =
-C(A2) D2 with A2 built the same way (positive sign) and D2 = diag(d_1, d_1, d_2, d_2, ...),
-d_k ~ U(-1, 1) (for odd n2 one more U(-1, 1) entry is put first, as the reference does, which shifts
-the pairs against A2's blocks); W2 = W2_ref^T. W3 Glorot uniform, U ~ U(-0.01, 0.01), b = 0.
-
-Learning rates: the references train A with its own optimiser and learning rate (ENRNN copying:
-RMSprop 1e-3, A 1e-5; adding: RMSprop 1e-4, A 1e-4; scoRNN copying: RMSprop 1e-3, A RMSprop 1e-4;
-scoRNN adding: Adam 1e-3, A RMSprop 1e-4). ``optimizer_groups`` puts A in its own group with
-``lr_A`` (the run's lr when None); W2, W3, U and b use the run's lr, as in the references. The
-optimiser type is the run's for every group (scoRNN adding's RMSprop-for-A is not reproduced).
-
-FLOPs per step (multiply-add = 2, pointwise = 1): 2 n d (U x) + 2 (n1^2 + n1 n2 + n2^2) (the three
-recurrent products) + n1 (W1 h1 + W3 h2, when n2 > 0) + n (adding U x) + 5 n (modReLU: abs, bias,
-ReLU, sign, product), n = n1 + n2. The implementation multiplies by the full n x n block matrix
-(its n2 x n1 zero block included: one GEMM per step instead of three); the count is the model's. The
-per-forward work (the n1^3 solve and the n2^3 eigen-decomposition, once per batch) is not per
-sample and not counted.
+ENRNN: Helfrich & Ye, "Eigenvalue Normalized Recurrent Neural Networks for Short Term Memory" (AAAI
+2020); scoRNN: Helfrich, Willmott & Ye, "Orthogonal Recurrent Neural Networks with Scaled Cayley
+Transform" (ICML 2018). Written from the papers and checked against the reference code
+(KHelfrich1/ENRNN ``ENRNN.py``, ``ENRNN_copying.py``, ``ENRNN_adding.py``; SpartinStuff/scoRNN
+``scoRNN.py``, ``scoRNN_copying.py``, ``scoRNN_adding.py``); no reference code is copied.
+Registered: ``enrnn``, ``scornn`` (the ENRNN cell with n2 = 0) and ``rnn`` (torch's tanh RNN).
 """
 from __future__ import annotations
 
@@ -122,14 +52,17 @@ def cayley(A: torch.Tensor) -> torch.Tensor:
 
 
 def scaled_cayley(A: torch.Tensor, d: torch.Tensor) -> torch.Tensor:
-    """(I + A)^-1 (I - A) D with D = diag(d)."""
+    """(I + A)^-1 (I - A) D with D = diag(d). Its gradient is autograd's; it equals the scoRNN paper's
+    closed form (Theorem 3.1; checked in the tests, also against finite differences): with
+    G = dL/dW1 and V = (I + A)^-T G (D + W1^T), dL/dA = V^T - V (from dW1 = -(I + A)^-1 dA (D + W1))."""
     return cayley(A) * d
 
 
 def spectral_radius(W: torch.Tensor) -> torch.Tensor:
     """max |eigenvalue| of a real square matrix (differentiable when W requires grad), computed on
-    the CPU in float64 and returned on W's device in W's dtype. (float32 eigenvalues of a non-normal
-    W2 are off by ~1e-6 relative, enough to leave rho(W̄2) visibly above 1.)"""
+    the CPU in float64 and returned on W's device in W's dtype (the reference also computes it on the
+    host, with scipy's Schur form of the float32 matrix). (float32 eigenvalues of a non-normal W2 are
+    off by ~1e-6 relative, enough to leave rho(W̄2) visibly above 1.)"""
     Wc = W.to("cpu", torch.float64)
     return torch.linalg.eigvals(Wc).abs().max().to(W.device, W.dtype)
 
@@ -165,7 +98,8 @@ class ScoRNNParams:
 
     def validate(self):
         if self.n_neg is not None and self.n_neg > self.hidden:
-            raise SeqbenchError(f"bad value {self.n_neg} for 'model.n_neg': expected an integer in [0, model.hidden = {self.hidden}]")
+            raise SeqbenchError(f"bad value {self.n_neg} for 'model.n_neg': "
+                                f"expected an integer in [0, model.hidden = {self.hidden}]")
 
 
 @dataclass
@@ -203,6 +137,21 @@ SCORNN_PRESETS = {
 # ------------------------------------------------------------------------------------ the cell
 @register_model("enrnn")
 class ENRNN(RecurrentBackbone):
+    """ENRNN: a modReLU RNN whose state is an orthogonal (scaled Cayley) block fed by an
+    eigenvalue-normalised block.
+
+    State h = [h1 (n1 = hidden), h2 (n2)], column vectors:
+        z_t = U x_t + [W1 h1 + W3 h2 ; W̄2 h2]
+        h_t = modReLU(z_t) = ReLU(|z_t| + b) * sign(z_t)
+      W1 = (I + A)^-1 (I - A) D  scaled Cayley transform of a skew-symmetric A, orthogonal for every A;
+           D = diag(+1 (n1 - n_neg times), -1 (n_neg times)), as the references' ``D1``.
+      W̄2 = W2 / rho(W2)          eigenvalue normalisation (rho: the spectral radius), for good from the
+           first forward in which rho(W2) > 1 on (``normalized_W2``); before that W̄2 = W2.
+      W3                          couples h2 into the first block (the references' 'coupled' mode).
+      b                           the modReLU bias. As in the references (``ENRNN.py``:
+           ``relu(bias_add(abs(res), bias)) * sign(res)``, ``res = x U + recurrent``), z has no other bias.
+    Every matrix is the transpose of the reference's row-vector one (``reset_parameters``)."""
+
     Params = ENRNNParams
     presets = ENRNN_PRESETS
     ref_sign = 1.0  # sign of the reference's initial skew entries (ENRNN.py: +, scoRNN.py: -)
@@ -225,6 +174,19 @@ class ENRNN(RecurrentBackbone):
         self.reset_parameters()
 
     def reset_parameters(self):
+        """The references' initialisation, transposed to the column convention.
+
+        The references compute ``h_t = f(x_t U_ref + h_{t-1} W_ref)`` (row vectors, TensorFlow); here
+        U = U_ref^T, W3 = W3_ref^T, W2 = W2_ref^T, and [[W1, W3], [0, W̄2]] is the transpose of their
+        [[W1_ref, 0], [W3_ref, W̄2_ref]]. With C(A) = (I + A)^-1 (I - A), C(A)^T = C(-A) and
+        D C(A) D = C(DAD), W1_ref^T = (C(A_ref) D)^T = C(-D A_ref D) D: our A is -D A_ref D (entrywise a
+        sign flip), so the initial W1 is exactly the transpose of the reference's, and since the
+        optimisers are elementwise and odd, training follows the reference's trajectory entry by entry.
+        A_ref: 2x2 diagonal blocks, A_ref[2k, 2k+1] = tan(theta_k / 2), theta_k ~ U(0, pi/2), positive in
+        ``ENRNN.py``, negative in ``scoRNN.py`` (``reference_skew_init``). W2_ref = C(A2) D2 with A2
+        built the same way (positive) and D2 = diag(d_1, d_1, d_2, d_2, ...), d_k ~ U(-1, 1), for odd n2
+        one more entry first, as the reference (which shifts the pairs against A2's blocks). W3 Glorot
+        uniform, U ~ U(-0.01, 0.01), b = 0."""
         n1, n2 = self.n1, self.n2
         with torch.no_grad():
             d = self.d1.double()
@@ -240,10 +202,25 @@ class ENRNN(RecurrentBackbone):
 
     # ---- the matrices of one forward
     def skew(self) -> torch.Tensor:
+        """A = S - S^T, S strictly upper holding the parameter ``A`` (n1 (n1 - 1) / 2 entries, the true
+        count). The reference keeps a full n1 x n1 variable and applies the skew-symmetric gradient
+        V^T - V to it (its lower triangle mirrors the upper); our gradient of an upper entry (i < j) is
+        exactly the reference's (V^T - V)_ij."""
         return skew_from_upper(self.A, self.n1)
 
     def normalized_W2(self) -> torch.Tensor:
-        """W̄2: W2 / rho(W2) once the flag is set (it is set here, when rho(W2) > 1), else W2."""
+        """W̄2: W2 / rho(W2) once the flag is set (it is set here, when rho(W2) > 1), else W2.
+
+        The flag is the references' ``enrnn_begin``, here the buffer ``en_active`` (saved in
+        checkpoints): once set, W2 is divided by its spectral radius at every later step, also when rho
+        drops below 1 again, so every eigenvalue of W̄2 lies in the closed unit disc, the largest on the
+        circle. At initialisation rho(W2) <= max|D2| < 1. Before the flag is set rho is computed without
+        autograd (no gradient through unused eigenvectors). The gradient through rho is autograd's and
+        equals the ENRNN paper's closed form (the reference's ``EN_Deriv``; checked in the tests): with
+        lambda = alpha + i beta the eigenvalue of largest modulus sigma, W2 u = lambda u,
+        v^H W2 = lambda v^H, P = conj(v) u^T / (v^H u) (d lambda = <P, dW2>, real inner product):
+            d sigma / dW2 = (alpha Re P + beta Im P) / sigma,
+            dL/dW2 = (G - <G, W̄2> (alpha Re P + beta Im P) / sigma) / sigma,   G = dL/dW̄2."""
         W2 = self.W2
         if not bool(self.en_active):
             with torch.no_grad():
@@ -255,7 +232,9 @@ class ENRNN(RecurrentBackbone):
         return W2 / spectral_radius(W2)
 
     def recurrent_matrices(self):
-        """(W1, W3, W̄2) for this forward (W3, W̄2 None when n2 = 0); autocast off."""
+        """(W1, W3, W̄2) for this forward (W3, W̄2 None when n2 = 0); autocast off, in the parameters'
+        dtype. Once per forward (= optimiser step), never per time step: one n1 x n1 solve and one
+        n2 x n2 eigen-decomposition; the time loop is one [B, n] x [n, n] product and a modReLU per step."""
         with no_autocast(self.A.device.type):
             W1 = scaled_cayley(self.skew(), self.d1)
             if self.n2 == 0:
@@ -290,9 +269,16 @@ class ENRNN(RecurrentBackbone):
 
     # ---- runner hooks
     def optimizer_groups(self, lr: float) -> list:
+        """A in its own group with ``lr_A`` (the run's lr when None); W2, W3, U and b use the run's lr, as in
+        the references (ENRNN copying: RMSprop 1e-3, A 1e-5; adding: RMSprop 1e-4, A 1e-4; scoRNN copying:
+        RMSprop 1e-3, A RMSprop 1e-4; adding: Adam 1e-3, A RMSprop 1e-4). The optimiser type is the run's
+        for every group (scoRNN adding's RMSprop-for-A is not reproduced)."""
         return [{"params": [self.A], "lr": self.lr_A if self.lr_A is not None else lr}]
 
     def flops_per_step(self) -> int:
+        """The model's count (multiply-add = 2, pointwise = 1), though the implementation multiplies by
+        the full block matrix (its n2 x n1 zero block included: one GEMM per step instead of three). The
+        per-forward n1^3 solve and n2^3 eigen-decomposition (once per batch) are not counted."""
         n1, n2, d = self.n1, self.n2, self.d_input
         n = n1 + n2
         f = 2 * n * d  # U x

@@ -1,69 +1,10 @@
 """HiPPO memory cells (Gu, Dao, Ermon, Rudra, Re, "HiPPO: Recurrent Memory with Optimal Polynomial
 Projections", NeurIPS 2020): ``hippo`` (LegS, the scaled Legendre measure) and ``hippo-legt`` (LegT,
-the translated Legendre measure of the LMU). Written from the paper and checked against the
-behaviour of the reference code (HazyResearch/hippo-code ``model/memory.py``, ``model/op.py``,
-``model/opcell.py``); no reference code is copied.
-
-Conventions (all math below is float64-capable and batched over [B, M, N] = batch, memory channels,
-order):
-
-LegS.  A[n, k] = sqrt(2n+1) sqrt(2k+1) (n > k), n + 1 (n = k), 0 (n < k);  B[n] = sqrt(2n+1);
-    dc/dt = -(1/t) A c + (1/t) B f.
-  ``c_n(t) = (1/t) * integral_0^t f(s) sqrt(2n+1) P_n(2s/t - 1) ds`` are the coefficients of f on
-  [0, t] in the orthonormal scaled Legendre basis, so the history is reconstructed as
-  ``f(s) ~ sum_n c_n sqrt(2n+1) P_n(2s/t - 1)`` (``legs_reconstruct``; checked in the tests). The
-  reference stores the same matrices with the opposite sign (its A is our -A and it writes
-  dc/dt = (1/t)(A c + B f)), so its ``(I - A/(2t))^-1 (I + A/(2t))`` is our
-  ``(I + A/(2t))^-1 (I - A/(2t))``.
-
-Time indexing (the reference's ``LSICell`` with ``init_t=0``): the state carries the number t of
-inputs already consumed. The first input (t = 0) sets c = u e_0 (the projection of a constant
-history: exact for every discretisation); input t + 1 (t >= 1) makes the step from time t to t + 1:
-    c <- A_t c + B_t u.
-Discretisations of that step (``discretization``):
-  generalised bilinear (GBT) with dt = 1 and generator G_t = -A/t:
-      A_t = (I + a A/t)^-1 (I - (1-a) A/t),   B_t = (I + a A/t)^-1 B/t,
-      a = 1/2 "bilinear" (default, as the reference), a = 0 "forward" (Euler), a = 1 "backward".
-  "zoh": exact for an input held constant over [t, t+1]. With tau = ln t the LegS ODE becomes time
-      invariant, dc/dtau = -A c + B f, so over [t, t+1] (d tau = ln((t+1)/t)):
-      A_t = expm(-A ln((t+1)/t)),   B_t = A^-1 (I - A_t) B
-      (computed as the top block row of expm([[-A, B], [0, 0]] ln((t+1)/t)); the reference's
-      ``la.expm(A * (log(t+1) - log(t)))`` and ``solve_triangular(A, A_t B - B)`` in its sign).
-Unlike the reference (tables up to ``max_length=1024``, later steps silently reuse t = 1024) t is
-never clamped: every step uses its own t, whatever the sequence length.
-
-Two implementations of a LegS step:
-  ``legs_step_dense``: c <- A_t c + B_t u with the dense matrices, computed in float64 with
-      ``torch.linalg.solve_triangular`` (ZOH: ``torch.linalg.matrix_exp``), cast to c's dtype and
-      cached (LRU, bounded in bytes) in chunks of consecutive t. 2 N^2 FLOPs per channel.
-  ``legs_step_fast``: never forms A_t. A = diag(n+1) + strictly-lower s s^T (s_n = sqrt(2n+1)), so
-      A v = (n+1) v + s * exclusive_cumsum(s v) is O(N), and (I + d A) x = b (d = a/t) is a forward
-      recurrence x_n = (b_n - d s_n S_{n-1}) / (1 + d(n+1)), S_n = S_{n-1} + s_n x_n. Eliminating
-      x_n gives a first-order linear recurrence S_n = a_n S_{n-1} + s_n b_n / (1 + d(n+1)) with
-      a_n = (1 - d n)/(1 + d(n+1)) (bilinear: (2t - n)/(2t + n + 1)). Its closed form through
-      cumprod(a) divides by prefix products that are exactly 0 at n = 2t (t <= N/2) and that span
-      hundreds of orders of magnitude otherwise, so it is unusable. We evaluate the recurrence
-      with a parallel (Hillis-Steele) scan of the affine maps S -> a S + beta: ceil(log2 N) rounds
-      of one multiply-add on [B, M, N]; no division, every |a_n| < 1 so the scan is as stable as
-      the sequential recurrence. O(N log N) work, O(log N) depth, no Python loop over n.
-      ``solver="loop"`` is the sequential recurrence (a Python loop over n), kept as a check.
-      ZOH has no O(N) form here (expm(-A tau) is dense); only the dense step supports it.
-
-LegT (``hippo-legt``; the LMU's measure, a sliding window of length theta; paper appendix; LMU
-Voelker et al. 2019): A[n, k] = (2n+1)/theta * (-1 if n < k else (-1)^(n-k+1)),
-B[n] = (2n+1) (-1)^n / theta, dc/dt = A c + B f. Time invariant, so A_t, B_t are one pair of
-matrices (GBT with dt = 1, or ZOH), computed once. ``normalized=True`` gives the similar system the
-reference's ``transition('legt', N)`` uses (A' = D^-1 A D, B' = D^-1 B, D = diag(sqrt(2n+1)(-1)^n),
-i.e. B'_n = sqrt(2n+1)/theta); its coefficients are D^-1 times the LMU ones.
-
-The cell (the reference's ``MemoryCell`` with gate 'G', memory activation 'id', hidden activation
-tanh, ``ux``/``hx``/``hm``/``bias`` on, ``um``/``hh`` off): per step
-    u_t = W_u [x_t, h_{t-1}]                     (M channels)
-    c_t = A_t c_{t-1} + B_t u_t                  (c: [B, M, N])
-    h~_t = tanh(W_h [x_t, vec c_t]),  g_t = sigmoid(W_g [x_t, vec c_t])
-    h_t = (1 - g_t) h_{t-1} + g_t h~_t
-state = (h, c, t) with t the steps consumed (a 0-dim tensor, so a stateful strategy continues t).
-The memory recurrence runs in the parameters' dtype with autocast off (bf16 would destroy it).
+the translated Legendre measure of the LMU, Voelker et al. 2019). Written from the paper and checked
+against the behaviour of the reference code (HazyResearch/hippo-code ``model/memory.py``,
+``model/op.py``, ``model/opcell.py``); no reference code is copied. A LegS step is either dense
+(``legs_step_dense``: cached N x N matrices) or O(N) (``legs_step_fast``: a parallel scan). All math is
+float64-capable and batched over [B, M, N] = batch, memory channels, order.
 """
 from __future__ import annotations
 
@@ -87,7 +28,13 @@ GBT_ALPHA = {"forward": 0.0, "bilinear": 0.5, "backward": 1.0}
 
 # ----------------------------------------------------------------------------------- matrices
 def legs_matrices(N: int, dtype=torch.float64, device=None):
-    """LegS (A, B) in the convention dc/dt = -(1/t) A c + (1/t) B f; A lower triangular, positive."""
+    """LegS (A, B) in the convention dc/dt = -(1/t) A c + (1/t) B f; A lower triangular, positive:
+    A[n, k] = sqrt(2n+1) sqrt(2k+1) (n > k), n + 1 (n = k), 0 (n < k);  B[n] = sqrt(2n+1).
+
+    ``c_n(t) = (1/t) * integral_0^t f(s) sqrt(2n+1) P_n(2s/t - 1) ds`` are the coefficients of f on
+    [0, t] in the orthonormal scaled Legendre basis (``legs_reconstruct``; tested). The reference stores the
+    same matrices with the opposite sign (its A is our -A, dc/dt = (1/t)(A c + B f)), so its
+    ``(I - A/(2t))^-1 (I + A/(2t))`` is our ``(I + A/(2t))^-1 (I - A/(2t))``."""
     n = torch.arange(N, dtype=torch.float64, device=device)
     s = torch.sqrt(2 * n + 1)
     A = torch.tril(s[:, None] * s[None, :], -1) + torch.diag(n + 1)
@@ -95,11 +42,12 @@ def legs_matrices(N: int, dtype=torch.float64, device=None):
 
 
 def legt_matrices(N: int, theta: float = 1.0, normalized: bool = False, dtype=torch.float64, device=None):
-    """LegT / LMU (A, B) in the convention dc/dt = A c + B f (A has negative eigenvalues).
+    """LegT / LMU (A, B) in the convention dc/dt = A c + B f (A has negative eigenvalues; paper appendix).
 
     LMU form: A[n,k] = (2n+1)/theta * (-1 if n<k else (-1)^(n-k+1)), B[n] = (2n+1)(-1)^n/theta.
-    ``normalized``: the similar system D^-1 A D, D^-1 B with D = diag(sqrt(2n+1)(-1)^n) (the
-    reference's ``transition('legt', N)`` scaled by 1/theta)."""
+    ``normalized``: the similar system D^-1 A D, D^-1 B with D = diag(sqrt(2n+1)(-1)^n), i.e.
+    B'_n = sqrt(2n+1)/theta (the reference's ``transition('legt', N)`` scaled by 1/theta); its
+    coefficients are D^-1 times the LMU ones."""
     n = torch.arange(N, dtype=torch.float64, device=device)
     i, k = n[:, None], n[None, :]
     sign_lower = 1.0 - 2.0 * torch.remainder(i - k + 1, 2)  # (-1)^(i-k+1)
@@ -147,7 +95,16 @@ def discretize(G: torch.Tensor, B: torch.Tensor, dt, method: str = "bilinear", l
 
 def legs_transitions(N: int, ts, method: str = "bilinear", dtype=torch.float64, device=None):
     """Dense LegS step matrices for the steps t in ``ts`` (ints >= 0), computed in float64:
-    A_t [K, N, N], B_t [K, N]. t = 0 is the first input: A_0 = 0, B_0 = e_0."""
+    A_t [K, N, N], B_t [K, N]. t = 0 is the first input: A_0 = 0, B_0 = e_0 (c = u e_0, the projection
+    of a constant history: exact for every discretisation); t >= 1 steps from time t to t + 1:
+      GBT with dt = 1 and generator G_t = -A/t: A_t = (I + a A/t)^-1 (I - (1-a) A/t),
+          B_t = (I + a A/t)^-1 B/t; a = 1/2 "bilinear" (default, as the reference), 0 "forward"
+          (Euler), 1 "backward".
+      "zoh": exact for an input held constant over [t, t+1]. With tau = ln t the LegS ODE is time
+          invariant, dc/dtau = -A c + B f, so with d tau = ln((t+1)/t): A_t = expm(-A d tau),
+          B_t = A^-1 (I - A_t) B, computed as the top block row of expm([[-A, B], [0, 0]] d tau) (the
+          reference: ``la.expm(A * (log(t+1) - log(t)))`` and ``solve_triangular(A, A_t B - B)`` in its
+          sign)."""
     ts = torch.as_tensor(ts, dtype=torch.float64, device=device).reshape(-1)
     A, B = legs_matrices(N, device=device)
     pos = ts > 0
@@ -253,7 +210,10 @@ def apply_dense(c: torch.Tensor, u: torch.Tensor, A_t: torch.Tensor, B_t: torch.
 
 
 def legs_step_dense(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str = "bilinear") -> torch.Tensor:
-    """One LegS step with the dense (cached) A_t, B_t. c [B, M, N], u [B, M], t = inputs consumed."""
+    """One LegS step with the dense (cached) A_t, B_t. c [B, M, N], u [B, M], t = inputs consumed.
+    The matrices are computed in float64 with ``torch.linalg.solve_triangular`` (ZOH:
+    ``torch.linalg.matrix_exp``), cast to c's dtype and cached (LRU, bounded in bytes) in chunks of
+    consecutive t. 2 N^2 FLOPs per channel."""
     A_t, B_t = legs_transition(c.shape[-1], t, discretization, c.dtype, c.device)
     return apply_dense(c, u, A_t, B_t)
 
@@ -307,7 +267,8 @@ def legs_fast_coefficients(N: int, ts, discretization: str = "bilinear", dtype=t
       x = y / D - r * S_{n-1},  r_n = a d s_n / D_n
     ``m`` [K, R, N]: the scan's multipliers, m[r] = products of coef over windows of 2^r ending at n."""
     if discretization not in GBT_ALPHA:
-        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, not '{discretization}' (use the dense step)")
+        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, "
+                            f"not '{discretization}' (use the dense step)")
     a = GBT_ALPHA[discretization]
     ts = torch.as_tensor(ts, dtype=torch.float64, device=device).reshape(-1, 1)
     if (ts < 1).any():
@@ -336,13 +297,24 @@ def _row(coeffs: dict, i: int) -> dict:
 
 def legs_step_fast(c: torch.Tensor, u: torch.Tensor, t: int, discretization: str = "bilinear",
                    solver: str = "scan", coeffs: Optional[dict] = None) -> torch.Tensor:
-    """One LegS GBT step in O(N) memory without forming A_t (see the module docstring).
+    """One LegS GBT step in O(N) memory without forming A_t.
 
     c [B, M, N], u [B, M], t = inputs consumed (0: the first input). ``solver``: "scan" (parallel
     scan, default) or "loop" (sequential recurrence over n, a check). ``coeffs``: this t's row of
-    ``legs_fast_coefficients`` (computed here when not given)."""
+    ``legs_fast_coefficients`` (computed here when not given).
+
+    A = diag(n+1) + strictly-lower s s^T (s_n = sqrt(2n+1)), so A v = (n+1) v + s * exclusive_cumsum(s v)
+    is O(N), and (I + d A) x = b (d = a/t) is a forward recurrence x_n = (b_n - d s_n S_{n-1}) /
+    (1 + d(n+1)), S_n = S_{n-1} + s_n x_n. Eliminating x_n gives S_n = a_n S_{n-1} + s_n b_n / (1 + d(n+1))
+    with a_n = (1 - d n)/(1 + d(n+1)) (bilinear: (2t - n)/(2t + n + 1)). Its closed form through
+    cumprod(a) is unusable (prefix products exactly 0 at n = 2t for t <= N/2, spanning hundreds of orders
+    of magnitude otherwise), so the recurrence runs as a parallel (Hillis-Steele) scan of the affine maps
+    S -> a S + beta: ceil(log2 N) rounds of one multiply-add on [B, M, N], no division, and every
+    |a_n| < 1, so as stable as the sequential recurrence. O(N log N) work, O(log N) depth, no Python loop
+    over n. ZOH has no O(N) form (expm(-A tau) is dense): only the dense step supports it."""
     if discretization not in GBT_ALPHA:
-        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, not '{discretization}' (use the dense step)")
+        raise SeqbenchError(f"the fast LegS step supports {', '.join(GBT_ALPHA)}, "
+                            f"not '{discretization}' (use the dense step)")
     N = c.shape[-1]
     if t == 0:
         return F.pad(u.unsqueeze(-1), (0, N - 1)).to(c.dtype)
@@ -464,8 +436,20 @@ HIPPO_PRESETS = {
 
 @register_model("hippo")
 class HiPPOLegS(RecurrentBackbone):
-    """HiPPO-LegS memory cell (the reference's ``legs`` cell). Subclasses change the measure by
-    overriding ``_setup_memory``, ``_memory_step`` and ``_memory_flops``."""
+    """HiPPO-LegS memory cell (the reference's ``legs`` cell): a gated RNN whose memory c holds the
+    input history's coefficients in the scaled Legendre basis.
+
+    The reference's ``MemoryCell`` with gate 'G', memory activation 'id', hidden activation tanh,
+    ``ux``/``hx``/``hm``/``bias`` on, ``um``/``hh`` off; per step
+        u_t = W_u [x_t, h_{t-1}]                     (M channels)
+        c_t = A_t c_{t-1} + B_t u_t                  (c: [B, M, N]; ``legs_transitions``)
+        h~_t = tanh(W_h [x_t, vec c_t]),  g_t = sigmoid(W_g [x_t, vec c_t])
+        h_t = (1 - g_t) h_{t-1} + g_t h~_t
+    state = (h, c, t), t the inputs consumed (a 0-dim tensor, so a stateful strategy continues t), as
+    the reference's ``LSICell`` with ``init_t=0``. Unlike the reference (tables up to
+    ``max_length=1024``, later steps silently reuse t = 1024), t is never clamped. The memory recurrence
+    runs in the parameters' dtype with autocast off (bf16 would destroy it). Subclasses change the
+    measure by overriding ``_setup_memory``, ``_memory_step`` and ``_memory_flops``."""
 
     Params = HiPPOParams
     presets = HIPPO_PRESETS
@@ -502,7 +486,8 @@ class HiPPOLegS(RecurrentBackbone):
     # ---- measure-specific pieces
     def _setup_memory(self, p):
         if self.step == "fast" and self.discretization not in GBT_ALPHA:
-            raise SeqbenchError("hippo: step=fast supports the bilinear, forward and backward discretizations; use step=dense for zoh")
+            raise SeqbenchError("hippo: step=fast supports the bilinear, forward and backward discretizations; "
+                                "use step=dense for zoh")
         self.last_step = self.step if self.step != "auto" else None  # the step the last forward took
         A, B = legs_matrices(self.N, dtype=torch.float32)
         # The continuous-time matrices, fixed (buffers, not parameters; not saved in checkpoints).
@@ -612,7 +597,11 @@ class HiPPOLegTParams(HiPPOParams):
 @register_model("hippo-legt")
 class HiPPOLegT(HiPPOLegS):
     """HiPPO-LegT (LMU measure): the same cell with the time-invariant LegT memory; c starts at 0
-    and every input makes one step of length 1 (no special first step)."""
+    and every input makes one step of length 1 (no special first step).
+
+    The measure is a sliding window of length theta (LMU, Voelker et al. 2019; HiPPO paper appendix);
+    A_t, B_t are one pair of matrices (GBT with dt = 1, or ZOH), computed once (``legt_matrices``,
+    ``normalized`` for the reference's form)."""
 
     Params = HiPPOLegTParams
 

@@ -2,75 +2,9 @@
 Sparse Structures within Long Short-Term Memory", ICLR 2018). Written from the paper and checked
 against the reference code (wenwei202/iss-rnns, TensorFlow: ``ptb/ptb_word_lm.py`` and
 ``ptb/ptb_word_lm_heter.py``, ``ptb/structure_grouplasso.json``); no reference code is copied.
-
-Model. A stack of single-layer ``nn.LSTM(batch_first=True)`` modules (cuDNN on a GPU) whose widths
-may differ (``sizes="373,315"``: the paper's "direct design" baseline, ``ptb_word_lm_heter.py``).
-State: a tuple with one ``(h, c)`` pair per layer, each ``[1, B, H_l]`` as nn.LSTM returns it.
-
-ISS component k of layer l (width H; torch's gate layout i, f, g, o) is every weight that writes
-or reads the k-th hidden unit:
-    rows k, H+k, 2H+k, 3H+k of weight_ih_l and weight_hh_l  (the four gates of unit k)
-    column k of weight_hh_l                                 (h_k fed back)
-    column k of the matrix that consumes h_k next: the next layer's weight_ih, or for the last
-    layer the head's weight (e.g. the softmax of a language model)
-When all of them are zero, h_k is read by nobody and unit k can be removed: the remaining network
-computes the same function (exactly, whatever the unit's biases: its gates still run on their
-biases, but its output meets only zero weights). The biases (rows k, H+k, 2H+k, 3H+k of bias_ih
-and bias_hh) travel with the component when it is removed or kept, but they are NOT part of the
-group Lasso nor of the zero check. This follows the reference: its ``add_structure_grouplasso``
-takes the cell's ``weights`` matrix (TF's BasicLSTMCell keeps its ``biases`` in another variable)
-and the coupled ``softmax_w`` / next cell's ``weights`` only, and its removability count
-(``plot_tensor``: 6 conditions = the h-rows, the coupled rows, the 4 gate columns) looks only at
-weights. The head's bias belongs to no group. ``iss_groups`` is the one place that says which
-entries make a component; the regulariser, the thresholding, the zero check, ``structure`` and
-``pruned`` are the shared machinery of ``seqbench/iss.py`` (also ``rhn``'s and ``bidaf``'s) run on it.
-
-Group Lasso (paper eq. 2, reference ``add_structure_grouplasso``):
-    R = lam * sum_l sum_k sqrt(||w_{l,k}||^2 + 1e-8)
-with the reference's 1e-8 inside the square root (a finite, zero gradient at an all-zero group).
-The four self-connections weight_hh[g*H + k, k] of unit k lie in both its gate rows and its
-column of weight_hh and enter ||w_{l,k}||^2 twice: so does the reference's (its sum over the gate
-columns of the TF kernel and its sum over the h-rows both include them).
-
-Scaling of lam. In the reference the objective is ``cost + regularization`` with
-``cost = reduce_sum(sequence_loss_by_example(...)) / batch_size``: the per-token cross-entropies of
-the [batch * num_steps] flattened logits summed and divided by the batch size only, i.e. the SUM
-over the num_steps (35 for the large model) time steps of the per-step mean cross-entropy. The
-group Lasso term is added with its ``global_decay`` (0.00245 in ``structure_grouplasso.json``)
-unscaled. A task loss here is the mean over all tokens, 1/num_steps of the reference's cost, so
-    cost_ref + lam_ref * R = num_steps * (mean_CE + (lam_ref / num_steps) * R):
-the same minimisation problem with ``lam = lam_ref / num_steps`` (0.00245 / 35 = 7.0e-5 for the
-paper's large PTB run). The other step sizes of that run convert with the same factor when
-training on the mean loss: plain SGD at lr 1.0 on the summed cost = lr 35 on the mean, and the
-reference's clip of the global gradient norm at 10 (of the gradient of cost + R) = 10 / 35 here.
-
-Zeroing (``threshold``). The reference (``ptb_word_lm.py``), whenever a group Lasso or an L1 decay
-is configured, sets to 0 every entry with |w| < max(1e-4, 2 * weight_decay) of EVERY trainable
-variable - embedding, LSTM weights and biases, softmax weight and bias - after every training
-step (the ``sparsity`` fetch that runs the assign ops is evaluated after each train op). We do the
-same for everything this backbone can reach: all LSTM weights and biases and the head's weight
-and bias. The embedding belongs to the task's encoder and is not thresholded here.
-
-Initialisation (``init_range`` r > 0): every LSTM weight U(-r, r) (Zaremba et al. and the reference:
-``tf.random_uniform_initializer(-init_scale, init_scale)``) and the biases 0, as the reference's
-TF BasicLSTMCell creates them (TF 1.x ``_linear``: a constant ``bias_start=0.0`` initializer, which
-the variable scope's uniform initializer does not override; ``forget_bias=0.0`` in
-``ptb_word_lm.py``). Zaremba's Lua code draws the biases U(-r, r) too. r = 0 keeps torch's init.
-The head and the embedding are initialised by the task. With a head tied to the embedding
-(``task.tie``) the last layer's groups reach into the embedding matrix, and ``pruned`` unties them
-(the new head holds a copy of the kept columns).
-
-Dropout: ``dropout`` acts between stacked layers only (a non-recurrent connection, Zaremba et al.).
-Zaremba's other two dropouts - on the embedded input and on the last layer's output - belong to
-the task's wrapper (``tasks/ptb.py``: ``task.dropout`` on the embedding and before the head), so
-the ptb presets set ``model.dropout`` to the task's rate: together they drop every non-recurrent
-connection once, as the reference's input dropout plus ``DropoutWrapper(output_keep_prob)`` per cell.
-
-Pruning (``pruned(head)``): components whose whole group is exactly zero are removed and a
-physically smaller ``iss-lstm`` (``sizes`` = the kept counts, weights copied by index) and head
-(the kept input columns, same bias) are returned; the outputs through the head are those of the
-masked model. A layer with no component left keeps one (the lowest index, all of whose outgoing
-weights are zero): a zero-width nn.LSTM cannot be built, and the kept unit changes nothing.
+Registered: ``iss-lstm``. ``iss_groups`` is the one place that says which entries make a component; the
+regulariser, the thresholding, the zero check, ``structure`` and ``pruned`` run the shared machinery
+of ``seqbench/iss.py`` (also ``rhn``'s and ``bidaf``'s) on it.
 """
 from __future__ import annotations
 
@@ -89,7 +23,7 @@ GATES = 4
 EPS = iss.EPS  # inside the group norm's square root, as the reference's add_structure_grouplasso
 ELEMENTWISE_PER_UNIT = 9  # as models/rnn.py's LSTM: 3 sigmoid + 2 tanh + 3 products + 1 sum
 
-# lam = paper's global_decay / num_steps (see the module docstring): the paper's large PTB model,
+# lam = paper's global_decay / num_steps (see ISSLSTM.regularization): the paper's large PTB model,
 # structure_grouplasso.json (0.00245) over the 35 steps of its LargeConfig.
 PAPER_LAM = 0.00245 / 35
 # `--set model.lam=<value>` turns ISS on for any preset (lam 0 = a plain stacked LSTM baseline);
@@ -136,7 +70,8 @@ def layer_sizes(p: ISSParams) -> list[int]:
         try:
             sizes = [int(s) for s in p.sizes.split(",")]
         except ValueError:
-            raise SeqbenchError(f"bad model.sizes {p.sizes!r}: expected comma-separated integers, e.g. 373,315") from None
+            raise SeqbenchError(
+                f"bad model.sizes {p.sizes!r}: expected comma-separated integers, e.g. 373,315") from None
     else:
         sizes = [p.hidden] * p.layers
     if not sizes or any(s < 1 for s in sizes):
@@ -150,6 +85,18 @@ def _lstm_params(m: nn.LSTM):
 
 @register_model("iss-lstm")
 class ISSLSTM(RecurrentBackbone):
+    """Stacked LSTMs trained with the ISS group Lasso and zero threshold, then pruned to the units left.
+
+    A stack of single-layer ``nn.LSTM(batch_first=True)`` modules (cuDNN on a GPU) whose widths may differ
+    (``sizes="373,315"``: the paper's "direct design" baseline, ``ptb_word_lm_heter.py``). State: a tuple
+    with one ``(h, c)`` pair per layer, each ``[1, B, H_l]`` as nn.LSTM returns it. ``dropout`` acts between
+    stacked layers only (a non-recurrent connection, Zaremba et al.); Zaremba's other two dropouts, on the
+    embedded input and on the last layer's output, belong to the task's wrapper (``tasks/ptb.py``:
+    ``task.dropout`` on the embedding and before the head), so the ptb presets set ``model.dropout`` to the
+    task's rate: together they drop every non-recurrent connection once, as the reference's input dropout
+    plus ``DropoutWrapper(output_keep_prob)`` per cell. The head and the embedding are initialised by the
+    task."""
+
     Params = ISSParams
     presets = ISS_PRESETS
     state_batch_dim = 1  # every (h, c) is [1, B, H_l]
@@ -165,6 +112,11 @@ class ISSLSTM(RecurrentBackbone):
         ins = [d_input] + self.sizes[:-1]
         self.lstms = nn.ModuleList(nn.LSTM(d, h, batch_first=True) for d, h in zip(ins, self.sizes))
         self.drop = nn.Dropout(p.dropout) if p.dropout > 0 else None
+        # init_range r > 0: every LSTM weight U(-r, r) (Zaremba et al. and the reference:
+        # tf.random_uniform_initializer(-init_scale, init_scale)), biases 0 as the reference's TF
+        # BasicLSTMCell creates them (TF 1.x _linear: a constant bias_start=0.0 initializer, which the
+        # scope's uniform initializer does not override; forget_bias=0.0 in ptb_word_lm.py). Zaremba's Lua
+        # code draws the biases U(-r, r) too. r = 0 keeps torch's init.
         if p.init_range > 0:
             with torch.no_grad():
                 for m in self.lstms:
@@ -194,9 +146,18 @@ class ISSLSTM(RecurrentBackbone):
 
     # ------------------------------------------------------------ ISS groups
     def iss_groups(self, head: nn.Linear | None = None) -> list[iss.Group]:
-        """One group per layer (see the module docstring): unit k's gate rows and recurrent column
-        (``iss.lstm_unit_slices``) and its column of the next layer's weight_ih, or of the head for
-        the last layer. Without a head the last layer's group is incomplete (none of it removable)."""
+        """One group per layer: component k (torch's gate layout i, f, g, o) is every weight that writes or
+        reads hidden unit k: rows k, H+k, 2H+k, 3H+k of weight_ih and weight_hh (its four gates), column k
+        of weight_hh (h_k fed back) (``iss.lstm_unit_slices``), and column k of the next layer's weight_ih,
+        or of the head (e.g. a language model's softmax) for the last layer. When all are zero, h_k is read
+        by nobody and unit k can be removed exactly, whatever its biases (its gates still run on them, but
+        its output meets only zero weights). Its bias rows travel with it but are in neither the group Lasso
+        nor the zero check, as the reference: ``add_structure_grouplasso`` takes the cell's ``weights``
+        (TF's BasicLSTMCell keeps ``biases`` apart) and the coupled ``softmax_w`` / next cell's ``weights``
+        only, and its removability count (``plot_tensor``: 6 conditions = the h-rows, the coupled rows, the
+        4 gate columns) looks only at weights. The head's bias belongs to no group. With a head tied to the
+        embedding (``task.tie``) the last layer's groups reach into the embedding matrix. Without a head the
+        last layer's group is incomplete (none of it removable)."""
         groups = []
         for i, (m, h) in enumerate(zip(self.lstms, self.sizes)):
             g = iss.lstm_unit_slices(iss.Group(f"lstms.{i}", h), f"lstms.{i}.", m)
@@ -220,6 +181,20 @@ class ISSLSTM(RecurrentBackbone):
         return iss.sq_norms(self.iss_groups(head))
 
     def regularization(self, head: nn.Linear | None = None) -> torch.Tensor:
+        """Group Lasso (paper eq. 2, reference ``add_structure_grouplasso``):
+        R = lam * sum_l sum_k sqrt(||w_{l,k}||^2 + 1e-8), the self-connections counted twice as the
+        reference (``iss.sq_norms``).
+
+        Scaling of lam: the reference minimises ``cost + regularization`` with ``cost =
+        reduce_sum(sequence_loss_by_example(...)) / batch_size``, the per-token cross-entropies summed and
+        divided by the batch size only, i.e. the SUM over the num_steps (35 for the large model) of the
+        per-step mean; ``global_decay`` (0.00245 in ``structure_grouplasso.json``) is unscaled. A task loss
+        here is the mean over all tokens, 1/num_steps of that cost, so
+            cost_ref + lam_ref * R = num_steps * (mean_CE + (lam_ref / num_steps) * R):
+        the same problem with ``lam = lam_ref / num_steps`` (0.00245 / 35 = 7.0e-5 for the paper's large
+        PTB run). That run's other step sizes convert with the same factor on the mean loss: plain SGD at
+        lr 1.0 on the summed cost = lr 35 on the mean, and its clip of the global gradient norm (of
+        cost + R) at 10 = 10 / 35 here."""
         if self.p.lam == 0:
             return self.lstms[0].weight_hh_l0.new_zeros(())
         return iss.group_lasso(self.iss_groups(head), self.p.lam)
@@ -235,6 +210,12 @@ class ISSLSTM(RecurrentBackbone):
 
     # ------------------------------------------------------------------ hooks
     def after_step(self, head: nn.Linear | None = None) -> None:
+        """Zero every entry with |w| < ``threshold`` of all LSTM weights and biases and the head's weight
+        and bias. The reference (``ptb_word_lm.py``), whenever a group Lasso or an L1 decay is configured,
+        zeroes every entry with |w| < max(1e-4, 2 * weight_decay) of EVERY trainable variable (embedding,
+        LSTM weights and biases, softmax weight and bias) after every training step (its ``sparsity``
+        fetch runs after each train op); the embedding belongs to the task's encoder and is not
+        thresholded here."""
         iss.threshold_(list(self.parameters()) + (list(head.parameters()) if head is not None else []),
                        self.p.threshold)
 
@@ -246,22 +227,27 @@ class ISSLSTM(RecurrentBackbone):
     def structure(self, head: nn.Linear | None = None) -> dict:
         kept = [int(k.numel()) for k in self.kept_components(head)]
         zero = [int(z.sum()) for z in self.zero_groups(head)]
-        layers, tot = [], {"params": 0, "params_pruned": 0, "macs_per_token": 0, "macs_per_token_pruned": 0}
+        layers, tot = [], {"params": 0, "params_pruned": 0,
+                           "macs_per_token": 0, "macs_per_token_pruned": 0}
         d, d_kept = self.d_input, self.d_input
         for h, k, z in zip(self.sizes, kept, zero):
             (p0, m0), (p1, m1) = self._layer_cost(d, h), self._layer_cost(d_kept, k)
             layers.append({"hidden": h, "kept": k, "zero_groups": z, "input": d, "input_pruned": d_kept,
                            "params": p0, "params_pruned": p1, "macs_per_token": m0, "macs_per_token_pruned": m1})
-            for key, v in (("params", p0), ("params_pruned", p1), ("macs_per_token", m0), ("macs_per_token_pruned", m1)):
+            for key, v in (("params", p0), ("params_pruned", p1),
+                           ("macs_per_token", m0), ("macs_per_token_pruned", m1)):
                 tot[key] += v
             d, d_kept = h, k
         rep = {"method": "iss", "lam": self.p.lam, "threshold": self.p.threshold, "sizes": self.sizes,
-               "sizes_pruned": kept, "pruned_from": self.pruned_from, "layers": layers, "head": None, "backbone": dict(tot)}
+               "sizes_pruned": kept, "pruned_from": self.pruned_from, "layers": layers, "head": None,
+               "backbone": dict(tot)}
         if head is not None:
             bias = head.out_features if head.bias is not None else 0
             hd = {"in": self.sizes[-1], "in_pruned": kept[-1], "out": head.out_features,
-                  "params": head.out_features * self.sizes[-1] + bias, "params_pruned": head.out_features * kept[-1] + bias,
-                  "macs_per_token": head.out_features * self.sizes[-1], "macs_per_token_pruned": head.out_features * kept[-1]}
+                  "params": head.out_features * self.sizes[-1] + bias,
+                  "params_pruned": head.out_features * kept[-1] + bias,
+                  "macs_per_token": head.out_features * self.sizes[-1],
+                  "macs_per_token_pruned": head.out_features * kept[-1]}
             rep["head"] = hd
             for key in tot:
                 tot[key] += hd[key]
@@ -271,7 +257,11 @@ class ISSLSTM(RecurrentBackbone):
     @torch.no_grad()
     def pruned(self, head: nn.Linear):
         """A physically smaller (backbone, head) without the all-zero components, or None when
-        nothing can be removed (or prune is off)."""
+        nothing can be removed (or prune is off): an ``iss-lstm`` with ``sizes`` = the kept counts
+        (weights copied by index) and a head of the kept input columns (same bias), whose outputs are
+        those of the masked model. A layer with no component left keeps one (the lowest index, whose
+        outgoing weights are all zero: a zero-width nn.LSTM cannot be built). A head tied to the embedding
+        comes back untied (the new head holds a copy of the kept columns)."""
         if not self.p.prune:
             return None
         kept = self.kept_components(head)

@@ -1,39 +1,9 @@
 """RHN: Recurrent Highway Network (Zilly, Srivastava, Koutník & Schmidhuber, "Recurrent Highway
 Networks", ICML 2017), with the coupled carry gate, and ISS on it (Wen et al., ICLR 2018, section
-4.2: RHN width 830 -> ~517 at the same perplexity).
-
-One time step runs ``depth`` highway micro-layers on the state s (width w), eq. 6-8 of the paper
-with c = 1 - t (coupled carry):
-
-    s_0 = s_{t-1}
-    h_l = tanh(W_H x_t [l = 1] + R_H,l s_{l-1} + b_H,l)
-    g_l = sigmoid(W_T x_t [l = 1] + R_T,l s_{l-1} + b_T,l)
-    s_l = h_l * g_l + s_{l-1} * (1 - g_l),          s_t = y_t = s_depth
-
-The input enters the first micro-layer only. Here W = [W_H; W_T] is one [2w, d] matrix and each
-R_l = [R_H,l; R_T,l] one [2w, w] matrix (rows k and w + k are unit k's h and gate). The transform
-gates' biases start at ``gate_bias`` (negative: start by carrying, the paper's -2 .. -4).
-
-ISS component k (the reference's groups, wenwei202/iss-rnns rhns/groups_hidden830.json, in
-PyTorch's [out, in] layout):
-    rows k and w + k of W and of every R_l (what writes unit k in every micro-layer),
-    column k of every R_l (what reads s[k]: the next micro-layer, or the next step's first),
-    column k of the head (what reads y[k]),
-    with ``tied_groups`` (a tied embedding, ``task.tie``, of width w): also column k of W, the
-    weights that read input feature k. The head's column k is then the embedding's column k, so
-    component k is embedding dimension k as much as state unit k; without W's column k in the
-    group the input path keeps feeding gradient into that embedding column and the group never
-    reaches zero (a 6-epoch PTB run here kept all 256 units with 4 of them at norms below 0.01).
-Biases travel with their unit but are not penalised (as ``iss-lstm``). When a whole group is zero,
-s[k] still moves (towards tanh of its bias) but nobody reads it, so the unit can go without changing
-any output. ``pruned`` without ``tied_groups`` keeps W's input width. With ``tied_groups`` it also
-drops W's columns of the removed units (zero: they are in the group) and the small RHN's
-``kept_inputs`` names the input features it still reads: the wrapper drops the others
-(``LanguageModel.keep_inputs``: the embedding keeps those columns and the head is tied to it again),
-so component k leaves the embedding too, as the paper counts it (830 -> 517: 23M -> 11.1M params).
-
-Group Lasso, thresholding, the zero check and the pruning are the shared ISS machinery
-(``seqbench/iss.py``) run on ``iss_groups``; the lam scaling is ``iss-lstm``'s (``models/iss.py``).
+4.2: RHN width 830 -> ~517 at the same perplexity; reference code wenwei202/iss-rnns ``rhns/``).
+Registered: ``rhn``. Group Lasso, thresholding, the zero check and the pruning are the shared ISS
+machinery (``seqbench/iss.py``) run on ``iss_groups``; the lam scaling is ``iss-lstm``'s
+(``models/iss.py``).
 """
 from __future__ import annotations
 
@@ -61,12 +31,25 @@ class RHNParams:
     lam: float = setting(0.0, NONNEGATIVE_REAL, "group Lasso strength per token of a mean loss (0: plain RHN)")
     threshold: float = setting(0.0, NONNEGATIVE_REAL, "after every step, zero weights with |w| < threshold")
     prune: bool = True
-    drop_h: float = setting(0.0, PROBABILITY)  # variational dropout on the state every R_l reads (one mask per row and chunk)
+    # variational dropout on the state every R_l reads (one mask per row and chunk)
+    drop_h: float = setting(0.0, PROBABILITY)
     tied_groups: bool = False  # ISS group k also holds W's column k (a tied embedding; needs d_input == hidden)
 
 
 @register_model("rhn")
 class RHN(RecurrentBackbone):
+    """A Recurrent Highway Network with coupled carry (c = 1 - t): ``depth`` highway micro-layers per
+    time step on a state of width w; optional ISS group Lasso over its units and pruning to the rest.
+
+    One time step, eq. 6-8 of the paper:
+        s_0 = s_{t-1}
+        h_l = tanh(W_H x_t [l = 1] + R_H,l s_{l-1} + b_H,l)
+        g_l = sigmoid(W_T x_t [l = 1] + R_T,l s_{l-1} + b_T,l)
+        s_l = h_l * g_l + s_{l-1} * (1 - g_l),          s_t = y_t = s_depth
+    The input enters the first micro-layer only. W = [W_H; W_T] is one [2w, d] matrix and each
+    R_l = [R_H,l; R_T,l] one [2w, w] matrix (rows k and w + k are unit k's h and gate). The transform
+    gates' biases start at ``gate_bias`` (negative: start by carrying, the paper's -2 .. -4)."""
+
     Params = RHNParams
     describe_structure = staticmethod(iss.describe)
     # The paper's PTB RHN (depth 10, width 830, tied embeddings; Zilly et al. Table 3, 65.4 test ppl).
@@ -145,7 +128,17 @@ class RHN(RecurrentBackbone):
 
     # ------------------------------------------------------------------ ISS
     def iss_groups(self, head=None) -> list[iss.Group]:
-        """The one group of the w units (see the module docstring); incomplete without the head."""
+        """The one group of the w units; incomplete without the head. Component k (the reference's groups,
+        iss-rnns rhns/groups_hidden830.json, in PyTorch's [out, in] layout):
+            rows k and w + k of W and of every R_l (what writes unit k in every micro-layer),
+            column k of every R_l (what reads s[k]: the next micro-layer, or the next step's first),
+            column k of the head (what reads y[k]),
+            with ``tied_groups`` (a tied embedding, ``task.tie``, of width w): also column k of W, the
+            weights that read input feature k. The head's column k is then the embedding's column k, so
+            component k is embedding dimension k as much as state unit k; without W's column k in the
+            group the input path keeps feeding gradient into that embedding column and the group never
+            reaches zero.
+        Biases travel with their unit but are not penalised (as ``iss-lstm``)."""
         w = self.w
         g = iss.Group("rhn", w, complete=head is not None)
         g.add("W.weight", self.W.weight, 0, 2, stride=w)
@@ -160,7 +153,7 @@ class RHN(RecurrentBackbone):
         return [g]
 
     def group_sq_norms(self, head=None) -> torch.Tensor:
-        """[w]: every unit's squared group norm (see the module docstring)."""
+        """[w]: every unit's squared group norm (``iss_groups``)."""
         return iss.sq_norms(self.iss_groups(head))[0]
 
     def regularization(self, head=None) -> torch.Tensor:
@@ -189,8 +182,12 @@ class RHN(RecurrentBackbone):
     def pruned(self, head):
         """A narrower RHN and head without the all-zero units, or None. A unit whose weights are all
         zero still has biases: h = tanh(b_H), g = sigmoid(b_T) make its state drift to tanh(b_H) and
-        nobody reads it, so dropping it changes no output. With ``tied_groups`` the input features
-        of the dropped units go too (``kept_inputs``; see the module docstring)."""
+        nobody reads it, so dropping it changes no output. Without ``tied_groups`` W keeps its input
+        width. With it, W's columns of the removed units go too (zero: they are in the group) and the
+        small RHN's ``kept_inputs`` names the input features it still reads: the wrapper drops the
+        others (``LanguageModel.keep_inputs``: the embedding keeps those columns and the head is tied
+        to it again), so component k leaves the embedding too, as the paper counts it (830 -> 517:
+        23M -> 11.1M params)."""
         if not self.p.prune or head is None:
             return None
         k = self.kept(head)

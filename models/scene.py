@@ -1,58 +1,9 @@
-"""Scene parsing models (kind ``dense``): an FCN baseline, DAG-RNN (Shuai et al., "DAG-Recurrent
-Neural Networks for Scene Labeling", CVPR 2016) and the dense attentional RNN (Fan, Chu, Latecki,
-Ling, "Scene Parsing via Dense Recurrent Neural Networks with Attentional Selection", WACV 2019,
-arXiv 1811.04778).
-
-All three build the same trunk through one helper (``DenseModel``: ``model.backbone`` resnet18 /
-resnet50 / resnet101, ``model.output_stride`` 8 by default, ``model.width``, ``model.pretrained`` a
-torchvision ImageNet checkpoint file; ``seqbench/resnet.py``'s ``imagenet_trunk``) and differ only in
-what sits between the trunk's feature map and the task's classifier (the wrapper's 1x1 conv
-``head`` and the bilinear upsampling, ``seqbench/dense.py``):
-
-- ``fcn``: nothing: trunk → head → upsampling (the "same backbone without the RNN" baseline).
-- ``dag-rnn``: the trunk's features F, reduced by a 1x1 conv (+ BN, ReLU) to x (``model.d_in``), go
-  through four directional DAG-RNNs (south-east, south-west, north-east, north-west). In the
-  south-east DAG unit (r, c) has the 3 predecessors P = {(r-1, c), (r, c-1), (r-1, c-1)} (the others
-  are its mirror images) and
-      h_i = ReLU(U x_i + Σ_{j∈P(i)} W h_j + b)          (one W for the 3 predecessors)
-  per direction d with its own U^d, W^d, b^d; the output o = Σ_d V^d h^d_i (the CVPR'16 paper's
-  recurrence and its sum over the four DAGs; its method section was read second-hand here, from
-  the issue's statement and notes, not from the PDF).
-  o then goes through BN and ReLU and is concatenated with F: the head sees [F, o].
-- ``dense-rnn``: the same, but unit i is connected to every unit before it in its direction's
-  order, the whole quadrant D(i) = {(r', c') : r' ≤ r, c' ≤ c} \\ {i} (south-east), and an
-  attention model weighs those dependencies:
-      e_ij = wᵀ tanh(W_a x_i + U_a h_j),   α_i = softmax_{j∈D(i)} e_ij,
-      h_i = ReLU(U x_i + W Σ_{j∈D(i)} α_ij h_j + b).
-
-What follows the papers' text and what is our reading. The WACV paper's method section could not
-be retrieved here (and no code of it is public: this is the first public implementation). From
-its abstract: dense connections between each pair of image units, an attention model that weighs
-them, integration with a CNN end to end; a quoted sentence gives 512 input/hidden/output units and
-ReLU / softmax as the two non-linearities. The quadrant as the dense predecessor set, the additive
-score function e_ij above, the attention's width ``model.att_dim``, the attention weighing the
-hidden states *before* W (one W for the context), and everything around the recurrence (the 1x1
-reduction, BN + ReLU on o, concatenation with F, one 1x1 classifier) are **our reading**, the same
-for both RNNs so that they differ only in the recurrence; so is the form e_ij = wᵀ tanh(W_a x_i +
-U_a h_j) insofar as the paper may score differently (the issue gives this form). For DAG-RNN the
-four DAGs (SE, SW, NE, NW, confirmed by a third-party summary of the paper), the 3-predecessor
-recurrence with one W, ReLU, per-direction weights and the summed outputs follow the paper as the
-issue and our notes state it (its PDF could not be read here); its VGG-16 trunk
-with deconvolution and skip layers is replaced by the shared dilated ResNet, and its class-weighted
-loss by the task's (``task.class_weights``). The initialisation is ours: uniform ±1/sqrt(fan-in)
-as torch's RNNs, DAG-RNN's W further divided by 3 (its three predecessors are summed).
-
-Computation: both recurrences run by **anti-diagonal wavefronts**. Every predecessor of a unit on
-the anti-diagonal r + c = k lies on an earlier anti-diagonal, so the H + W − 1 diagonals are
-computed in order, each as one batched step over all its units; the four directions run together
-(each direction is the south-east recurrence on the feature map flipped along W, H or both, and
-flipped back; its weights are stacked along a leading direction axis). DAG-RNN's step gathers the
-3 predecessors from the two previous diagonals. The dense RNN's step scores its units against
-every unit of the earlier diagonals and masks those outside each unit's quadrant: O((HW)²·att_dim)
-work and, for the backward pass, memory per direction — ``model.checkpoint=true`` recomputes each
-step's scores in the backward pass instead of storing them (``torch.utils.checkpoint``).
-``reference_forward`` is the plain per-pixel loop of the equations (tests check the wavefront
-against it; ``scripts/bench_dense_rnn.py`` times both).
+"""Scene parsing models (kind ``dense``): ``fcn``, a baseline; ``dag-rnn``, DAG-RNN (Shuai et al.,
+"DAG-Recurrent Neural Networks for Scene Labeling", CVPR 2016); ``dense-rnn``, the dense attentional RNN
+(Fan, Chu, Latecki, Ling, "Scene Parsing via Dense Recurrent Neural Networks with Attentional
+Selection", WACV 2019, arXiv 1811.04778; no public code). All three build the same trunk
+(``DenseModel``) and differ only in what sits between the trunk's feature map and the task's
+classifier (the wrapper's 1x1 conv ``head`` and bilinear upsampling, ``seqbench/dense.py``).
 """
 from __future__ import annotations
 
@@ -87,7 +38,8 @@ class DenseModelParams:
     backbone: str = choice("resnet18", tuple(k for k in IMAGENET_RESNETS), "the trunk: torchvision's ResNet")
     output_stride: int = setting(8, OUTPUT_STRIDE, "the trunk's output stride (8: layer3 and layer4 dilated)")
     width: int = setting(64, POSITIVE, "planes of the trunk's first stage (64: the ImageNet ResNets); then x2, x4, x8")
-    pretrained: str = setting("", CHECKPOINT_FILE, "a torchvision ImageNet checkpoint for the trunk; empty: random init")
+    pretrained: str = setting("", CHECKPOINT_FILE,
+                              "a torchvision ImageNet checkpoint for the trunk; empty: random init")
 
     def validate(self):
         if self.pretrained and self.width != 64:
@@ -117,7 +69,9 @@ _PAPER = {"model.backbone": "resnet101", "model.width": 64, "model.output_stride
 
 class DenseModel(nn.Module):
     """The shared trunk (``trunk``) and what sits after it (``neck``, subclasses);
-    forward(x[B, 3, H, W]) -> features [B, d_output, H/os, W/os]."""
+    forward(x[B, 3, H, W]) -> features [B, d_output, H/os, W/os]. The trunk: ``seqbench/resnet.py``'s
+    ``imagenet_trunk`` (``model.backbone`` resnet18 / resnet50 / resnet101, ``model.output_stride`` 8 by
+    default, ``model.width``; ``model.pretrained`` a torchvision ImageNet checkpoint file)."""
 
     kinds = frozenset({DENSE})
     Params = DenseModelParams
@@ -127,7 +81,8 @@ class DenseModel(nn.Module):
         super().__init__()
         self.p = p
         self.trunk = imagenet_trunk(p.backbone, p.output_stride, p.width, d_input)
-        self.pretrained = load_torchvision_weights(self.trunk, Path(p.pretrained).expanduser()) if p.pretrained else None
+        self.pretrained = (load_torchvision_weights(self.trunk, Path(p.pretrained).expanduser())
+                           if p.pretrained else None)
         self.d_output = self.trunk.d_output
 
     def forward(self, x):
@@ -142,12 +97,15 @@ class DenseModel(nn.Module):
 
 @register_model("fcn")
 class FCN(DenseModel):
-    """The trunk alone; the task's 1x1 head and upsampling make it an FCN."""
+    """The trunk alone; the task's 1x1 head and upsampling make it an FCN (trunk → head → upsampling:
+    the "same backbone without the RNN" baseline)."""
 
 
 class RNNModel(DenseModel):
-    """Trunk → 1x1 reduction (BN, ReLU) → four-direction 2-D RNN (``rnn_cls``) → BN, ReLU →
-    concatenated with the trunk's features."""
+    """Trunk features F → 1x1 reduction (BN, ReLU) to x (``model.d_in``) → four-direction 2-D RNN
+    (``rnn_cls``) → o, BN, ReLU → concatenated with F: the head sees [F, o]. Everything around the
+    recurrence (the reduction, BN + ReLU on o, the concatenation, one 1x1 classifier) is our reading,
+    the same for both RNNs so that they differ only in the recurrence."""
 
     Params = DAGParams
     rnn_cls: type
@@ -196,7 +154,8 @@ class _Diagonals:
             for i in range(s, e):
                 a, b = int(self.rows[i]), int(self.cols[i])
                 row = []
-                for (pa, pb), off, base in (((a - 1, b), 1 + n2, s1), ((a, b - 1), 1 + n2, s1), ((a - 1, b - 1), 1, s2)):
+                for (pa, pb), off, base in (((a - 1, b), 1 + n2, s1), ((a, b - 1), 1 + n2, s1),
+                                            ((a - 1, b - 1), 1, s2)):
                     row.append(off + pos[(pa, pb)] - base if pa >= 0 and pb >= 0 else 0)
                 idx.append(row)
             self.pred.append(torch.tensor(idx, dtype=torch.long, device=device))
@@ -230,7 +189,15 @@ def _uniform(shape, fan_in: int, scale: float = 1.0) -> nn.Parameter:
 class FourDirectionRNN(nn.Module):
     """Base of the two 2-D RNNs: per-direction input map U, b, recurrent W, output V (stacked on a
     leading direction axis), the wavefront loop, the per-pixel reference. forward(x[B, C, H, W]) ->
-    o [B, d_out, H, W] = Σ_d V^d h^d."""
+    o [B, d_out, H, W] = Σ_d V^d h^d.
+
+    Both recurrences run by anti-diagonal wavefronts: every predecessor of a unit on the anti-diagonal
+    r + c = k lies on an earlier one, so the H + W − 1 diagonals are computed in order, each as one
+    batched step over all its units; the four directions run together (each is the south-east
+    recurrence on the feature map flipped along W, H or both, and flipped back). ``reference_forward``
+    is the plain per-pixel loop of the equations (tests check the wavefront against it;
+    ``scripts/bench_dense_rnn.py`` times both). Initialisation (ours): uniform ±1/sqrt(fan-in), as
+    torch's RNNs."""
 
     W_scale = 1.0
 
@@ -296,7 +263,8 @@ class FourDirectionRNN(nn.Module):
 
 
 class DAGRNN(FourDirectionRNN):
-    """h_i = ReLU(U x_i + W Σ_{j∈P(i)} h_j + b), P(i) the 3 predecessors (Shuai et al.)."""
+    """h_i = ReLU(U x_i + W Σ_{j∈P(i)} h_j + b), P(i) the 3 predecessors (Shuai et al.); a wavefront
+    step gathers them from the two previous diagonals."""
 
     W_scale = 1.0 / 3.0  # our init: the three predecessors are summed
 
@@ -327,7 +295,9 @@ class DAGRNN(FourDirectionRNN):
 
 class DenseAttentionRNN(FourDirectionRNN):
     """h_i = ReLU(U x_i + W Σ_{j∈D(i)} α_ij h_j + b), α_i = softmax_j wᵀ tanh(W_a x_i + U_a h_j),
-    D(i) the quadrant before i (our reading of Fan et al.; see the module docstring)."""
+    D(i) the quadrant before i (our reading of Fan et al.; see ``DenseRNNModel``). A wavefront step
+    scores its units against every unit of the earlier diagonals and masks those outside each unit's
+    quadrant."""
 
     def __init__(self, d_in: int, hidden: int, d_out: int, att_dim: int, use_checkpoint: bool = False):
         super().__init__(d_in, hidden, d_out)
@@ -398,7 +368,18 @@ class DenseAttentionRNN(FourDirectionRNN):
 
 @register_model("dag-rnn")
 class DAGRNNModel(RNNModel):
-    """DAG-RNN (Shuai et al., CVPR 2016) on the shared trunk."""
+    """DAG-RNN (Shuai et al., CVPR 2016) on the shared trunk: four directional DAG-RNNs over the reduced
+    trunk features x, their summed outputs o concatenated with the features (``RNNModel``).
+
+    Four DAGs (south-east, south-west, north-east, north-west); in the south-east one, unit (r, c) has
+    the 3 predecessors P = {(r-1, c), (r, c-1), (r-1, c-1)} (the others are its mirror images) and
+        h_i = ReLU(U x_i + Σ_{j∈P(i)} W h_j + b)          (one W for the 3 predecessors)
+    per direction d with its own U^d, W^d, b^d; o = Σ_d V^d h^d_i. The four DAGs, the recurrence, ReLU,
+    the per-direction weights and the summed outputs follow the paper as secondary sources state it
+    (the project's issue and notes; the four DAGs also by a third-party summary), not its method section
+    verbatim. Its VGG-16 trunk with deconvolution and skip layers is replaced by the shared dilated
+    ResNet, its class-weighted loss by the task's (``task.class_weights``). W is initialised divided
+    by 3 (its three predecessors are summed)."""
 
     Params = DAGParams
     presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8},
@@ -411,7 +392,20 @@ class DAGRNNModel(RNNModel):
 
 @register_model("dense-rnn")
 class DenseRNNModel(RNNModel):
-    """The dense attentional RNN (Fan et al., WACV 2019) on the shared trunk."""
+    """The dense attentional RNN (Fan et al., WACV 2019) on the shared trunk: as ``dag-rnn``, but each
+    unit is connected to every unit before it in its direction's order, weighed by attention.
+
+    South-east (the others mirror it): D(i) = {(r', c') : r' ≤ r, c' ≤ c} \\ {i}, the whole quadrant, and
+        e_ij = wᵀ tanh(W_a x_i + U_a h_j),   α_i = softmax_{j∈D(i)} e_ij,
+        h_i = ReLU(U x_i + W Σ_{j∈D(i)} α_ij h_j + b).
+    No code of the paper is public. From the paper (its abstract): dense connections between each pair
+    of image units, an attention model that weighs them, end-to-end integration with a CNN; a quoted
+    sentence: 512 input/hidden/output units, ReLU and softmax as the two non-linearities. Our reading:
+    the quadrant as the dense predecessor set, the additive score e_ij (the form the project's issue
+    gives; the paper may score differently), the attention's width ``model.att_dim``, the attention
+    weighing the hidden states *before* W (one W for the context). The attention costs O((HW)²·att_dim)
+    work and, for the backward pass, memory per direction; ``model.checkpoint=true`` recomputes each
+    step's scores in the backward pass instead of storing them (``torch.utils.checkpoint``)."""
 
     Params = DenseRNNParams
     presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8, "model.att_dim": 4},

@@ -1,41 +1,11 @@
 """The dense kind: tasks whose input is an image ``x[B, 3, H, W]`` and whose target is a label per
 pixel ``y[B, H', W']`` (scene parsing: CamVid, ADE20K).
 
-A task (``DenseTask``) lists its (image file, label file) pairs per split and maps the dataset's
-label values to class indices, with **255 the one ignore index** (CamVid's void 11, ADE20K's
-"other" 0) for the loss and the confusion matrix alike. This base does the rest:
-
-- **Loader** (``DenseLoader`` over a ``DenseDataset``): file-backed (PIL decodes the PNG/JPEG files;
-  an optional in-memory cache of the decoded, resized arrays), an ``EpochLoader`` (seqbench/data.py):
-  the order of an epoch comes from a generator seeded by (seed, epoch), each training sample's
-  augmentation from one seeded by (seed, epoch, sample index) — so any number of worker processes
-  (``task.workers``) and a resumed run see the same pixels — ``set_epoch``, ``num_samples``,
-  ``len``, and the last partial batch is never dropped. Batches of different sizes are padded
-  (image 0 after normalisation, label 255), as torchvision's segmentation reference collates.
-- **Resolution**: ``size`` (when the task has one) resizes images (bilinear, antialiased) for the
-  network; training labels follow (nearest). Validation and test labels stay at the dataset's own
-  resolution: **evaluation is at the full label resolution** — the logits are upsampled
-  (bilinear) to the label size before the argmax (``eval_stats``).
-- **Training augmentation** (``augment``): random scale in [``scale_min``, ``scale_max``] (bilinear
-  image, nearest label), a random ``crop`` (padded with 0 / 255 where the scaled image is smaller),
-  horizontal flip with probability 1/2 — torchvision's segmentation reference recipe.
-- **Normalisation**: ImageNet mean and std (torchvision's), so ImageNet checkpoints fit.
-- **Wrapper** (``SegmentationModel``): the registered model is a feature extractor
-  (``forward(x) -> [B, C', h, w]``, ``d_output = C'``); the wrapper adds the ``head`` (1x1 conv to
-  the classes) and upsamples the logits bilinearly to the input size (torchvision's
-  ``_SimpleSegmentationModel``). ``forward(x, state=None) -> (logits [B, K, H, W], None)``.
-- **Metrics** (one implementation for every dense task): ``eval_stats`` returns the K x K confusion
-  matrix of the batch (rows ground truth, columns prediction; one ``bincount`` over the valid
-  pixels, torchvision's ``ConfusionMatrix.update``); the runner adds them up over the whole split;
-  ``metrics`` gives mIoU (selects the checkpoint), pixel accuracy and mean class accuracy,
-  ``per_class`` the per-class IoU and accuracy the runner stores in the record. A class that
-  appears neither in the labels nor in the predictions of the split has no IoU (NaN, null in the
-  record) and is left out of the mean (as mmseg's ``nanmean``); the class accuracy averages the
-  classes present in the labels.
-- **Latency**: measured at ``latency_batches`` (1, 8) on inputs of ``latency_shape()`` (the
-  evaluation size, or the training crop where images vary in size).
-- **Examples**: after the test, the predictions for the first ``N_EXAMPLES`` test images
-  (``examples``) are saved beside the record for the report's picture.
+A task (``DenseTask``) lists its (image file, label file) pairs per split and maps the dataset's label
+values to class indices; this module does the rest, after torchvision's segmentation reference
+(``references/segmentation``, ``_SimpleSegmentationModel``): file-backed, seeded loading and
+augmentation (``DenseDataset``, ``DenseLoader``), the wrapper (``SegmentationModel``) and one
+implementation of the metrics for every dense task (``confusion``, ``confusion_metrics``).
 """
 from __future__ import annotations
 
@@ -136,6 +106,8 @@ def resize_label(y: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 [3, H, W] -> float, normalised with ImageNet's mean and std (torchvision's), so ImageNet
+    checkpoints fit."""
     m = torch.tensor(IMAGENET_MEAN)[:, None, None]
     s = torch.tensor(IMAGENET_STD)[:, None, None]
     return (x.float() / 255.0 - m) / s
@@ -145,7 +117,7 @@ def scale_crop_flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, crop: 
                     scale: tuple[float, float], flip: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """One training sample (uint8 image [3, H, W], label [H, W]): random scale s ~ U(scale), a random
     ``crop`` window (the scaled image padded with 0 / 255 to at least the crop), horizontal flip
-    with probability 1/2."""
+    with probability 1/2: torchvision's segmentation reference recipe (bilinear image, nearest label)."""
     s = scale[0] + (scale[1] - scale[0]) * float(torch.rand((), generator=g))
     H, W = y.shape
     h, w = max(1, round(H * s)), max(1, round(W * s))
@@ -167,9 +139,12 @@ def scale_crop_flip(x: torch.Tensor, y: torch.Tensor, g: torch.Generator, crop: 
 class DenseDataset(torch.utils.data.Dataset):
     """(image, label) files of one split -> (normalised float image [3, h, w], int64 label [h', w']).
 
-    ``size``: the network's input size (None: the image's own); ``train``: labels follow the image
-    size and the augmentation runs (``crop``, ``scale``, ``flip``); otherwise labels stay at their
-    file's resolution. ``cache``: keep the decoded, resized uint8 arrays after their first read."""
+    ``size``: the network's input size (None: the image's own), images resized bilinear, antialiased;
+    ``train``: labels follow the image size (nearest) and the augmentation runs (``crop``, ``scale``,
+    ``flip``); otherwise labels stay at their file's resolution. PIL decodes the PNG/JPEG files;
+    ``cache``: keep the decoded, resized uint8 arrays after their first read. Each training sample's
+    augmentation comes from a generator seeded by (seed, epoch, sample index), so any number of worker
+    processes and a resumed run see the same pixels."""
 
     def __init__(self, pairs: list[tuple[Path, Path]], lut: torch.Tensor, *, size=None, train: bool = False,
                  augment: bool = True, crop=None, scale=(0.5, 2.0), seed: int = 0, cache: bool = False):
@@ -211,7 +186,8 @@ class DenseDataset(torch.utils.data.Dataset):
 
 
 def pad_collate(batch):
-    """Stack samples, padding smaller ones at the bottom/right: images with 0, labels with 255."""
+    """Stack samples, padding smaller ones at the bottom/right: images with 0 (after normalisation),
+    labels with 255, as torchvision's segmentation reference collates."""
     xs, ys = zip(*batch)
     H = max(x.shape[1] for x in xs)
     W = max(x.shape[2] for x in xs)
@@ -226,8 +202,9 @@ def pad_collate(batch):
 
 
 class DenseLoader(EpochLoader):
-    """Mini-batches of a ``DenseDataset`` (the ``EpochLoader`` contract: seeded order, set_epoch,
-    num_samples, the last batch kept) with seeded augmentation; ``workers`` > 0 decodes in torch
+    """Mini-batches of a ``DenseDataset`` (the ``EpochLoader`` contract of seqbench/data.py: an epoch's
+    order from a generator seeded by (seed, epoch), set_epoch, num_samples, len, the last partial batch
+    never dropped) with seeded augmentation; ``workers`` (``task.workers``) > 0 decodes in torch
     DataLoader worker processes."""
 
     def __init__(self, dataset: DenseDataset, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0):
@@ -258,7 +235,10 @@ def confusion(pred: torch.Tensor, y: torch.Tensor, k: int) -> torch.Tensor:
 
 def confusion_metrics(cm: torch.Tensor) -> dict:
     """mIoU, pixel accuracy, mean class accuracy and the per-class IoU and accuracy of a confusion
-    matrix (rows label, columns prediction). NaN where a class has no pixel to judge."""
+    matrix (rows label, columns prediction). NaN where a class has no pixel to judge: a class that
+    appears neither in the labels nor in the predictions has no IoU (null in the record) and is left
+    out of the mean (as mmseg's ``nanmean``); the class accuracy averages the classes present in the
+    labels."""
     h = cm.double()
     tp, gt, pr = torch.diag(h), h.sum(1), h.sum(0)
     union = gt + pr - tp
@@ -273,7 +253,10 @@ def confusion_metrics(cm: torch.Tensor) -> dict:
 
 # ------------------------------------------------------------------------------- wrapper
 class SegmentationModel(nn.Module):
-    """Feature extractor → ``head`` (1x1 conv to the classes) → bilinear upsampling to the input size."""
+    """Feature extractor → ``head`` (1x1 conv to the classes) → bilinear upsampling to the input size
+    (torchvision's ``_SimpleSegmentationModel``). The registered model is the feature extractor
+    (``forward(x) -> [B, C', h, w]``, ``d_output = C'``); ``forward(x, state=None) -> (logits
+    [B, K, H, W], None)``."""
 
     def __init__(self, backbone: nn.Module, num_classes: int, input_shape: tuple):
         super().__init__()
@@ -296,7 +279,16 @@ class SegmentationModel(nn.Module):
 class DenseTask(Task):
     """Base of the dense tasks. A subclass gives ``num_classes``, ``class_names``, ``palette`` (RGB
     per class), ``lut()`` and ``pairs(split) -> [(image, label)]`` for split in train/val/test,
-    and ``size()`` (the network's input size, or None for each image's own)."""
+    and ``size()`` (the network's input size, or None for each image's own).
+
+    255 is the one ignore index (CamVid's void 11, ADE20K's "other" 0), for the loss and the confusion
+    matrix alike. Evaluation is at the full label resolution: the logits are upsampled (bilinear) to
+    the label size before the argmax. ``eval_stats`` gives each batch's K x K confusion matrix
+    (``confusion``: rows ground truth, columns prediction), the runner adds them up over the split,
+    ``metrics`` gives mIoU (selects the checkpoint), pixel accuracy and mean class accuracy,
+    ``per_class`` the per-class IoU and accuracy the runner stores in the record. Latency is measured at
+    ``latency_batches`` (1, 8) on inputs of ``latency_shape()`` (the evaluation size, or the training
+    crop where images vary in size)."""
 
     kind = DENSE
     num_classes: int
@@ -391,7 +383,8 @@ class DenseTask(Task):
 
     def examples(self, predict) -> tuple[dict, dict] | None:
         """The first ``N_EXAMPLES`` test images, their labels and ``predict``'s labels (argmax of the
-        logits at the label resolution), as uint8 arrays for the report's picture."""
+        logits at the label resolution), as uint8 arrays for the report's picture, saved beside the
+        record after the test."""
         ds = self._datasets["test"]
         n = min(N_EXAMPLES, len(ds))
         if n == 0:

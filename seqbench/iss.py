@@ -1,43 +1,12 @@
 """Intrinsic Sparse Structures (Wen et al., "Learning Intrinsic Sparse Structures within Long
-Short-Term Memory", ICLR 2018): the one implementation of the group Lasso, the thresholding, the
-zero check, the structure counts and the physical pruning, shared by every model with ISS groups
-(``iss-lstm``, ``rhn``, ``bidaf``).
+Short-Term Memory", ICLR 2018; reference code wenwei202/iss-rnns): the one implementation of the group
+Lasso, the thresholding, the zero check, the structure counts and the physical pruning, shared by
+every model with ISS groups (``iss-lstm``, ``rhn``, ``bidaf``).
 
-A model says which weights make each of its ISS components, and nothing else:
-
-- a **group** (``Group``) is a set of ``size`` components of the same kind, e.g. the hidden units of
-  one LSTM layer, or of one direction of a biLSTM;
-- component k of a group is every entry named by the group's **slices**: a ``Slice`` names one
-  tensor, one dimension, and the positions ``offset + b * stride + k`` (b < ``blocks``) along it.
-  The 4 gate rows of unit k of a torch LSTM are ``Slice(weight, dim=0, blocks=4, stride=H)``; its
-  recurrent column ``Slice(weight_hh, dim=1)``; the columns of a consumer that reads the layer's
-  output at some place of its input are ``Slice(consumer, dim=1, offset=place)``;
-- a slice is ``penalised`` (a weight: in the group Lasso and in the zero check) or only carried
-  (a bias: removed with its component, outside both, as the reference's groups, which take the
-  cells' ``weights`` and never their ``biases``);
-- a group is ``complete`` when its slices include every weight that reads its components' output.
-  Only then can an all-zero component be removed without changing the output; an incomplete group
-  (an LSTM stack asked without the head that reads its last layer) reports every component kept.
-
-From the slices alone:
-
-    sq_norms(groups)          per group, [size]: every component's squared L2 norm
-    group_lasso(groups, lam)  lam * sum_g sum_k sqrt(||w_gk||^2 + EPS)    (paper eq. 2)
-    zero_components(groups)   per group, [size] bool: all of the component's weights exactly 0
-    kept_components(groups)   per group, the indices a pruned model keeps (at least one)
-    threshold_(tensors, thr)  zero every entry with |w| < thr (after every optimiser step)
-    pruned_tensors(groups, kept)
-                              every tensor a slice names, cut along every dimension some slice
-                              owns to the kept components' positions: the weights of the
-                              physically smaller model, which the model then builds
-    load_pruned(new, named, pruned)
-                              copy them (and the untouched tensors) into the smaller model
-
-EPS = 1e-8 sits inside the square root as in the reference's ``add_structure_grouplasso``: a finite,
-zero gradient at an all-zero group. An entry owned by two slices of one component (an LSTM's
-self-connection weight_hh[g*H + k, k], in its gate rows and in its recurrent column) enters that
-component's norm twice, as in the reference (its sums over the gate columns and over the h-rows of
-TF's kernel both include it). The zero check uses max |w| == 0, which never underflows.
+A model says which weights make each of its ISS components (``Group``s of ``Slice``s), and nothing
+else. From the slices alone: ``sq_norms``, ``group_lasso`` (paper eq. 2), ``zero_components``,
+``kept_components``, ``threshold_`` (after every optimiser step), ``pruned_tensors`` (the weights of the
+physically smaller model, which the model then builds) and ``load_pruned``.
 """
 from __future__ import annotations
 
@@ -52,7 +21,14 @@ EPS = 1e-8
 
 class Slice(NamedTuple):
     """The positions of one tensor that the components of one group own: component k owns
-    ``offset + b * stride + k`` for b < ``blocks`` along ``dim`` (``stride`` 0 means ``size``)."""
+    ``offset + b * stride + k`` for b < ``blocks`` along ``dim`` (``stride`` 0 means ``size``).
+
+    E.g. the 4 gate rows of unit k of a torch LSTM are ``Slice(weight, dim=0, blocks=4, stride=H)``, its
+    recurrent column ``Slice(weight_hh, dim=1)``, the columns of a consumer that reads the layer's output
+    at some place of its input ``Slice(consumer, dim=1, offset=place)``. A slice is ``penalised`` (a
+    weight: in the group Lasso and in the zero check) or only carried (a bias: removed with its
+    component, outside both, as the reference's groups, which take the cells' ``weights`` and never their
+    ``biases``)."""
 
     name: str  # the tensor's name in the model ("lstms.0.weight_ih_l0", "head.weight")
     tensor: torch.Tensor
@@ -88,6 +64,12 @@ class Slice(NamedTuple):
 
 @dataclass
 class Group:
+    """``size`` components of the same kind (e.g. the hidden units of one LSTM layer, or of one direction
+    of a biLSTM); component k is every entry its ``slices`` name. ``complete``: the slices include every
+    weight that reads the components' output; only then can an all-zero component be removed without
+    changing the output (an incomplete group, e.g. an LSTM stack asked without the head that reads its
+    last layer, reports every component kept)."""
+
     name: str  # "lstms.0", "g1.fw": how the structure report names it
     size: int
     slices: list = field(default_factory=list)
@@ -115,7 +97,10 @@ def lstm_unit_slices(group: Group, prefix: str, lstm: nn.LSTM) -> Group:
 
 
 def sq_norms(groups: list[Group]) -> list[torch.Tensor]:
-    """Per group, [size]: the squared L2 norm of every component's penalised entries."""
+    """Per group, [size]: the squared L2 norm of every component's penalised entries. An entry owned by two
+    slices of one component (an LSTM's self-connection weight_hh[g*H + k, k], in its gate rows and in its
+    recurrent column) enters it twice, as in the reference (its sums over the gate columns and over the
+    h-rows of TF's kernel both include it)."""
     out = []
     for g in groups:
         parts = [s.sum_sq() for s in g.slices if s.penalised]
@@ -124,14 +109,17 @@ def sq_norms(groups: list[Group]) -> list[torch.Tensor]:
 
 
 def group_lasso(groups: list[Group], lam: float) -> torch.Tensor:
-    """lam * sum over groups and components of sqrt(||w||^2 + EPS)."""
+    """lam * sum over groups and components of sqrt(||w||^2 + EPS) (paper eq. 2); EPS = 1e-8 inside the
+    square root as in the reference's ``add_structure_grouplasso``: a finite, zero gradient at an
+    all-zero group."""
     return lam * sum(torch.sqrt(sq + EPS).sum() for sq in sq_norms(groups))
 
 
 @torch.no_grad()
 def zero_components(groups: list[Group]) -> list[torch.Tensor]:
-    """Per group, [size] bool: every penalised entry of the component is exactly zero (never true
-    in an incomplete group: a reader outside its slices may still see the unit)."""
+    """Per group, [size] bool: every penalised entry of the component is exactly zero (max |w| == 0,
+    which never underflows; never true in an incomplete group: a reader outside its slices may still
+    see the unit)."""
     out = []
     for g in groups:
         mx = [s.max_abs() for s in g.slices if s.penalised]

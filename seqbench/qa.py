@@ -1,52 +1,10 @@
 """The qa kind: extractive question answering. A sample is a (context, question) pair; the answer is
 a span of the context's tokens; the model gives start and end logits over the context's tokens.
 
-Text (the BiDAF reference's ``squad/prepro.py``, allenai/bi-att-flow and wenwei202/iss-rnns, read
-and re-written, not copied):
-
-- quotes: in a context, ``''`` and `````` become ``" `` (two characters for two, so the answers'
-  character offsets stay valid), as the reference does before tokenising; answers are cut from
-  that text;
-- tokens (``tokenize``): a regex tokenizer of ours instead of NLTK's PTB tokenizer (which needs a
-  ``punkt`` download): letter abbreviations (``U.S.``), numbers with separators (``1,000``,
-  ``3.5``, ``10:30``), runs of word characters, and every other non-space character alone. That
-  splits on ``- − — – / ~ " ' “ ’ ” ‘ °`` as the reference's ``process_tokens`` does, and on all
-  other punctuation, as the PTB tokenizer does around words. Every token is a substring of the
-  text at its offsets;
-- answer spans (``char_span_to_tokens``): the tokens overlapping the answer's characters
-  [start, start + len), the reference's ``get_word_span``; inclusive token indices (first, last).
-  On the real dev file 99.77% of the 34,726 answers map to a span whose text normalises to the
-  answer (``tests/test_squad.py`` prints the fraction); the rest are answers that begin or end
-  inside a word ("four" in "fourth");
-- vocabulary (``build_vocab``): lower-cased words of the training text, a context's tokens counted
-  once per question of the paragraph and question tokens once (the reference's counters); words
-  seen more than ``word_count_min`` times get trainable vectors (random N(0, 1), the reference's
-  init for words without GloVe vectors); with a GloVe file (``glove``), words it has are looked up
-  in it (fixed vectors, for every split's words, as the reference's ``new_emb_mat``) and only
-  frequent words it lacks are trainable; id 0 = padding, 1 = unknown. Characters of the training
-  tokens seen more than ``char_count_min`` times (same counting) get ids (0 padding, 1 unknown);
-  words are cut to ``max_word_len`` characters (16).
-
-Training examples keep the first answer; a question longer than ``max_question`` tokens (30) or an
-answer ending at token ``max_context`` (400) or later is dropped, and training contexts are cut to
-``max_context`` tokens (the reference's filter and truncation). Validation and test examples are
-all kept, whole.
-
-Batches. One LongTensor per batch (``pack``): a header (Tc, Tq, W) repeated in every row, then the
-context word ids [Tc], the question word ids [Tq], the context char ids [Tc * W] and the question
-char ids [Tq * W], padded with 0: training batches to the fixed widths (max_context, max_question,
-max_word_len) = (400, 30, 16), the layout ``example_batch`` also gives without data; evaluation
-batches to their longest. The wrapper splits it (``unpack``) and cuts the padding off (``trim``:
-to the longest context, question and word the batch holds; the reference's ``len_opt``), so a
-batch costs what its own lengths cost. Targets ``y`` are [B, 3]: the answer's first and last token
-and the example's index in the task, through which ``eval_stats`` finds the gold answers.
-
-Metrics: the official SQuAD v1.1 evaluation (``evaluate-v1.1.py``): answers normalised (lower case,
-punctuation and the articles a/an/the removed, whitespace collapsed), exact match and token F1,
-each the maximum over the question's ground truths, summed per question and given in percent over
-every question of the split. The prediction is the text of the decoded span (``best_spans``: the
-argmax of p_start(j) p_end(k) over j <= k < j + ``max_answer_len``), cut from the context at its
-tokens' offsets. F1 selects the checkpoint.
+Text processing follows the BiDAF reference's ``squad/prepro.py`` (allenai/bi-att-flow and
+wenwei202/iss-rnns; read and re-written, not copied), the metrics the official SQuAD v1.1 evaluation
+(``evaluate-v1.1.py``). ``QATask`` builds the vocabularies and encodes (``encode``), batches
+(``pack``, ``QALoader``), wraps (``QAModel``) and scores; a subclass gives the tokenised rows.
 """
 from __future__ import annotations
 
@@ -80,12 +38,18 @@ TOKEN_RE = re.compile(r"(?:[^\W\d_]\.){2,}|\d+(?:[.,:]\d+)+|\w+|[^\w\s]")
 
 # ------------------------------------------------------------------------------------------ text
 def normalize_quotes(text: str) -> str:
-    """The reference's context normalisation: '' and `` -> '" ' (same length: offsets unchanged)."""
+    """The reference's context normalisation before tokenising: '' and `` -> '" ' (two characters for
+    two, so the answers' character offsets stay valid); answers are cut from that text."""
     return text.replace("''", '" ').replace("``", '" ')
 
 
 def tokenize(text: str) -> tuple[list[str], list[int], list[int]]:
-    """Tokens and their character offsets [start, end) in ``text`` (see the module docstring)."""
+    """Tokens and their character offsets [start, end) in ``text``; every token is a substring of the text
+    at its offsets. A regex tokenizer of ours instead of the reference's NLTK PTB tokenizer (which needs
+    a ``punkt`` download): letter abbreviations (``U.S.``), numbers with separators (``1,000``, ``3.5``,
+    ``10:30``), runs of word characters, and every other non-space character alone. That splits on
+    ``- − — – / ~ " ' “ ’ ” ‘ °`` as the reference's ``process_tokens`` does, and on all other
+    punctuation, as the PTB tokenizer does around words."""
     toks, starts, ends = [], [], []
     for m in TOKEN_RE.finditer(text):
         toks.append(m.group())
@@ -96,7 +60,9 @@ def tokenize(text: str) -> tuple[list[str], list[int], list[int]]:
 
 def char_span_to_tokens(starts, ends, a_start: int, a_end: int):
     """(first, last) inclusive token indices of the tokens overlapping characters [a_start, a_end),
-    or None when no token does."""
+    or None when no token does (the reference's ``get_word_span``). On the real dev file 99.77% of the
+    34,726 answers map to a span whose text normalises to the answer (``tests/test_squad.py`` prints the
+    fraction); the rest begin or end inside a word ("four" in "fourth")."""
     idx = [i for i, (s, e) in enumerate(zip(starts, ends)) if not (a_end <= s or a_start >= e)]
     return (idx[0], idx[-1]) if idx else None
 
@@ -163,7 +129,8 @@ def read_glove(path: Path, words: set[str], dim: int) -> dict[str, np.ndarray]:
                     continue
                 vec = np.array(rest.split(" "), dtype=np.float32)
                 if vec.shape != (dim,):
-                    raise SeqbenchError(f"GloVe file {path}, line {n}: {vec.shape[0]} numbers, expected task.emb = {dim}")
+                    raise SeqbenchError(
+                        f"GloVe file {path}, line {n}: {vec.shape[0]} numbers, expected task.emb = {dim}")
                 out[word] = vec
     except (OSError, ValueError) as e:
         raise SeqbenchError(f"GloVe file {path} is unreadable: {type(e).__name__}: {e}") from None
@@ -196,9 +163,11 @@ class QAData:
 
 
 def pack(data: QAData, idx, max_context: int | None, widths: tuple | None = None) -> torch.Tensor:
-    """The packed LongTensor of examples ``idx`` (see the module docstring); contexts cut to
-    ``max_context`` tokens when given (training); padded to ``widths`` (Tc, Tq, W) when given (the
-    training layout, fixed), else to the batch's longest."""
+    """The packed LongTensor of examples ``idx``, one row each: a header (Tc, Tq, W), then the context
+    word ids [Tc], the question word ids [Tq], the context char ids [Tc * W] and the question char ids
+    [Tq * W], padded with 0. Contexts cut to ``max_context`` tokens when given (training); padded to
+    ``widths`` (Tc, Tq, W) when given (the training layout, fixed: (400, 30, 16) by default, which
+    ``example_batch`` also gives without data), else to the batch's longest."""
     paras = data.ex_para[idx]
     clen = [min(len(data.para_words[p]), max_context or 10**9) for p in paras]
     qlen = [len(data.ex_words[i]) for i in idx]
@@ -234,8 +203,8 @@ CLUSTER_BATCHES = 20  # training with cluster: examples sorted by length within 
 
 def trim(cw, qw, cc, qc):
     """The four id tensors cut to the longest context, question and word they hold (padding is id 0
-    and every sequence is left-aligned), so a batch packed at the fixed training widths costs what
-    its own lengths cost."""
+    and every sequence is left-aligned; the reference's ``len_opt``), so a batch packed at the fixed
+    training widths costs what its own lengths cost."""
     Lc = max(1, int((cw != PAD).sum(1).max()))
     Lq = max(1, int((qw != PAD).sum(1).max()))
     W = max(1, int((cc != PAD).sum(2).max()), int((qc != PAD).sum(2).max()))
@@ -248,7 +217,8 @@ class QALoader(EpochLoader):
     (the reference's ``--cluster``), the shuffled examples are sorted by context length within chunks
     of CLUSTER_BATCHES batches, cut into batches, and the batches shuffled: far less padding, the
     same examples per epoch. Evaluation: batches of similar lengths (sorted; the sums do not depend
-    on the order). Never drops the last batch."""
+    on the order). Never drops the last batch. Targets ``y`` are [B, 3]: the answer's first and last
+    token and the example's index in the task, through which ``eval_stats`` finds the gold answers."""
 
     def __init__(self, data: QAData, idx: np.ndarray, batch_size: int, shuffle: bool, seed: int,
                  max_context: int | None, cluster: bool = False, widths: tuple | None = None):
@@ -289,7 +259,8 @@ class QALoader(EpochLoader):
 
 # ----------------------------------------------------------------------------------------- wrapper
 class WordEmbedding(nn.Module):
-    """Trainable rows ``[0, n_trainable)`` (N(0, 1), the padding row 0 kept at zero) and, with GloVe,
+    """Trainable rows ``[0, n_trainable)`` (N(0, 1), the reference's init for words without GloVe
+    vectors; the padding row 0 kept at zero) and, with GloVe,
     fixed rows after them (a buffer, not a parameter: they are not trained and not counted)."""
 
     def __init__(self, n_trainable: int, dim: int, fixed: np.ndarray | None = None):
@@ -346,7 +317,8 @@ class QAParams:
                          "GloVe text file: fixed word vectors (empty: trainable random vectors)")
     word_count_min: int = setting(10, NONNEGATIVE, "training words seen more than this often get trainable vectors")
     char_count_min: int = setting(50, NONNEGATIVE, "training characters seen more than this often get ids")
-    max_context: int = setting(400, POSITIVE, "training: contexts cut to this many tokens, answers ending later dropped")
+    max_context: int = setting(400, POSITIVE,
+                               "training: contexts cut to this many tokens, answers ending later dropped")
     max_question: int = setting(30, POSITIVE, "training: questions with more tokens dropped")
     max_word_len: int = setting(16, POSITIVE, "characters per word seen by the char CNN")
     max_answer_len: int = setting(30, POSITIVE, "decoding: longest answer in tokens")
@@ -475,6 +447,10 @@ class QATask(Task):
         return F.cross_entropy(out[..., 0], y[:, 0]) + F.cross_entropy(out[..., 1], y[:, 1])
 
     def eval_stats(self, out, y):
+        """Sums of the official SQuAD v1.1 metrics: answers normalised (``normalize_answer``), exact match
+        and token F1, each the maximum over the question's ground truths; ``metrics`` gives them in
+        percent over every question of the split (F1 selects the checkpoint). The prediction is the text
+        of the decoded span (``best_spans``), cut from the context at its tokens' offsets."""
         out = out.float()
         d = self.data()
         j, k = best_spans(out[..., 0], out[..., 1], self.params.max_answer_len)
@@ -484,7 +460,8 @@ class QATask(Task):
             pred = d.para_text[p][d.para_starts[p][a]:d.para_ends[p][b]] if b < len(d.para_starts[p]) else ""
             em += best_over_truths(exact_match, pred, d.ex_answers[i])
             f1 += best_over_truths(f1_score, pred, d.ex_answers[i])
-        loss = (F.cross_entropy(out[..., 0], y[:, 0], reduction="sum") + F.cross_entropy(out[..., 1], y[:, 1], reduction="sum"))
+        loss = (F.cross_entropy(out[..., 0], y[:, 0], reduction="sum")
+                + F.cross_entropy(out[..., 1], y[:, 1], reduction="sum"))
         return {"em_sum": torch.tensor(em, dtype=torch.float64), "f1_sum": torch.tensor(f1, dtype=torch.float64),
                 "loss_sum": loss, "count": torch.tensor(y.shape[0])}
 
@@ -503,7 +480,18 @@ class QATask(Task):
 
 
 def encode(rows: dict, paras: dict, p: QAParams) -> QAData:
-    """Vocabularies from the training rows, then every split encoded (see the module docstring)."""
+    """Vocabularies from the training rows, then every split encoded.
+
+    Words: lower-cased words of the training text, a context's tokens counted once per question of the
+    paragraph and question tokens once (the reference's counters); words seen more than
+    ``word_count_min`` times get trainable vectors; with a GloVe file (``glove``), words it has are
+    looked up in it (fixed vectors, for every split's words, as the reference's ``new_emb_mat``) and
+    only frequent words it lacks are trainable; id 0 = padding, 1 = unknown. Characters of the training
+    tokens seen more than ``char_count_min`` times (same counting) get ids (0 padding, 1 unknown); words
+    are cut to ``max_word_len`` characters (16). Training examples keep the first answer; a question
+    longer than ``max_question`` tokens (30) or an answer ending at token ``max_context`` (400) or later
+    is dropped, and training contexts are cut to ``max_context`` tokens when packed (the reference's
+    filter and truncation). Validation and test examples are all kept, whole."""
     train = rows["train"]
     words, chars = Counter(), Counter()
     for r in train:

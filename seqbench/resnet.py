@@ -7,37 +7,6 @@ for output stride 8 or 16) that the dense tasks' models put their heads on.
 Written from the papers and checked against the reference code (gbup-group/DIANet
 ``models/cifar/dia_resnet.py``, ``dia_preresnet.py``, ``cifar.py``; bearpaw/pytorch-classification
 ``models/cifar/preresnet.py``; torchvision ``models/resnet.py`` for the names); nothing is copied.
-
-Blocks (``Block``): ``basic`` = two 3x3 convs, ``bottleneck`` = 1x1 → 3x3 → 1x1 with expansion 4
-and the stride on the 3x3 conv (as DIANet's CIFAR code and torchvision). A projection shortcut
-(1x1 conv, + BN in the post-activation form) where the stride or the width changes. Post-activation
-(``preact=False``): ``out = relu(attn(branch) + shortcut)``, the branch ending in its last BN.
-Pre-activation: ``out = attn(branch) + shortcut`` with BN-ReLU before each conv, the projection a
-bare 1x1 conv on the raw block input (bearpaw's ``PreResNet``), a final BN-ReLU after the last stage.
-
-Attention on the residual branch, before the add, in every block (the strided first block too):
-- ``se``: squeeze-and-excitation, GAP → FC C→C/r → ReLU → FC C/r→C → sigmoid, times the branch
-  (r = 16; both FCs with bias, as Hu et al. and imgclsmob's SE-ResNet).
-- ``dia``: ONE unit per stage, shared by all its blocks (``DIAUnit``), its state zero at the stage's
-  first block and never carried across stages. At block t: x_t = GAP(branch) (after its last BN),
-  (h_t, c_t) = cell(x_t, (h_{t-1}, c_{t-1})), branch ⊙ h_t. The default cell is DIANet's modified
-  LSTM (``DIALSTMCell``): gates [i, f, g, o] = B_x(x_t) + B_h(h_{t-1}), each B a bottleneck MLP
-  C → C/r → 4C with ReLU between (r = 4, biases on), c_t = f⊙c_{t-1} + i⊙tanh(g), h_t = o⊙σ(c_t)
-  (a sigmoid, not tanh: h is the attention). The DIA width is the stage's output width (the
-  reference hard-codes 64/128/256 in its Bottleneck path, and its BasicBlock path returns the
-  wrong tuple; neither is repeated here). ``dia_cell=<model>`` runs any registered recurrent
-  backbone instead, one step per block on x_t with its state carried through the stage, its
-  output then mapped to C by a linear layer and a sigmoid (hidden width C/r): our generalisation,
-  the paper says many modules can serve as the DIA unit. The DIA-PreResNet of the reference
-  (``dia_preresnet.py``) puts one more BN after the last conv of each block's branch
-  (``bn_additional``); ``preact`` with ``dia`` does too, so its size equals the reference's.
-
-Ablations (DIANet's stability experiments), for every backbone: ``skip=False`` removes the
-shortcuts (identity and projection), ``bn=False`` replaces every BN by the identity (the convs then
-get biases, which BN made redundant).
-
-Initialisation as the DIANet code: convs N(0, sqrt(2 / (k·k·C_out))), BN weight 1 and bias 0,
-linear layers torch's default.
 """
 from __future__ import annotations
 
@@ -68,7 +37,8 @@ def _add(out, other):
 
 # ------------------------------------------------------------------------------ attention
 class SE(nn.Module):
-    """Squeeze-and-excitation (Hu et al.): one per block."""
+    """Squeeze-and-excitation (Hu et al.): one per block. GAP → FC C→C/r → ReLU → FC C/r→C → sigmoid,
+    times the branch (r = 16; both FCs with bias, as Hu et al. and imgclsmob's SE-ResNet)."""
 
     def __init__(self, c: int, reduction: int = 16):
         super().__init__()
@@ -81,7 +51,11 @@ class SE(nn.Module):
 
 
 class DIALSTMCell(nn.Module):
-    """DIANet's modified LSTM: bottleneck-MLP gates, h = o ⊙ sigmoid(c). State (h, c), each [B, C]."""
+    """DIANet's modified LSTM: bottleneck-MLP gates, h = o ⊙ sigmoid(c). State (h, c), each [B, C].
+
+    Gates [i, f, g, o] = B_x(x_t) + B_h(h_{t-1}), each B a bottleneck MLP C → C/r → 4C with ReLU between
+    (r = 4, biases on); c_t = f⊙c_{t-1} + i⊙tanh(g), h_t = o⊙σ(c_t) (a sigmoid, not tanh: h is the
+    attention)."""
 
     def __init__(self, c: int, reduction: int = 4):
         super().__init__()
@@ -105,7 +79,9 @@ class DIALSTMCell(nn.Module):
 
 
 class RecurrentDIACell(nn.Module):
-    """Any registered recurrent backbone as the DIA unit: one step per block, then Linear → sigmoid."""
+    """Any registered recurrent backbone as the DIA unit (``dia_cell=<model>``): one step per block on
+    x_t, its state carried through the stage, its output mapped to C by a linear layer and a sigmoid
+    (hidden width C/r). Our generalisation: the paper says many modules can serve as the DIA unit."""
 
     def __init__(self, c: int, model: str, reduction: int = 4):
         super().__init__()
@@ -131,7 +107,12 @@ class RecurrentDIACell(nn.Module):
 
 
 class DIAUnit(nn.Module):
-    """The stage's shared attention unit: x_t = GAP(branch), h = cell(x_t, state), branch ⊙ h."""
+    """The stage's shared attention unit: x_t = GAP(branch), h = cell(x_t, state), branch ⊙ h.
+
+    ONE unit per stage, shared by all its blocks, its state zero at the stage's first block and never
+    carried across stages; x_t is taken after the branch's last BN. The default cell is DIANet's
+    (``DIALSTMCell``). The DIA width is the stage's output width (the reference hard-codes 64/128/256 in
+    its Bottleneck path, and its BasicBlock path returns the wrong tuple; neither is repeated here)."""
 
     def __init__(self, c: int, reduction: int = 4, cell: str = "dia-lstm"):
         super().__init__()
@@ -144,7 +125,17 @@ class DIAUnit(nn.Module):
 
 # --------------------------------------------------------------------------------- blocks
 class Block(nn.Module):
-    """A residual block; torchvision's names (conv1, bn1, ..., downsample) for weight compatibility."""
+    """A residual block; torchvision's names (conv1, bn1, ..., downsample) for weight compatibility.
+
+    ``basic`` = two 3x3 convs, ``bottleneck`` = 1x1 → 3x3 → 1x1 with expansion 4 and the stride on the
+    3x3 conv (as DIANet's CIFAR code and torchvision). A projection shortcut (1x1 conv, + BN in the
+    post-activation form) where the stride or the width changes. Post-activation (``preact=False``):
+    ``out = relu(attn(branch) + shortcut)``, the branch ending in its last BN. Pre-activation:
+    ``out = attn(branch) + shortcut`` with BN-ReLU before each conv, the projection a bare 1x1 conv on
+    the raw block input (bearpaw's ``PreResNet``). Attention (``attn``) acts on the residual branch,
+    before the add, in every block (the strided first block too). ``extra_bn``: one more BN after the
+    branch's last conv, as the reference's DIA-PreResNet (``dia_preresnet.py``, ``bn_additional``);
+    the trunk sets it for ``preact`` with ``dia``, so its size equals the reference's."""
 
     def __init__(self, kind: str, cin: int, planes: int, stride: int = 1, dilation: int = 1, *,
                  preact: bool = False, attn: nn.Module | None = None, skip: bool = True, bn: bool = True,
@@ -247,7 +238,10 @@ class ResNetTrunk(nn.Module):
     ``stem``: ``cifar`` (3x3 conv to ``widths[0]``; post-activation adds BN-ReLU) or ``imagenet``
     (7x7/2 conv, BN-ReLU, 3x3/2 max-pool). ``layers``: blocks per stage; ``widths``: each stage's
     planes; the first block of stage i > 0 has stride 2, unless ``output_stride`` turns the late
-    strides into dilation (as torchvision's ``replace_stride_with_dilation``).
+    strides into dilation (as torchvision's ``replace_stride_with_dilation``). Pre-activation adds a
+    final BN-ReLU after the last stage. Ablations (DIANet's stability experiments), for every backbone:
+    ``skip=False`` removes the shortcuts (identity and projection), ``bn=False`` replaces every BN by
+    the identity (the convs then get biases, which BN made redundant).
     """
 
     def __init__(self, d_input: int, *, block: str, layers: list[int], widths: list[int], stem: str = "cifar",
@@ -288,6 +282,8 @@ class ResNetTrunk(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
+        """As the DIANet code: convs N(0, sqrt(2 / (k·k·C_out))), BN weight 1 and bias 0, linear layers
+        torch's default."""
         for m in self.modules():
             if isinstance(m, nn.Conv2d):  # N(0, sqrt(2 / n)), n = k*k*C_out (DIANet's init, He fan-out)
                 n = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
@@ -320,7 +316,8 @@ def cifar_layers(depth: int, block: str) -> int:
     per = 6 if block == "basic" else 9
     if depth < per + 2 or (depth - 2) % per:
         raise SeqbenchError(f"bad value {depth} for 'model.depth': a CIFAR ResNet with {block} blocks has depth "
-                            f"{per}n+2 ({per + 2}, {2 * per + 2}, ...; e.g. {'20, 56, 110' if block == 'basic' else '164'})")
+                            f"{per}n+2 ({per + 2}, {2 * per + 2}, ...; "
+                            f"e.g. {'20, 56, 110' if block == 'basic' else '164'})")
     return (depth - 2) // per
 
 
@@ -357,7 +354,8 @@ def load_torchvision_weights(trunk: ResNetTrunk, path) -> dict:
         missing, unexpected = trunk.load_state_dict(sd, strict=False)
     except RuntimeError as e:  # a shape mismatch: another depth or width
         first = str(e).strip().splitlines()
-        raise SeqbenchError(f"model.pretrained {path} does not fit this trunk ({first[-1].strip()[:150] if first else ''})") from None
+        raise SeqbenchError(f"model.pretrained {path} does not fit this trunk "
+                            f"({first[-1].strip()[:150] if first else ''})") from None
     if missing or unexpected:
         raise SeqbenchError(f"model.pretrained {path} does not fit this trunk: missing {missing[:3]}, "
                             f"unexpected {unexpected[:3]} (a torchvision ResNet of the same depth is expected)")

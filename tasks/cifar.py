@@ -1,35 +1,8 @@
-"""CIFAR-10 / CIFAR-100 (Krizhevsky 2009): ``cifar10`` and ``cifar100`` for the image backbones, and
-``scifar``, the images read pixel by pixel, for every recurrent model.
-
-Data sources (``task.source``):
-- ``official``: the python-version batch files in torchvision's layout, ``<data root>/cifar/
-  cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and ``cifar/cifar-100-python/
-  {train, test, meta}``, each checked against torchvision's published md5 (``CIFAR10.train_list``,
-  ...) before it is read; when files are missing and downloads are allowed, torchvision's archive
-  (``CIFAR10.url``, ``tgz_md5``) is fetched and unpacked there. 50,000 training, 10,000 test images.
-- ``subset`` (cifar10 and scifar only): ``<data root>/cifar10-subset/cifar10_subset.npz``, 6,102 real
-  CIFAR-10 images, the first 1,017 of each official batch file (5,085 training, 1,017 test; the
-  arrays in the official row layout, 1024 R, 1024 G, 1024 B values per image), with the official
-  ``batches.meta``. No published checksum covers a subset: the npz is pinned by its SHA-256 here
-  and the record says which source and how many images a run used; the report marks subset rows.
-  Numbers on the subset are not comparable with published CIFAR-10 results.
-
-Splits. Validation is ``task.val_fraction`` of the training images (default 0.1, i.e. 45k / 5k as
-in s4), split off by its own generator seeded 42 (independent of the run seed). ``val_fraction = 0``
-is the DIANet protocol: train on every training image, no validation; the runner then records the
-test metrics of the last epoch and, separately named, the best test accuracy over epochs (what
-DIANet reports, "best acc" of its ``cifar.py``, mean of 5 runs).
-
-Images (``cifar10``, ``cifar100``): training batches get RandomCrop(32, padding 4) and a horizontal
-flip (``task.augment``); every image is normalised with the DIANet code's mean (0.4914, 0.4822,
-0.4465) and std (0.2023, 0.1994, 0.2010).
-
-Sequences (``scifar``): s4's sCIFAR, each image a sequence of 1024 steps in raster order (step
-h * 32 + w) with the 3 channels as features, normalised with s4's mean (0.4914, 0.4822, 0.4465) and
-std (0.247, 0.243, 0.261); ``task.gray=true`` is LRA's Image task (Tay et al. 2021, s4's
-``grayscale``): PIL's luma L = (19595 R + 38470 G + 7471 B + 2^15) >> 16 (ITU-R 601-2, rounded as
-PIL does), normalised with mean 122.6/255 and std 61.0/255, 1024 steps x 1. No augmentation (s4's
-default).
+"""CIFAR-10 / CIFAR-100 (Krizhevsky 2009): ``cifar10`` and ``cifar100`` for the image backbones (the
+DIANet code's protocol, gbup-group/DIANet ``cifar.py``, ``run_code.py``), and ``scifar``, the images
+read pixel by pixel, for every recurrent model (s4's sCIFAR, state-spaces/s4
+``src/dataloaders/basic.py``, and LRA's Image task). The data (``CIFARData``): the official
+python-version files, or a checksummed subset of real CIFAR-10 images (``task.source``).
 """
 from __future__ import annotations
 
@@ -115,18 +88,26 @@ CIFAR_PRESETS = {
 
 class CIFARData:
     """The CIFAR readers and the split, for the image and the sequence tasks alike (``arrays``,
-    ``loaders``); subclasses say how a batch of uint8 images becomes the model's input."""
+    ``loaders``); subclasses say how a batch of uint8 images becomes the model's input. Sources
+    (``task.source``): ``official`` (``_official``) and ``subset`` (``_subset``)."""
 
     dataset = "cifar10"  # which official files
 
     def _official(self) -> dict:
+        """The python-version batch files in torchvision's layout, ``<data root>/cifar/
+        cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}`` and ``cifar/cifar-100-python/
+        {train, test, meta}``, each checked against torchvision's published md5 (``CIFAR10.train_list``,
+        ...) before it is read; when files are missing and downloads are allowed, torchvision's archive
+        (``CIFAR10.url``, ``tgz_md5``) is fetched and unpacked there. 50,000 training, 10,000 test
+        images."""
         tv = _torchvision_cls(self.dataset)
         folder = Path(self.data_root) / "cifar" / tv.base_folder
         files = {name: md5 for name, md5 in tv.train_list + tv.test_list}
         files[tv.meta["filename"]] = tv.meta["md5"]
         what = "CIFAR-10" if self.dataset == "cifar10" else "CIFAR-100"
         paths = ensure_archive(folder, files, tv.url, tv.filename, tv.tgz_md5, what)
-        parts = {s: [read_batch(paths[n], what) for n, _ in lst] for s, lst in (("train", tv.train_list), ("test", tv.test_list))}
+        parts = {s: [read_batch(paths[n], what) for n, _ in lst]
+                 for s, lst in (("train", tv.train_list), ("test", tv.test_list))}
         out = {}
         for s, batches in parts.items():
             out[f"{s}_x"] = np.concatenate([b[0] for b in batches])
@@ -135,6 +116,12 @@ class CIFARData:
         return out
 
     def _subset(self) -> dict:
+        """CIFAR-10 only: ``<data root>/cifar10-subset/cifar10_subset.npz``, 6,102 real CIFAR-10 images,
+        the first 1,017 of each official batch file (5,085 training, 1,017 test; the arrays in the
+        official row layout, 1024 R, 1024 G, 1024 B values per image), with the official
+        ``batches.meta``. No published checksum covers a subset: the npz is pinned by its SHA-256 here
+        and the record says which source and how many images a run used; the report marks subset rows.
+        Numbers on the subset are not comparable with published CIFAR-10 results."""
         if self.dataset != "cifar10":
             raise SeqbenchError(f"task.source=subset exists for CIFAR-10 only ({self.name} has no offline subset); "
                                 f"use task.source=official")
@@ -150,7 +137,8 @@ class CIFARData:
         for s in ("train", "test"):
             x, y = out[f"{s}_x"], out[f"{s}_y"]
             if x.ndim != 2 or x.shape[1] != 3072 or len(x) != len(y):
-                raise SeqbenchError(f"CIFAR-10 subset file {path}: {s} arrays {x.shape}, {y.shape}; expected [N, 3072], [N]")
+                raise SeqbenchError(
+                    f"CIFAR-10 subset file {path}: {s} arrays {x.shape}, {y.shape}; expected [N, 3072], [N]")
             out[f"{s}_x"] = x.reshape(-1, 3, 32, 32)
         self._source_info = {"source": "subset", "file": str(path), "sha256_checked": verify_enabled(),
                              "note": "real CIFAR-10 images, the first 1,017 of each official batch file; "
@@ -168,6 +156,11 @@ class CIFARData:
         return self._arrays
 
     def loaders(self, batch_size: int, eval_batch_size: int, seed: int):
+        """Validation is ``task.val_fraction`` of the training images (default 0.1, i.e. 45k / 5k as in
+        s4), split off by its own generator seeded 42 (independent of the run seed). ``val_fraction = 0``
+        is the DIANet protocol: train on every training image, no validation; the runner then records the
+        test metrics of the last epoch and, separately named, the best test accuracy over epochs (what
+        DIANet reports, "best acc" of its ``cifar.py``, mean of 5 runs)."""
         p, a = self.params, self.arrays()
         tr, va = split_indices(len(a["train_x"]), p.val_fraction)
         tr, va = tr[: p.train_subset], va[: p.val_subset]
@@ -175,7 +168,8 @@ class CIFARData:
         x_train, y_train = torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"])
         x_test, y_test = torch.from_numpy(a["test_x"]), torch.from_numpy(a["test_y"])
         self._counts = {"train": len(tr), "val": len(va), "test": len(te)}
-        out = {"train": ImageLoader(x_train[tr], y_train[tr], batch_size, self.train_transform, shuffle=True, seed=seed),
+        out = {"train": ImageLoader(x_train[tr], y_train[tr], batch_size, self.train_transform, shuffle=True,
+                                    seed=seed),
                "test": ImageLoader(x_test[te], y_test[te], eval_batch_size, self.eval_transform)}
         if len(va):
             out["val"] = ImageLoader(x_train[va], y_train[va], eval_batch_size, self.eval_transform)
@@ -199,6 +193,10 @@ class CIFARData:
 
 
 class _CIFARImages(CIFARData, ImageTask):
+    """CIFAR as images: training batches get RandomCrop(32, padding 4) and a horizontal flip
+    (``task.augment``); every image is normalised with the DIANet code's mean (0.4914, 0.4822, 0.4465)
+    and std (0.2023, 0.1994, 0.2010)."""
+
     Params = CIFARParams
     presets = CIFAR_PRESETS
     mean, std = DIANET_MEAN, DIANET_STD
@@ -219,7 +217,8 @@ class CIFAR100(_CIFARImages):
 
     def info(self) -> dict:
         return {**super().info(), "paper_acc": DIANET_CIFAR100,
-                "paper_source": "DIANet README (gbup-group/DIANet), CIFAR-100 top-1, mean of 5 runs, best test accuracy over epochs"}
+                "paper_source": "DIANet README (gbup-group/DIANet), CIFAR-100 top-1, mean of 5 runs, "
+                                "best test accuracy over epochs"}
 
 
 @dataclass
@@ -239,7 +238,13 @@ SCIFAR_PRESETS = {
 
 @register_task("scifar")
 class SequentialCIFAR(CIFARData, ClassificationTask):
-    """CIFAR-10 read pixel by pixel: 1024 steps x 3 channels (or x 1 with ``task.gray``) → 10 classes."""
+    """CIFAR-10 read pixel by pixel: 1024 steps x 3 channels (or x 1 with ``task.gray``) → 10 classes.
+
+    s4's sCIFAR: each image a sequence of 1024 steps in raster order (step h * 32 + w) with the 3
+    channels as features, normalised with s4's mean (0.4914, 0.4822, 0.4465) and std (0.247, 0.243,
+    0.261). ``task.gray=true`` is LRA's Image task (Tay et al. 2021, s4's ``grayscale``): PIL's luma
+    L = (19595 R + 38470 G + 7471 B + 2^15) >> 16 (ITU-R 601-2, rounded as PIL does), normalised with
+    mean 122.6/255 and std 61.0/255, 1024 steps x 1. No augmentation (s4's default)."""
 
     kind = SEQUENCE
     Params = SCIFARParams

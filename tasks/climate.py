@@ -1,149 +1,18 @@
-"""Daily weather drivers -> hydro-climatic state: real public series and a long-memory stand-in.
+"""Daily weather drivers -> hydro-climatic state: four real public series and a long-memory stand-in.
 
-The setting is that of Xu et al., "Message Propagation Through Time" (SDM 2024; reference code
+The setting of Xu et al., "Message Propagation Through Time" (SDM 2024; reference code
 XuShaoming/Message-Propagation-Through-Time ``scripts/preprocess.py``, ``Train_*_demo.py``): a
-recurrent model reads daily weather drivers and predicts, at every step, a state of the land
-surface that a process model simulated (SWAT's soil water, snowpack, streamflow over 1000 simulated
-years). Their day-of-year input is bent at day 183, ``doy' = 183 - |doy - 183|`` (1 Jan -> 1,
-2 Jul -> 183, 31 Dec -> 1 in a common year and 0 in a leap year), and so is ours. Scaling (fit on the
-training part only), the chronological split (train / val / test = first 50% / next 10% / last 40%
-unless a task says otherwise), windows, loaders and metrics (RMSE in the target's units, NSE) are
-the framework's (``seqbench.series.SeriesTask``); the tasks here only provide the series.
+recurrent model reads daily weather drivers and predicts, at every step, a land-surface state that a
+process model simulated (SWAT's soil water, snowpack, streamflow over 1000 simulated years). Scaling
+(fit on the training part only), the chronological split (train / val / test = first 50% / next 10% /
+last 40% unless a task says otherwise), windows, loaders and metrics (RMSE in the target's units, NSE)
+are the framework's (``seqbench.series.SeriesTask``); the tasks here only provide the series.
 
-Real series (checksummed, sha256; read with pandas):
-
-``climate-melbourne``  Melbourne daily minimum temperature from the daily maximum and the season,
-    1981-01-01 .. 1990-12-31 (Time Series Data Library, Australian Bureau of Meteorology; copies in
-    jbrownlee/Datasets ``daily-min-temperatures.csv`` and ``daily-max-temperatures.csv``).
-    Drivers: bent day of year, Tmax (degC); target: Tmin (degC). The two files have 3650 rows each:
-    31 Dec 1984 and 31 Dec 1988 are missing (each leap year has 365 rows). We put the series on the
-    full daily calendar (3652 days) and fill those two days by linear interpolation in time. Some
-    copies of these files carry values marked ``?`` (e.g. ``?0.2``) and a trailing title line: the
-    ``?`` is stripped and the value kept; rows whose date does not parse are dropped; values that do
-    not parse are interpolated (gaps of at most 7 days; more, or over 1% of the days, is an error).
-    The counts are in ``info()``. The copies checksummed here have none of these. Windows of 365
-    days, stride 183: the validation tenth is 365 days, one too few for the reference's 366.
-
-``climate-seattle``  Seattle daily minimum temperature from the day's precipitation, maximum
-    temperature and wind, 2012-01-01 .. 2015-12-31 (NOAA, via vega_datasets ``seattle-weather.csv``;
-    1461 days, complete). Drivers: bent day of year, precipitation (mm), Tmax (degC), wind (m/s);
-    target Tmin (degC). Why this target: it is a daily driver -> state mapping like the paper's: the
-    night minimum follows the season and the day's maximum, and the diurnal range it leaves depends
-    on cloud and rain (wet nights stay warmer) and on wind (mixing prevents radiative cooling), with
-    memory through the surrounding sea and soil. The file's ``weather`` label (sun / fog / rain / ..)
-    is a categorical summary of the same day and is not used. Windows of 120 days, stride 60 (the
-    validation tenth is 146 days).
-
-``climate-co2``  Mauna Loa weekly CO2 (ppm), 1958-03-29 .. 2001-12-29, 2284 weeks (statsmodels'
-    ``co2`` dataset, Keeling & Whorf, SIO). 59 weeks have no value: filled by linear interpolation
-    in time between the neighbouring measured weeks (the first and last weeks are measured). Drivers
-    are time features only: sin and cos of the phase of the year (day of year - 1) / 365.25 and the
-    years since the first week; target CO2. A seasonal cycle on a trend that the test part (the
-    last 40%, after ~1984) extrapolates. Windows of 104 weeks, stride 52.
-
-``climate-elnino``  Monthly sea-surface temperature, Nino 1+2 region (0-10S, 90-80W), 1950-2010
-    (statsmodels' ``elnino``, NOAA ERSST v3b): 61 years x 12 months read row by row into one monthly
-    series of 732 values (dates the first of each month). Drivers: sin and cos of 2 pi (month - 1) /
-    12 and the years since January 1950; target SST (degC). The seasonal cycle is predictable from
-    the drivers, the El Nino anomalies are not (a strategy that feeds the previous target in, or
-    carries state, is what can help). Windows of 24 months, stride 12.
-
-Downloads (when a file is missing and ``SEQBENCH_DOWNLOAD`` allows) come from the canonical public
-copies: jbrownlee/Datasets at commit d20fcb64, statsmodels' and vega_datasets' repositories; a
-download is accepted only if its sha256 matches.
-
-``climate-hydro``: a documented, deterministic, long-memory stand-in for the paper's private
-1000-year SWAT simulation. A stochastic daily weather generator, fitted to the Seattle record at
-generation time, drives a conceptual snow + soil-water + groundwater bucket model; the target is
-one of the model's states or fluxes: ``soil_water`` (mm, default: the paper's table is on SW_ENDmm),
-``snowpack`` (mm of water equivalent, SNOmm) or ``streamflow`` (mm/day, Q_pred_mm).
-
-Calendar: a synthetic 365-day calendar (no leap years), years 1..N, days 1..365 with the months of
-a common year; the bent day of year is 183 - |day - 183| in 1..183. ``SeriesFrame.dates`` is None
-(the calendar is not the Gregorian one); the year and day are the first two columns of the cache.
-
-Weather generator (``fit_weather`` / ``generate_weather``; statistics computed from the CSV each
-time; m = calendar month of day t):
-
-* wet day: precipitation > 0. Occurrence is a first-order Markov chain with monthly
-  P(wet | dry) = p01[m] and P(wet | wet) = p11[m] (transition counts into day t of month m),
-  clipped to [0.01, 0.99]. Wet-day amounts ~ Gamma(k[m], theta[m]) by the method of moments
-  (k = mean^2 / var, theta = var / mean of the month's wet-day amounts); a month with fewer than
-  10 wet days, or fewer than 5 days in a conditioning state, takes the statistics of all months.
-* temperature: T = mu_j^{wet|dry}(day) + sd_j[m] z_j(t) + b(t) + TEMP_SHIFT for j in {Tmax, Tmin},
-  where mu is a 2-harmonic seasonal mean (least squares on [1, cos, sin, cos 2, sin 2] of the phase
-  2 pi (doy - 1) / 365.25; 365 in the generator's calendar) fitted separately on wet and dry days,
-  sd_j[m] the monthly std of the residuals and z_j standardized AR(1) anomalies
-  z_j(t) = phi_j[m] z_j(t-1) + sqrt(1 - phi_j[m]^2) e_j(t), phi_j[m] the month's lag-1
-  correlation (clipped to [0, 0.95]); e = (e_max, e_min) standard normal with the month's
-  innovation correlation rho[m] (clipped to [-0.95, 0.95]). If Tmin > Tmax the two are swapped.
-* wind ~ Gamma per month (method of moments), independent from day to day.
-* low-frequency climate: an annual AR(1) a_y = RHO_P a_{y-1} + sqrt(1 - RHO_P^2) SIGMA_P eps
-  (stationary start) multiplies precipitation amounts by exp(a - SIGMA_P^2 / 2), and an annual
-  AR(1) b_y (RHO_T, SIGMA_T degC) shifts both temperatures; both are set at mid-year and linearly
-  interpolated between years, so wet and dry, warm and cold spells last several years.
-* TEMP_SHIFT = -6 degC puts the catchment ~900 m above the Seattle station (lapse 6.5 degC/km), a
-  headwater whose winters are cold enough for a seasonal snowpack.
-* solar radiation (FAO-56 Hargreaves radiation formula, eq. 50): Rs = 0.16 sqrt(Tmax - Tmin) Ra,
-  at most 0.75 Ra (clear sky), Ra the extraterrestrial radiation at 47.6 N (FAO-56 eq. 21) for the
-  day of year; MJ m-2 day-1.
-The random draws come from numpy's ``Generator(PCG64(gen_seed))`` in a fixed order: annual
-precipitation shocks, annual temperature shocks, occurrence uniforms, gamma amounts, temperature
-innovations, wind.
-
-Bucket model (``run_buckets``; one day, states at the end of the day; Tmean = (Tmax + Tmin) / 2):
-
-    snowfall = P if Tmean < T_SNOW else 0                   rain = P - snowfall
-    melt     = min(DDF max(Tmean - T_MELT, 0), SWE + snowfall)
-    SWE     <- SWE + snowfall - melt
-    S       <- S + rain + melt;   Qs = max(S - S_MAX, 0);   S <- S - Qs        saturation excess
-    PET      = 0.0023 * 0.408 Ra * max(Tmean + 17.8, 0) * sqrt(Tmax - Tmin)   Hargreaves (FAO-56 eq. 52)
-    ET       = PET * S / S_MAX;   S <- S - ET
-    perc     = K_PERC max(S - S_FC, 0);   S <- S - perc
-    G       <- G + perc;   Qb = K_GW G;   G <- G - Qb                           linear reservoir
-    Q        = Qs + Qb                                                          streamflow
-
-Constants: T_SNOW = 1 degC, T_MELT = 0 degC, DDF = 2.5 mm degC-1 day-1, S_MAX = 500 mm (a deep
-profile), S_FC = 250 mm, K_PERC = 0.01 day-1 (100-day drainage above field capacity), K_GW = 0.01
-day-1 (a 100-day baseflow recession), RHO_P = 0.9, SIGMA_P = 0.15, RHO_T = 0.8, SIGMA_T = 0.5 degC.
-ET <= S since PET < S_MAX. Water is conserved exactly (to rounding):
-sum P = dSWE + dS + dG + sum ET + sum Q. Soil water dries over the summer on the e-folding scale
-S_MAX / PET (months) and refills in autumn: a multi-month memory, and the groundwater store carries
-wet and dry years into the next. The model runs SPINUP_YEARS = 5 extra years first (from empty
-stores), which are dropped. Drivers: bent day of year, precipitation (mm), Tmax, Tmin (degC), solar
-radiation (MJ m-2), wind (m/s) -- the paper's inputs less relative humidity, which the generator
-does not make (wind enters no equation here: a distractor input, as it is in SWAT runs that use
-Hargreaves PET).
-
-Fitted to the real Seattle file, the 1000-year series (gen_seed 0) has: mean annual precipitation
-1079 mm (the record: 1106), ET 460 mm, streamflow 620 mm (surface 161, baseflow 458); a snowpack
-from December to April (peak SWE median 109 mm, 10-90%: 50-227 mm), none July-September; soil
-water 150-500 mm. Lag-30 autocorrelation: soil water 0.81 (0.61 with the mean annual cycle
-removed, 0.27 at lag 90), groundwater 0.88, precipitation 0.05, streamflow 0.08.
-
-Cache: the series is generated at first use and written as CSV to
-``<data_root>/climate/hydro/hydro_<years>y_seed<gen_seed>_v1.csv`` (a temporary file in the same
-folder, then ``os.replace``: a crash never leaves a partial file under the final name; concurrent
-writers each write their own temporary file). Its first line records the version, years, seed and
-the sha256 of the Seattle file it was fitted to; a cache whose first line differs (another Seattle
-file), or whose rows are wrong, is regenerated. Values are stored to 4 decimals, and the frame is
-always read back from that text, so a freshly generated series and a cached one are identical. If
-the data root is not writable (no write access, or no write permission bit on its nearest
-existing folder: a root user does not write into a data root marked read-only), the cache goes to
-``${XDG_CACHE_HOME:-~/.cache}/seqbench/climate/hydro/``; if that fails too, the series is generated
-in memory on every use (about 4 s per thousand years; a cached read takes 0.2 s). The 1000-year
-cache is 24.6 MB.
-
-Presets (training keys; the model's own presets set its width, e.g. ``--hidden 32`` for the
-reference's GRU): ``paper`` is the reference's shell scripts: Adam, lr 0.01, batch 64, StepLR(600,
-0.5) stepped per epoch (``schedule=step``, ``lr_step=600``, ``lr_gamma=0.5``; with 200 epochs it
-never decays), 200 epochs (500 in their comments). ``fast`` is the same with fewer epochs where
-that matters: climate-hydro 20 epochs (one GRU-32 run ~40 s on a 2-core CPU: ~1.2 s training and
-0.4 s validation per epoch); the real series keep 200 epochs, which take 7-20 s there. ``tiny`` is
-one epoch of small windows (and 6 generated years) for tests. All use the RMB-SSIF strategy
-(``--strategy`` picks another). With time features only, climate-co2's test part lies beyond the
-training years, so models must extrapolate the trend; a strategy that reads the previous target
-(``tf-tfif``) is the fair comparison there.
+Registered: ``climate-melbourne``, ``climate-seattle``, ``climate-co2``, ``climate-elnino`` (real
+series, sha256-checksummed, read with pandas; downloaded, when a file is missing and
+``SEQBENCH_DOWNLOAD`` allows, from jbrownlee/Datasets at commit d20fcb64 and statsmodels' and
+vega_datasets' repositories, accepted only if the sha256 matches) and ``climate-hydro`` (a generated
+stand-in for the paper's private SWAT simulation).
 """
 from __future__ import annotations
 
@@ -189,7 +58,8 @@ MAX_BAD_FRACTION = 0.01
 
 
 def bent_doy(doy) -> np.ndarray:
-    """The reference's seasonal day-of-year feature: 183 - |doy - 183| (doy 1..366 -> 0..183)."""
+    """The reference's seasonal day-of-year feature, bent at day 183: 183 - |doy - 183| (doy 1..366 ->
+    0..183; 1 Jan -> 1, 2 Jul -> 183, 31 Dec -> 1 in a common year and 0 in a leap year)."""
     return 183.0 - np.abs(np.asarray(doy, dtype=np.float64) - 183.0)
 
 
@@ -204,11 +74,15 @@ TRAIN_FAST = {
     "schedule": "step", "lr_step": 600, "lr_gamma": 0.5,
 }
 # The reference's shell scripts: 200 epochs (500 in comments), batch 64, Adam 0.01, StepLR(600, 0.5)
-# stepped once per epoch (so with 200 epochs it never decays), hidden 32.
+# stepped once per epoch (``schedule=step``, ``lr_step=600``, ``lr_gamma=0.5``: with 200 epochs it never
+# decays), hidden 32 (the model's own presets set its width, e.g. ``--hidden 32`` for the reference's GRU).
 TRAIN_PAPER = dict(TRAIN_FAST, epochs=200)
 
 
 def _presets(tiny_task: dict, fast_epochs: int, **task_keys) -> dict:
+    """Training presets: ``paper`` the reference's (TRAIN_PAPER); ``fast`` the same with fewer epochs
+    where that matters (climate-hydro: 20, one GRU-32 run ~40 s on a 2-core CPU; the real series keep
+    200 epochs, 7-20 s there); ``tiny`` one epoch of small windows (and 6 generated years) for tests."""
     # strategy: RMB-SSIF (shuffled overlapping windows from zero states, the whole validation /
     # test part in one stateful pass), the reference's baseline; --strategy picks another.
     return {
@@ -258,9 +132,10 @@ class _ClimateTask(SeriesTask):
 def read_daily_series(path, what: str) -> tuple[pd.Series, dict]:
     """A two-column daily CSV (date, value) -> a float Series on the full daily calendar.
 
-    Strips ``?`` markers (value kept), drops rows whose date does not parse (titles, footers),
-    interpolates missing days and unparseable values linearly in time (runs of at most
-    MAX_GAP_DAYS, at most MAX_BAD_FRACTION of the days)."""
+    Some copies of the Melbourne files carry values marked ``?`` (e.g. ``?0.2``) and a trailing title
+    line (the checksummed ones have neither): strips ``?`` markers (value kept), drops rows whose date
+    does not parse, interpolates missing days and unparseable values linearly in time (runs of at most
+    MAX_GAP_DAYS, at most MAX_BAD_FRACTION of the days; more is an error). The counts go to ``info()``."""
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=0)
     except (OSError, ValueError, pd.errors.ParserError) as e:
@@ -304,7 +179,14 @@ def _longest_run(mask: np.ndarray) -> int:
 
 @register_task("climate-melbourne")
 class MelbourneTemperature(_ClimateTask):
-    """Melbourne daily Tmin from the bent day of year and Tmax, 1981-1990."""
+    """Melbourne daily minimum temperature from the bent day of year and the daily maximum, 1981-1990.
+
+    1981-01-01 .. 1990-12-31, Time Series Data Library (Australian Bureau of Meteorology), copies in
+    jbrownlee/Datasets ``daily-min-temperatures.csv`` and ``daily-max-temperatures.csv``. Drivers: bent
+    day of year, Tmax (degC); target: Tmin (degC). The two files have 3650 rows each (31 Dec 1984 and
+    31 Dec 1988 are missing: each leap year has 365 rows): the series is put on the full daily calendar
+    (3652 days) and those two days filled by linear interpolation in time. Windows of 365 days, stride
+    183."""
 
     @dataclass
     class Params(SeriesParams):
@@ -380,7 +262,15 @@ def read_seattle(path) -> pd.DataFrame:
 
 @register_task("climate-seattle")
 class SeattleWeather(_ClimateTask):
-    """Seattle daily Tmin from bent day of year, precipitation, Tmax and wind, 2012-2015."""
+    """Seattle daily minimum temperature from the day's precipitation, maximum temperature and wind, 2012-2015.
+
+    2012-01-01 .. 2015-12-31 (NOAA, via vega_datasets ``seattle-weather.csv``; 1461 days, complete).
+    Drivers: bent day of year, precipitation (mm), Tmax (degC), wind (m/s); target Tmin (degC). A daily
+    driver -> state mapping like the paper's: the night minimum follows the season and the day's
+    maximum, and the diurnal range it leaves depends on cloud and rain (wet nights stay warmer) and on
+    wind (mixing prevents radiative cooling), with memory through the surrounding sea and soil. The
+    file's ``weather`` label (sun / fog / rain / ..), a categorical summary of the same day, is not
+    used. Windows of 120 days, stride 60."""
 
     @dataclass
     class Params(SeriesParams):
@@ -440,7 +330,15 @@ def write_fake_seattle(path: Path, seed: int = 0) -> None:
 # ----------------------------------------------------------------------------- CO2
 @register_task("climate-co2")
 class MaunaLoaCO2(_ClimateTask):
-    """Mauna Loa weekly CO2 (ppm) from time features, 1958-2001; missing weeks interpolated."""
+    """Mauna Loa weekly CO2 (ppm) from time features, 1958-2001; missing weeks interpolated.
+
+    1958-03-29 .. 2001-12-29, 2284 weeks (statsmodels' ``co2`` dataset, Keeling & Whorf, SIO). 59 weeks
+    have no value: filled by linear interpolation in time between the neighbouring measured weeks (the
+    first and last weeks are measured). Drivers are time features only: sin and cos of the phase of the
+    year (day of year - 1) / 365.25 and the years since the first week; target CO2. A seasonal cycle on a
+    trend that the test part (the last 40%, after ~1984) extrapolates: models must extrapolate the trend,
+    and a strategy that reads the previous target (``tf-tfif``) is the fair comparison. Windows of 104
+    weeks, stride 52."""
 
     @dataclass
     class Params(SeriesParams):
@@ -502,7 +400,14 @@ MONTHS = ("JAN", "FEB", "MAR", "APR", "MAY", "JUN", "JUL", "AUG", "SEP", "OCT", 
 
 @register_task("climate-elnino")
 class ElNinoSST(_ClimateTask):
-    """Nino 1+2 monthly SST (degC) from month and time, 1950-2010."""
+    """Nino 1+2 monthly SST (degC) from month and time, 1950-2010.
+
+    Monthly sea-surface temperature, Nino 1+2 region (0-10S, 90-80W), statsmodels' ``elnino`` (NOAA
+    ERSST v3b): 61 years x 12 months read row by row into one monthly series of 732 values (dates the
+    first of each month). Drivers: sin and cos of 2 pi (month - 1) / 12 and the years since January
+    1950; target SST (degC). The seasonal cycle is predictable from the drivers, the El Nino anomalies
+    are not (a strategy that feeds the previous target in, or carries state, is what can help). Windows
+    of 24 months, stride 12."""
 
     @dataclass
     class Params(SeriesParams):
@@ -560,12 +465,13 @@ HYDRO_VERSION = 1
 SPINUP_YEARS = 5
 DAYS = 365
 LATITUDE = 47.6  # degrees N (Seattle)
-TEMP_SHIFT = -6.0  # degC: catchment ~900 m above the station at 6.5 degC/km
+TEMP_SHIFT = -6.0  # degC: catchment ~900 m above the station at 6.5 degC/km, winters cold enough for a snowpack
 T_SNOW, T_MELT, DDF = 1.0, 0.0, 2.5  # degC, degC, mm/degC/day
-S_MAX, S_FC, K_PERC, K_GW = 500.0, 250.0, 0.01, 0.01  # mm, mm, 1/day, 1/day
+# mm (a deep profile), mm (field capacity), 1/day (100-day drainage above it), 1/day (100-day baseflow recession)
+S_MAX, S_FC, K_PERC, K_GW = 500.0, 250.0, 0.01, 0.01
 RHO_P, SIGMA_P = 0.9, 0.15  # annual log-precipitation AR(1)
 RHO_T, SIGMA_T = 0.8, 0.5  # annual temperature-offset AR(1), degC
-KRS = 0.16  # Hargreaves radiation coefficient (interior)
+KRS = 0.16  # Hargreaves radiation coefficient (interior), FAO-56 eq. 50
 P_CLIP = (0.01, 0.99)
 MIN_WET_DAYS, MIN_STATE_DAYS = 10, 5
 HYDRO_TARGETS = {"soil_water": "mm", "snowpack": "mm", "streamflow": "mm/day"}
@@ -602,7 +508,16 @@ def _corr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def fit_weather(df: pd.DataFrame) -> dict:
-    """Monthly weather-generator statistics from a daily record (``read_seattle``'s frame)."""
+    """Monthly weather-generator statistics from a daily record (``read_seattle``'s frame); m = calendar month.
+
+    Wet day: precipitation > 0; occurrence P(wet | dry) = p01[m], P(wet | wet) = p11[m] from the
+    transition counts into day t of month m, clipped to [0.01, 0.99]; wet-day amounts and wind: Gamma
+    per month by the method of moments (k = mean^2 / var, theta = var / mean). A month with fewer than
+    10 wet days, or fewer than 5 days in a conditioning state, takes the statistics of all months.
+    Tmax, Tmin: a 2-harmonic seasonal mean (least squares on [1, cos, sin, cos 2, sin 2] of the phase
+    2 pi (doy - 1) / 365.25) fitted separately on wet and dry days; sd[m] the monthly std of the
+    residuals; phi[m] the lag-1 correlation of the standardized residuals (clipped to [0, 0.95]); rho[m]
+    the correlation of the two AR(1) innovations (clipped to [-0.95, 0.95])."""
     month = df.index.month.to_numpy() - 1
     phase = 2 * np.pi * (df.index.day_of_year.to_numpy() - 1) / 365.25
     p = df["precipitation"].to_numpy()
@@ -666,7 +581,20 @@ def _annual_ar1(eps: np.ndarray, rho: float, sigma: float) -> np.ndarray:
 
 
 def generate_weather(stats: dict, years: int, seed: int) -> dict:
-    """``years`` x 365 days of weather from ``fit_weather`` statistics; deterministic in ``seed``."""
+    """``years`` x 365 days of weather from ``fit_weather`` statistics; deterministic in ``seed``.
+
+    Occurrence: the first-order Markov chain; amounts and wind: the monthly Gammas (wind independent
+    from day to day). Temperature: T_j = mu_j^{wet|dry}(day) + sd_j[m] z_j(t) + b(t) + TEMP_SHIFT (the
+    harmonics' phase over 365 days, the generator's calendar), with standardized AR(1) anomalies
+    z_j(t) = phi_j[m] z_j(t-1) + sqrt(1 - phi_j[m]^2) e_j(t), e = (e_max, e_min) standard normal with
+    correlation rho[m]; if Tmin > Tmax the two are swapped. Low-frequency
+    climate: an annual AR(1) a_y = RHO_P a_{y-1} + sqrt(1 - RHO_P^2) SIGMA_P eps (stationary start)
+    multiplies precipitation amounts by exp(a - SIGMA_P^2 / 2), another, b_y (RHO_T, SIGMA_T degC),
+    shifts both temperatures; both set at mid-year and linearly interpolated, so wet and dry, warm and
+    cold spells last several years. Solar radiation (FAO-56 eq. 50): Rs = 0.16 sqrt(Tmax - Tmin) Ra, at
+    most 0.75 Ra (clear sky), in MJ m-2 day-1. Draws from ``Generator(PCG64(seed))`` in a fixed order:
+    annual precipitation shocks, annual temperature shocks, occurrence uniforms, gamma amounts,
+    temperature innovations, wind."""
     rng = np.random.Generator(np.random.PCG64(seed))
     n = years * DAYS
     day = np.tile(np.arange(1, DAYS + 1), years)
@@ -718,7 +646,21 @@ def generate_weather(stats: dict, years: int, seed: int) -> dict:
 
 
 def run_buckets(precip, tmax, tmin, pet, snow0: float = 0.0, soil0: float = 0.0, gw0: float = 0.0) -> dict:
-    """The bucket model of the module docstring, day by day; states at the end of each day."""
+    """The conceptual snow + soil-water + groundwater bucket model, day by day; states at the end of each day.
+
+        Tmean    = (Tmax + Tmin) / 2
+        snowfall = P if Tmean < T_SNOW else 0                   rain = P - snowfall
+        melt     = min(DDF max(Tmean - T_MELT, 0), SWE + snowfall)
+        SWE     <- SWE + snowfall - melt
+        S       <- S + rain + melt;   Qs = max(S - S_MAX, 0);   S <- S - Qs        saturation excess
+        PET      = 0.0023 * 0.408 Ra * max(Tmean + 17.8, 0) * sqrt(Tmax - Tmin)   Hargreaves (FAO-56 eq. 52)
+        ET       = PET * S / S_MAX;   S <- S - ET
+        perc     = K_PERC max(S - S_FC, 0);   S <- S - perc
+        G       <- G + perc;   Qb = K_GW G;   G <- G - Qb                           linear reservoir
+        Q        = Qs + Qb                                                          streamflow
+
+    ET <= S since PET < S_MAX. Water is conserved exactly (to rounding):
+    sum P = dSWE + dS + dG + sum ET + sum Q."""
     tmean = ((np.asarray(tmax) + np.asarray(tmin)) / 2)
     snowfall = np.where(tmean < T_SNOW, precip, 0.0)
     rain = (precip - snowfall).tolist()
@@ -756,8 +698,9 @@ def run_buckets(precip, tmax, tmin, pet, snow0: float = 0.0, soil0: float = 0.0,
 
 def simulate_hydro(seattle: pd.DataFrame, years: int, gen_seed: int) -> dict:
     """Weather (fitted to ``seattle``) and bucket model for ``years`` years after SPINUP_YEARS of
-    spin-up: every driver, flux and state as arrays of length years*365, plus the states before
-    the first kept day (``snow0``, ``soil0``, ``gw0``) and the fitted statistics (``stats``)."""
+    spin-up from empty stores (dropped): every driver, flux and state as arrays of length years*365,
+    plus the states before the first kept day (``snow0``, ``soil0``, ``gw0``) and the fitted
+    statistics (``stats``)."""
     stats = fit_weather(seattle)
     wx = generate_weather(stats, years + SPINUP_YEARS, gen_seed)
     hy = run_buckets(wx["precipitation"], wx["temp_max"], wx["temp_min"], wx["pet"])
@@ -819,7 +762,24 @@ PAPER_SWAT_SOIL_WATER_RMSE = {"mptt δ=1": 10.93, "ssmb-ssif": 13.99, "rmb-iif":
 @register_task("climate-hydro")
 class HydroStandIn(_ClimateTask):
     """A 1000-year daily snow / soil-water / streamflow simulation driven by a Seattle-fitted weather
-    generator (a stand-in for the paper's private SWAT run); see the module docstring."""
+    generator: a documented, deterministic, long-memory stand-in for the paper's private SWAT run.
+
+    A stochastic weather generator (``fit_weather`` on the Seattle file at generation time,
+    ``generate_weather``) drives a bucket model (``run_buckets``); the target is one of its states or
+    fluxes: ``soil_water`` (mm, default: the paper's table is on SW_ENDmm), ``snowpack`` (mm of water
+    equivalent, SNOmm) or ``streamflow`` (mm/day, Q_pred_mm). Drivers: bent day of year, precipitation
+    (mm), Tmax, Tmin (degC), solar radiation (MJ m-2), wind (m/s): the paper's inputs less relative
+    humidity, which the generator does not make (wind enters no equation: a distractor input, as in SWAT
+    runs that use Hargreaves PET). Calendar: synthetic, 365 days (no leap years) with the months of a
+    common year, years 1..N; bent day of year in 1..183; ``SeriesFrame.dates`` is None.
+
+    Soil water dries over the summer on the e-folding scale S_MAX / PET (months) and refills in autumn,
+    and the groundwater store carries wet and dry years into the next. The 1000-year series of gen_seed
+    0 fitted to the real Seattle file: mean annual precipitation 1079 mm (the record: 1106), ET 460 mm,
+    streamflow 620 mm (surface 161, baseflow 458); a snowpack from December to April (peak SWE median
+    109 mm, 10-90%: 50-227 mm), none July-September; soil water 150-500 mm. Lag-30 autocorrelation:
+    soil water 0.81 (0.61 with the mean annual cycle removed, 0.27 at lag 90), groundwater 0.88,
+    precipitation 0.05, streamflow 0.08."""
 
     @dataclass
     class Params(SeriesParams):
@@ -864,6 +824,16 @@ class HydroStandIn(_ClimateTask):
         return df
 
     def _series(self) -> pd.DataFrame:
+        """The series from the first valid cache, else generated (about 4 s per thousand years; a cached
+        read takes 0.2 s) and cached as CSV (the 1000-year file: 24.6 MB) in the first writable one of
+        ``cache_dirs()``: ``<data_root>/climate/hydro/`` (not writable: no write access, or no write
+        permission bit on its nearest existing folder, so a root user does not write into a read-only
+        data root), then ``${XDG_CACHE_HOME:-~/.cache}/seqbench/climate/hydro/``; none: in memory on
+        every use. Written atomically (``atomic_write_text``: a crash never leaves a partial file under the
+        final name). The first line records version, years,
+        seed and the sha256 of the Seattle file fitted; a cache whose first line or rows differ is
+        regenerated. Year and day are the first two columns; values to 4 decimals, and the frame is always
+        read back from that text, so a fresh series and a cached one are identical."""
         p = self.params
         seattle_path = self._paths()["seattle-weather.csv"]
         header = self._header(file_digest(seattle_path, "sha256"))

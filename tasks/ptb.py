@@ -4,45 +4,9 @@ Data: Mikolov's preprocessed PTB (Mikolov et al., "Empirical Evaluation and Comb
 Language Modeling Techniques", Interspeech 2011), as shipped in ``simple-examples.tgz``
 (http://www.fit.vutbr.cz/~imikolov/rnnlm/, folder ``simple-examples/data/``) and used by Zaremba,
 Sutskever & Vinyals, "Recurrent Neural Network Regularization" (2014) and the ISS paper (Wen et al.,
-"Learning Intrinsic Sparse Structures within Long Short-Term Memory", ICLR 2018). Layout:
-``<data_root>/ptb/ptb.{train,valid,test}.txt`` and ``ptb.char.{train,valid,test}.txt``, each either
-plain or gzipped (``.txt.gz``; the plain file wins when both exist). The md5 is that of the text
-itself (a ``.gz`` is decompressed first), so both forms check against the published sums.
-
-Tokens: every line gives its whitespace-separated tokens followed by ``<eos>`` (a last line without a
-newline counts when it holds tokens; whitespace after the last newline is ignored). That is the
-TensorFlow PTB reader's ``replace("\\n", "<eos>").split()`` and PyTorch word_language_model's
-``line.split() + ['<eos>']``. The char files spell the same lines one character per token, ``_``
-between words, so ``ptb-char`` tokens are the 49 characters plus ``<eos>`` for the line end. The
-vocabulary comes from the training file, ids sorted by frequency (descending), ties by the token
-string: the TF reader's ``_build_vocab`` (tensorflow/models ``tutorials/rnn/ptb/reader.py``). Real
-data: 10000 words (``the`` = 0, ``<unk>`` = 1, ``<eos>`` = 2), 50 characters. A valid/test token
-outside the vocabulary is an error (PTB's vocabulary is closed; ``<unk>`` is an ordinary word).
-
-Batchify (Zaremba's ``ptb_producer``, PyTorch's word_language_model): the training stream is cut
-into ``batch_size`` contiguous rows, dropping the remainder, and the batches are consecutive
-``bptt``-step chunks x = rows[:, i:i+bptt], y = rows[:, i+1:i+1+bptt] (the last may be shorter), so
-row r of batch k+1 continues row r of batch k. The presets therefore select the ``stateful``
-strategy (truncated BPTT carrying the detached state); the default ``minibatch`` strategy would
-restart every chunk from a zero state, which trains, but is not the protocol. The order is fixed:
-there is no shuffling, ``set_epoch`` does nothing.
-
-Evaluation scores every target of a split exactly once, whatever ``eval_batch_size``: the N - 1
-(input, next token) pairs of an N-token stream are cut into ``eval_batch_size`` contiguous rows of
-q or q + 1 pairs (the first N-1 mod B rows take one more) and the short rows are padded at their end
-with a target of -100, which the loss ignores. Perplexity = exp(total NLL / total targets) over the
-whole stream; bpc = total NLL / total targets / ln 2 (every character and every ``<eos>`` counts).
-The one remaining dependence on ``eval_batch_size`` is that each row starts from a zero state
-(B - 1 extra restarts in the stream); ``eval_batch_size=1`` gives the full-context number, the
-protocol of Zaremba's and the ISS code's test runs (batch 1), which the paper presets use.
-
-Model: ``LanguageModel`` = embedding (``emb`` = the backbone's input size) -> dropout -> backbone ->
-dropout -> linear ``head`` over the vocabulary (optionally tied to the embedding, Press & Wolf 2017 /
-Inan et al. 2017). Embedding and head weights start U(-init_range, init_range), the head's bias 0;
-Zaremba's code initialises every parameter that way, the backbone's own weights included: that is
-the backbone's business (its presets). Dropout is Zaremba's (a fresh mask per element and step) or,
-``variational``, one mask per row held over the chunk; ``word_dropout`` drops whole word types per
-row and chunk (both Gal & Ghahramani 2016, as the RHN reference: its noise_x, noise_i, noise_o).
+"Learning Intrinsic Sparse Structures within Long Short-Term Memory", ICLR 2018). Tokens and
+vocabulary as the TensorFlow PTB reader (tensorflow/models ``tutorials/rnn/ptb/reader.py``), batches
+as Zaremba's ``ptb_producer`` and PyTorch's word_language_model.
 """
 from __future__ import annotations
 
@@ -154,7 +118,8 @@ def load_texts(folder: Path, md5: dict[str, str]) -> tuple[dict[str, bytes], dic
 # ------------------------------------------------------------------------------ tokens and vocab
 def tokenize(text: str) -> list[str]:
     """Each line's whitespace-separated tokens, then <eos>; text after the last newline counts as a
-    line only when it holds tokens."""
+    line only when it holds tokens. That is the TF PTB reader's ``replace("\\n", "<eos>").split()`` and
+    PyTorch word_language_model's ``line.split() + ['<eos>']``."""
     lines = text.split("\n")
     out: list[str] = []
     for line in lines[:-1]:
@@ -167,7 +132,7 @@ def tokenize(text: str) -> list[str]:
 
 
 def build_vocab(tokens: list[str]) -> dict[str, int]:
-    """token -> id, by frequency descending, ties by the token (the TF PTB reader's order)."""
+    """token -> id, by frequency descending, ties by the token (the TF PTB reader's ``_build_vocab``)."""
     counts = Counter(tokens)
     return {t: i for i, (t, _) in enumerate(sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))}
 
@@ -208,7 +173,9 @@ class StreamLoader:
 
 
 def batchify_train(stream: torch.Tensor, rows: int, bptt: int) -> StreamLoader:
-    """Zaremba / PyTorch word_language_model: ``rows`` contiguous rows, the remainder dropped."""
+    """Zaremba's ``ptb_producer`` / PyTorch word_language_model: ``rows`` contiguous rows, the remainder
+    dropped; the batches are consecutive ``bptt``-step chunks x = rows[:, i:i+bptt],
+    y = rows[:, i+1:i+1+bptt] (the last may be shorter), in a fixed order."""
     cols = len(stream) // rows
     if cols < 2:
         raise SeqbenchError(f"PTB training stream of {len(stream)} tokens is too short for batch_size {rows}")
@@ -217,8 +184,12 @@ def batchify_train(stream: torch.Tensor, rows: int, bptt: int) -> StreamLoader:
 
 
 def batchify_eval(stream: torch.Tensor, rows: int, bptt: int) -> StreamLoader:
-    """All N - 1 (input, next token) pairs in ``rows`` contiguous rows of q or q + 1 pairs; the
-    short rows end with one padding step (input 0, target IGNORE). Every target is scored once."""
+    """All N - 1 (input, next token) pairs in ``rows`` contiguous rows of q or q + 1 pairs (the first
+    N-1 mod B rows take one more); the short rows end with one padding step (input 0, target IGNORE,
+    which the loss ignores). Every target is scored once, whatever ``eval_batch_size``; what remains of
+    it is that each row starts from a zero state (B - 1 extra restarts in the stream).
+    ``eval_batch_size=1`` gives the full-context number, the protocol of Zaremba's and the ISS code's
+    test runs (batch 1), which the paper presets use."""
     n = len(stream) - 1
     if n < 1:
         raise SeqbenchError(f"PTB evaluation stream of {len(stream)} tokens has nothing to score")
@@ -260,7 +231,15 @@ class SeqDropout(nn.Module):
 
 
 class LanguageModel(nn.Module):
-    """embedding -> (word dropout) -> dropout -> backbone -> dropout -> head (logits over the vocabulary)."""
+    """embedding -> (word dropout) -> dropout -> backbone -> dropout -> head (logits over the vocabulary).
+
+    ``emb`` = the backbone's input size; the head is optionally tied to the embedding (Press & Wolf
+    2017 / Inan et al. 2017). Embedding and head weights start U(-init_range, init_range), the head's
+    bias 0; Zaremba's code initialises every parameter that way, the backbone's own weights included:
+    that is the backbone's business (its presets). Dropout is Zaremba's (a fresh mask per element and
+    step) or, ``variational``, one mask per row held over the chunk; ``word_dropout`` drops whole word
+    types per row and chunk (both Gal & Ghahramani 2016, as the RHN reference: its noise_x, noise_i,
+    noise_o)."""
 
     def __init__(self, backbone, vocab: int, emb: int, bptt: int, dropout: float, tie: bool, init_range: float,
                  variational: bool = False, word_dropout: float = 0.0):
@@ -369,6 +348,18 @@ PTB_CHAR_PRESETS = {
 
 @register_task("ptb")
 class PTB(Task):
+    """Word-level PTB language modelling: next-word prediction over Mikolov's stream, scored in perplexity.
+
+    Files: ``<data_root>/ptb/ptb.{train,valid,test}.txt``, each plain or gzipped (``.txt.gz``; the plain
+    file wins when both exist); the md5 is that of the text (a ``.gz`` is decompressed first), so both
+    forms check against the published sums. The vocabulary comes from the training file: 10000 words
+    (``the`` = 0, ``<unk>`` = 1, ``<eos>`` = 2); a valid/test token outside it is an error (PTB's
+    vocabulary is closed; ``<unk>`` is an ordinary word). Training batches (``batchify_train``) continue
+    each other row by row, so the presets select the ``stateful`` strategy (truncated BPTT carrying the
+    detached state); the default ``minibatch`` would restart every chunk from a zero state, which
+    trains, but is not the protocol. No shuffling: ``set_epoch`` does nothing. Evaluation
+    (``batchify_eval``): perplexity = exp(total NLL / total targets) over the whole stream."""
+
     kind = TOKENS
     Params = PTBParams
     presets = PTB_PRESETS
@@ -489,6 +480,11 @@ class PTB(Task):
 
 @register_task("ptb-char")
 class PTBChar(PTB):
+    """Character-level PTB, scored in bits per character: bpc = total NLL / total targets / ln 2 (every
+    character and every ``<eos>`` counts). The files ``ptb.char.{train,valid,test}.txt`` spell the word
+    files' lines one character per token, ``_`` between words: 49 characters plus ``<eos>`` for the line
+    end."""
+
     presets = PTB_CHAR_PRESETS
     prefix = "ptb.char."
     md5 = CHAR_MD5

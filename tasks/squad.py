@@ -1,33 +1,7 @@
 """SQuAD v1.1 (Rajpurkar et al., EMNLP 2016): extractive question answering, task ``squad`` (kind
-``qa``; the text processing, batches and metrics are ``seqbench/qa.py``'s).
-
-Files: the official ``train-v1.1.json`` and ``dev-v1.1.json`` (plain or gzipped ``.json.gz``)
-under ``<data root>/squad/``, each checked against the md5 of its JSON text (train
-981b29407e0affa3b1b156f72073b945, dev 3e85deb501d4e538b6bc56f786231552). Missing files are
-downloaded from the official site when downloads are allowed (``SEQBENCH_DOWNLOAD``), else one line
-says which are missing and where they go.
-
-Reading (HF ``datasets``): the local JSON through its ``json`` builder (``field="data"``: one row per
-article; offline), flattened with ``Dataset.map`` to one row per question (article, paragraph and
-question indices, context, question, answers), then tokenised and span-mapped with a second
-``Dataset.map`` (question tokens; per answer its token span and whether that span's text
-normalises to the answer; the context's tokens and offsets on the first question of each
-paragraph only). Both maps are cached by ``datasets`` beside its Arrow copy of the file, under
-``<data root>/squad/hf-cache``, or, when the data root cannot be written (a shared read-only copy),
-under ``${XDG_CACHE_HOME:-~/.cache}/seqbench/squad/hf-cache``; the record says which
-(``task_info.cache``). A second run reads the cached maps in well under a second.
-
-Splits (``task.split``):
-- ``official``: train on train-v1.1, test on dev-v1.1 after every epoch, no validation split: the
-  reference's protocol (a fixed number of steps, the last checkpoint evaluated on dev; SQuAD's
-  test set is hidden, the published numbers are dev numbers). The record keeps the last epoch's
-  test metrics and, apart, the best over epochs (never used to select).
-- ``dev-holdout``: only dev-v1.1 is needed. Its 48 articles are shuffled by ``task.split_seed`` and
-  split by article into test (``task.test_fraction``), validation (``task.val_fraction``) and
-  training (the rest; 36 / 6 / 6 articles by default); validation F1 selects the checkpoint. The
-  record lists each split's article titles. These numbers come from a model trained on about 7.9k
-  dev questions and are NOT comparable with published SQuAD results (trained on 87.6k train
-  questions, evaluated on all of dev); the record and the report say so.
+``qa``; the text processing, batches and metrics are ``seqbench/qa.py``'s). The official JSON files,
+read with HF ``datasets``; the ``paper`` protocol is the ISS reference's BiDAF training
+(wenwei202/iss-rnns ``bidaf/basic/cli.py``).
 """
 from __future__ import annotations
 
@@ -73,7 +47,7 @@ SQUAD_PRESETS = {
     # seconds: the generated files (contexts of about 20 tokens), tiny vectors, every word and char kept
     "tiny": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "latency_time": 0.05, "task.split": "dev-holdout",
              "task.emb": 8, "task.word_count_min": 0, "task.char_count_min": 0},
-    # the real dev file split by article (see the module docstring); the model's fast preset sets its
+    # the real dev file split by article (see SQuAD, dev-holdout); the model's fast preset sets its
     # width (bidaf: d = 32). Measured at --threads 1 on this project's 2-core CPU under load (12 steps):
     # 2.35 s of CPU (3.6 s wall) per step of 60, 137 steps per epoch: 6 epochs ~ 35 min of one core.
     # 6 x 137 = 822 steps: EMA 0.99 (0.999 averages over ~1000 steps, more than the whole run).
@@ -151,6 +125,20 @@ def read_json_text(path: Path) -> bytes:
 
 @register_task("squad")
 class SQuAD(QATask):
+    """SQuAD v1.1: answer a question with a span of a Wikipedia paragraph; EM and F1 in percent.
+
+    Splits (``task.split``):
+    - ``official``: train on train-v1.1, test on dev-v1.1 after every epoch, no validation split: the
+      reference's protocol (a fixed number of steps, the last checkpoint evaluated on dev; SQuAD's test
+      set is hidden, the published numbers are dev numbers). The record keeps the last epoch's test
+      metrics and, apart, the best over epochs (never used to select).
+    - ``dev-holdout``: only dev-v1.1 is needed. Its 48 articles are shuffled by ``task.split_seed`` and
+      split by article into test (``task.test_fraction``), validation (``task.val_fraction``) and
+      training (the rest; 36 / 6 / 6 articles by default); validation F1 selects the checkpoint. The
+      record lists each split's article titles. These numbers come from a model trained on about 7.9k
+      dev questions and are NOT comparable with published SQuAD results (trained on 87.6k train
+      questions, evaluated on all of dev); the record and the report say so."""
+
     Params = SquadParams
     presets = SQUAD_PRESETS
 
@@ -162,8 +150,10 @@ class SQuAD(QATask):
         return all((folder / n).is_file() or (folder / f"{n}.gz").is_file() for n in self._needed())
 
     def files(self) -> dict[str, Path]:
-        """{name: path} of the needed files (``.json`` or ``.json.gz``), downloaded when missing and
-        allowed; the md5 of each one's JSON text checked (``SEQBENCH_VERIFY=0``: not)."""
+        """{name: path} of the needed files, the official ``train-v1.1.json`` and ``dev-v1.1.json`` (plain
+        or gzipped ``.json.gz``) under ``<data root>/squad/``; downloaded from the official site when
+        missing and allowed (``SEQBENCH_DOWNLOAD``), else one line says which are missing and where they
+        go. The md5 of each one's JSON text (``SQUAD_MD5``) is checked (``SEQBENCH_VERIFY=0``: not)."""
         folder = Path(self.data_root) / "squad"
         found = {}
         for n in self._needed():
@@ -186,13 +176,21 @@ class SQuAD(QATask):
         return found
 
     def cache_dir(self) -> Path:
+        """Where ``datasets`` caches its Arrow copy and the maps: ``<data root>/squad/hf-cache``, or, when
+        the data root cannot be written (a shared read-only copy),
+        ``${XDG_CACHE_HOME:-~/.cache}/seqbench/squad/hf-cache``; the record says which
+        (``task_info.cache``)."""
         for d in (Path(self.data_root) / "squad" / "hf-cache", _fallback_cache_dir()):
             if writable_dir(d):
                 return d
         return Path(tempfile.mkdtemp(prefix="seqbench-squad-"))  # nowhere to keep it: this run only
 
     def questions(self, name: str, path: Path, cache: Path):
-        """The tokenised question rows of one file (a ``datasets.Dataset``, cached)."""
+        """The tokenised question rows of one file (a ``datasets.Dataset``, cached): the local JSON through
+        the ``json`` builder (``field="data"``: one row per article; offline), flattened with
+        ``Dataset.map`` to one row per question (``_flatten``), then tokenised and span-mapped with a
+        second ``Dataset.map`` (``_tokenize``). Both maps are cached beside the Arrow copy
+        (``cache_dir``); a second run reads them in well under a second."""
         try:
             import datasets
         except ImportError as e:
@@ -207,7 +205,8 @@ class SQuAD(QATask):
             return flat.map(_tokenize, batched=True, new_fingerprint=f"seqbench-squad-{tag}-tokens-v{PREPRO_VERSION}")
         except (ValueError, KeyError, TypeError, OSError) as e:
             first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise SeqbenchError(f"SQuAD file {path} could not be read as SQuAD JSON: {type(e).__name__}: {first}") from None
+            raise SeqbenchError(
+                f"SQuAD file {path} could not be read as SQuAD JSON: {type(e).__name__}: {first}") from None
 
     def rows(self):
         files = self.files()
@@ -244,7 +243,8 @@ class SQuAD(QATask):
         arts = sorted(titles)
         if len(arts) < 3:
             raise SeqbenchError(f"task.split=dev-holdout needs at least 3 articles in dev-v1.1.json, found {len(arts)}")
-        order = [arts[i] for i in torch.randperm(len(arts), generator=torch.Generator().manual_seed(p.split_seed)).tolist()]
+        order = [arts[i] for i in
+                 torch.randperm(len(arts), generator=torch.Generator().manual_seed(p.split_seed)).tolist()]
         n_test = max(1, round(len(arts) * p.test_fraction))
         n_val = max(1, round(len(arts) * p.val_fraction))
         if n_test + n_val >= len(arts):

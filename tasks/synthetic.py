@@ -1,47 +1,10 @@
-"""Long-memory synthetic tasks: the copying memory task and the adding problem.
+"""Long-memory synthetic tasks: ``copy`` (the copying memory task) and ``adding`` (the adding problem).
 
-Both generate their data in memory from ``task.data_seed`` (independent of the run seed): each
-split (train / val / test) draws from its own numpy stream, ``SeedSequence([data_seed,
-crc32("<task>/<split>")])``, so the splits are independent streams, the same data_seed gives the
-same data on every run, and the run seed only changes the order of the training batches. The
-samples are stored compactly (the copied symbols; the adding problem's values and marker positions)
-and expanded batch by batch (``DecodedLoader``): a copying training set at T = 2000 is 200 kB of
-symbols but would be 1.6 GB of one-hot float inputs.
-
-The layouts follow the reference code of scoRNN (Helfrich, Willmott & Ye, ICML 2018;
-SpartinStuff/scoRNN ``scoRNN_copying.py``, ``scoRNN_adding.py``) and ENRNN (Helfrich & Ye,
-AAAI 2020; KHelfrich1/ENRNN ``ENRNN_copying.py``, ``ENRNN_adding.py``), whose generators are the
-same in both repositories:
-
-``copy`` (Arjovsky, Shah & Bengio 2016), the reference's ``copying_data(T, seq)``: K = 10 symbols
-drawn uniformly from 1..8 (``np.random.randint(1, high=9)``), then T - 1 blanks (0), the marker 9,
-then K blanks: length T + 2K. The target is T + K blanks, then the K symbols. So the marker sits at
-step K + T - 1 (0-based) and the symbols are due at steps T + K .. T + 2K - 1, starting the step after
-the marker. (The docstring example in both reference files shows T blanks before the marker and the
-copy starting at the marker's own step; the code, which produced the published results, has T - 1
-blanks, and we follow the code.) Inputs are one-hot over the 10 input symbols (the reference's
-``tf.one_hot(x, 10)``); the output has 9 classes, blank and 1..8 (the reference's ``n_classes = 9``:
-the marker is never a target). A linear head reads every step (``PerStepHead``), the loss is the
-cross-entropy averaged over all T + 2K steps and all sequences (the reference's
-``reduce_mean(sparse_softmax_cross_entropy_with_logits)``). The memoryless baseline (blank with
-certainty until the copy, then uniform over the 8 symbols) scores K ln 8 / (T + 2K), the reference's
-``baseline``.
-
-``adding`` (Hochreiter & Schmidhuber 1997; Le, Jaitly & Hinton 2015), the reference's
-``Generate_Data(size, length)``: T steps of 2 channels, values U[0, 1) and a marker channel with
-exactly two ones, one at a position uniform in [0, h) and one uniform in [h, T) with
-h = floor((T - 1) / 2). The target is the sum of the two marked values, read by a linear head from
-the last step (``SequenceClassifier`` with one output), loss MSE. Predicting 1 always scores the
-variance of a sum of two U(0, 1), 2/12 = 1/6 ~ 0.167.
-
-Each task's ``info()`` carries its memoryless baseline as ``baseline_<selection metric>``
-(``baseline_loss``, ``baseline_mse``), so reports can show it beside every result.
-
-Presets: ``paper`` is ENRNN's setting (copy: T = 2000, batch 20, RMSprop 1e-3, 4000 iterations =
-4 epochs of the reference's 20000 training sequences, which it also cycled through 4 times; adding:
-T = 750, batch 50, 6 epochs of 100k, RMSprop 1e-4). The references have no validation split; ours
-is an extra independent stream of the reference's test size. ``fast`` is T = 200 with smaller sets
-(adding: the scoRNN reference's LSTM setting at T = 200, Adam 1e-3, batch 50).
+Both generate their data in memory from ``task.data_seed`` (``SyntheticTask``). The layouts follow
+the reference code of scoRNN (Helfrich, Willmott & Ye, ICML 2018; SpartinStuff/scoRNN
+``scoRNN_copying.py``, ``scoRNN_adding.py``) and ENRNN (Helfrich & Ye, AAAI 2020; KHelfrich1/ENRNN
+``ENRNN_copying.py``, ``ENRNN_adding.py``), whose generators are the same in both repositories; the
+``paper`` presets are ENRNN's settings.
 """
 from __future__ import annotations
 
@@ -100,7 +63,16 @@ class DecodedLoader(TensorLoader):
 class SyntheticTask(Task):
     """Data generated from ``data_seed`` into three splits; subclasses say how (``generate``), how a
     stored batch becomes ``(x, y)`` (``decode``) and what predicting without memory scores
-    (``baseline``)."""
+    (``baseline``).
+
+    Each split draws from its own numpy stream, ``SeedSequence([data_seed, crc32("<task>/<split>")])``
+    (``split_rng``): the splits are independent, the same data_seed gives the same data on every run, and
+    the run seed only changes the order of the training batches. The references have no validation split;
+    ours is an extra independent stream (``paper``: of the reference's test size). Samples are stored
+    compactly (the copied symbols; the adding problem's values and marker positions) and expanded batch by
+    batch (``DecodedLoader``): a copying training set at T = 2000 is 200 kB of symbols but would be 1.6 GB
+    of one-hot float inputs. ``info()`` carries the memoryless baseline as ``baseline_<selection metric>``
+    (``baseline_loss``, ``baseline_mse``), so reports can show it beside every result."""
 
     kind = SEQUENCE
     Params = SyntheticParams
@@ -199,6 +171,22 @@ COPY_PRESETS = {
 
 @register_task("copy")
 class CopyTask(SyntheticTask):
+    """The copying memory task (Arjovsky, Shah & Bengio 2016): recall K = 10 symbols after a delay of T
+    blanks; per-step cross-entropy.
+
+    The reference's ``copying_data(T, seq)`` (``copy_layout``): K symbols drawn uniformly from 1..8
+    (``np.random.randint(1, high=9)``), then T - 1 blanks (0), the marker 9, then K blanks: length
+    T + 2K. The target is T + K blanks, then the K symbols: the marker sits at step K + T - 1 (0-based)
+    and the symbols are due at steps T + K .. T + 2K - 1, starting the step after the marker. (The
+    docstring example in both reference files shows T blanks before the marker and the copy starting at
+    the marker's own step; the code, which produced the published results, has T - 1 blanks, and we
+    follow the code.) Inputs are one-hot over the 10 input symbols (``tf.one_hot(x, 10)``); the output
+    has 9 classes, blank and 1..8 (``n_classes = 9``: the marker is never a target). A linear head reads
+    every step (``PerStepHead``); the loss is the cross-entropy averaged over all T + 2K steps and all
+    sequences (``reduce_mean(sparse_softmax_cross_entropy_with_logits)``). The memoryless baseline (blank
+    with certainty until the copy, then uniform over the 8 symbols) scores K ln 8 / (T + 2K), the
+    reference's ``baseline``."""
+
     presets = COPY_PRESETS
     reference = "KHelfrich1/ENRNN ENRNN_copying.py copying_data (= SpartinStuff/scoRNN scoRNN_copying.py)"
 
@@ -266,6 +254,15 @@ ADDING_PRESETS = {
 
 @register_task("adding")
 class AddingTask(SyntheticTask):
+    """The adding problem (Hochreiter & Schmidhuber 1997; Le, Jaitly & Hinton 2015): the sum of the two
+    marked values of a long sequence; MSE.
+
+    The reference's ``Generate_Data(size, length)``: T steps of 2 channels, values U[0, 1) and a marker
+    channel with exactly two ones, one at a position uniform in [0, h) and one uniform in [h, T) with
+    h = floor((T - 1) / 2). The target is the sum of the two marked values, read by a linear head from
+    the last step (``SequenceClassifier`` with one output). Predicting 1 always scores the variance of a
+    sum of two U(0, 1), 2/12 = 1/6 ~ 0.167."""
+
     presets = ADDING_PRESETS
     min_seq_len = 3  # the first marker's range [0, floor((T-1)/2)) must not be empty
     reference = "KHelfrich1/ENRNN ENRNN_adding.py Generate_Data (= SpartinStuff/scoRNN scoRNN_adding.py)"
