@@ -29,7 +29,8 @@ DEFAULT_RUN = ["--model", "gru", "--task", "pmnist", "--preset", "tiny", "--set"
 
 
 def launch(run_args, seed, results: Path, threads: int | None):
-    cmd = [sys.executable, "-m", "seqbench", "run", *run_args, "--seed", str(seed), "--results", str(results), "--quiet"]
+    cmd = [sys.executable, "-m", "seqbench", "run", *run_args, "--seed", str(seed),
+           "--results", str(results), "--quiet"]
     if threads:
         cmd += ["--threads", str(threads)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -74,7 +75,8 @@ def main(argv=None) -> int:
         argv, run_args = argv[:i], argv[i + 1:]
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--runs", type=int, default=8)
-    ap.add_argument("--skip-default-threads", action="store_true", help="leave out the sequential run at torch's threads")
+    ap.add_argument("--skip-default-threads", action="store_true",
+                    help="leave out the sequential run at torch's threads")
     a = ap.parse_args(argv)
     seeds = list(range(a.runs))
     root = Path(tempfile.mkdtemp(prefix="concurrent-"))
@@ -90,7 +92,8 @@ def main(argv=None) -> int:
     if not a.skip_default_threads:
         check(root / "seq", a.runs)
     same = all(seq[s]["metrics"] == conc[s]["metrics"] and
-               [h["train_loss"] for h in seq[s]["history"]] == [h["train_loss"] for h in conc[s]["history"]] for s in seeds)
+               [h["train_loss"] for h in seq[s]["history"]] == [h["train_loss"] for h in conc[s]["history"]]
+               for s in seeds)
     ratios = {k: walls[k] / walls["concurrent-1"] for k in walls if k != "concurrent-1"}
     for k, r in ratios.items():
         print(f"{k} / concurrent-1 = {r:.2f}")

@@ -9,7 +9,8 @@ dense attention's time and memory at the presets' feature-map sizes.
 Loop mode: one forward pass (no autograd) of ``forward`` (anti-diagonal wavefronts, four directions
 batched) and of ``reference_forward`` (the equations pixel by pixel, one direction after another)
 on the same module and input, in one process, in interleaved rounds (``seqbench.measure.interleaved``:
-the order reversed every other round); the ratio is loop / wavefront of the median times. The outputs are compared (max abs
+the order reversed every other round); the ratio is loop / wavefront of the median times. The outputs are compared
+(max abs
 difference) as a check.
 
 Sizes mode: for each preset's feature map (the input size / output stride 8) a forward + backward
@@ -69,7 +70,8 @@ def bench_loop(a) -> dict:
                "wavefront_median_s": statistics.median(wave), "loop_median_s": statistics.median(loop)}
         row["loop_over_wavefront"] = row["loop_median_s"] / row["wavefront_median_s"]
         rows.append(row)
-        print(f"{kind:6s} {a.hw[0]}x{a.hw[1]} batch {a.batch} width {a.width}: wavefront {row['wavefront_median_s'] * 1e3:9.1f} ms, "
+        print(f"{kind:6s} {a.hw[0]}x{a.hw[1]} batch {a.batch} width {a.width}: "
+              f"wavefront {row['wavefront_median_s'] * 1e3:9.1f} ms, "
               f"per-pixel loop {row['loop_median_s'] * 1e3:9.1f} ms, ratio {row['loop_over_wavefront']:7.1f}x "
               f"(max |diff| {diff:.1e})", flush=True)
     return {"benchmark": "dense_rnn_wavefront_vs_loop", "threads": torch.get_num_threads(), "rows": rows}

@@ -46,7 +46,8 @@ def main(argv=None):
         m.W2.mul_(1.5 / float(torch.linalg.eigvals(m.W2).abs().max()))  # past the onset
     head = torch.nn.Linear(m.d_output, classes)
     groups = m.optimizer_groups(1e-3)
-    opt = torch.optim.RMSprop(groups + [{"params": [p for p in m.parameters() if p is not m.A] + list(head.parameters())}], lr=1e-3)
+    rest = [p for p in m.parameters() if p is not m.A] + list(head.parameters())
+    opt = torch.optim.RMSprop(groups + [{"params": rest}], lr=1e-3)
     ids = torch.randint(0, d_in, (a.batch, a.T))
     x, y = F.one_hot(ids, d_in).float(), torch.randint(0, classes, (a.batch, a.T))
 

@@ -89,8 +89,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     rows = []
-    print(f"one training step (fwd T steps + bwd + Adam), batch {a.batch}, {a.threads} thread(s), torch {torch.__version__}")
-    print(f"{'T':>6} {'N':>5} {'reference s':>12} " + " ".join(f"{k + ' s':>10} {k + '/ref':>9}" for k in ("dense", "fast", "auto")))
+    print(f"one training step (fwd T steps + bwd + Adam), batch {a.batch}, {a.threads} thread(s), "
+          f"torch {torch.__version__}")
+    cols = " ".join(f"{k + ' s':>10} {k + '/ref':>9}" for k in ("dense", "fast", "auto"))
+    print(f"{'T':>6} {'N':>5} {'reference s':>12} " + cols)
     for T in a.T:
         for N in a.N:
             torch.manual_seed(0)

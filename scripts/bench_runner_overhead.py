@@ -66,7 +66,8 @@ def main(argv=None) -> int:
 
     def run_hand():
         epoch["hand"] += 1
-        hand_loop(runner.setup.model, runner.setup.optimizer, runner.setup.task, runner.setup.loaders["train"], n, dev, epoch["hand"])
+        s = runner.setup
+        hand_loop(s.model, s.optimizer, s.task, s.loaders["train"], n, dev, epoch["hand"])
 
     run_runner(), run_hand()  # warm-up both
     times = measure.interleaved({"runner": run_runner, "hand": run_hand}, rounds=a.rounds)  # one epoch per round

@@ -69,7 +69,8 @@ def compare(seq: dict, swp: dict, n: int) -> None:
         if b is None or b["status"] != "completed" or a["status"] != "completed":
             raise SystemExit(f"run {a['run_id']}: not completed in both modes")
         if a["metrics"]["test"] != b["metrics"]["test"]:
-            raise SystemExit(f"run {a['run_id']}: test metrics differ: {a['metrics']['test']} vs {b['metrics']['test']}")
+            raise SystemExit(f"run {a['run_id']}: test metrics differ: "
+                             f"{a['metrics']['test']} vs {b['metrics']['test']}")
 
 
 def main(argv=None) -> int:
@@ -81,7 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=None, metavar="KEY=VALUE",
                     help=f"settings of every run (default: {' '.join(DEFAULT_SET)})")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--cpus", type=int, default=cores_available(), help="the local Ray's CPUs (default: this machine's)")
+    ap.add_argument("--cpus", type=int, default=cores_available(),
+                    help="the local Ray's CPUs (default: this machine's)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args(argv)
     import ray

@@ -52,7 +52,8 @@ def fingerprint(rec: dict) -> dict:
     metrics = dict(rec["metrics"])
     return {
         "status": rec["status"], "config_hash": rec["config_hash"], "config": rec["config"],
-        "metrics": metrics, "history": [{k: v for k, v in row.items() if k not in DROP_HISTORY} for row in rec["history"]],
+        "metrics": metrics,
+        "history": [{k: v for k, v in row.items() if k not in DROP_HISTORY} for row in rec["history"]],
         "task_info": rec["task_info"], "measure": meas, "strategy": rec["strategy"],
     }
 
@@ -72,7 +73,8 @@ def run_all() -> dict:
     out = {}
     with tempfile.TemporaryDirectory() as res:
         for model, task, over in RUNS:
-            cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", {"epochs": 2, **over, "threads": 1})
+            sets = {"epochs": 2, **over, "threads": 1}
+            cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", sets)
             rec = Runner(cfg, results=res, quiet=True).fit()
             key = f"{model}/{task}" + "".join(f" {k}={v}" for k, v in over.items())
             out[key] = json.loads(json.dumps(fingerprint(rec), default=str))

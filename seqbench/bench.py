@@ -25,8 +25,9 @@ per-round ratios. Also: peak memory (CUDA: the most allocated during two calls a
 allocated before them, i.e. the call's own activations and gradients, not the contenders' resident
 weights; CPU: the process's
 resident-set growth from before the contender was built to after one call of each kind — what
-building and first running it took, not a per-call peak), analytic FLOPs (the wrapper's ``flops_per_sample`` times the batch; a training step counted
-as 3 forward passes, the usual convention) and the achieved FLOP/s.
+building and first running it took, not a per-call peak), analytic FLOPs (the wrapper's
+``flops_per_sample`` times the batch; a training step counted as 3 forward passes, the usual
+convention) and the achieved FLOP/s.
 
 The table is printed as Markdown and saved with every number as JSON in
 ``results/benchmarks/bench-<task>-<time>.json``; ``seqbench report`` shows the latest of each.

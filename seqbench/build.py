@@ -161,9 +161,10 @@ class Setup:
     def __init__(self, cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema):
         self.cfg, self.device, self.threads = cfg, device, threads
         self.task, self.spec, self.loaders, self.model = task, spec, loaders, model
-        self.optimizer, self.scheduler, self.scaler, self.strategy, self.ema = optimizer, scheduler, scaler, strategy, ema
+        self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
+        self.strategy, self.ema = strategy, ema
         self.per_step_schedule = cfg.train.schedule in C.PER_STEP_SCHEDULES  # stepped every batch, not every epoch
-        self.select = spec.metric(spec.select)
+        self.monitor = spec.metric(spec.monitor)  # the Metric that picks the best epoch
 
     @property
     def backbone(self):

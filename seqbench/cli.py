@@ -53,7 +53,8 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="train, evaluate, measure and record one run")
     r.add_argument("--model", help="a registered model (seqbench list)")
     r.add_argument("--task", help="a registered task (seqbench list)")
-    r.add_argument("--preset", default=None, help="tiny | fast | paper (default fast), or a name the task or model defines (e.g. ptb: small, medium, large)")
+    r.add_argument("--preset", default=None, help="tiny | fast | paper (default fast), or a name the task or model "
+                                                  "defines (e.g. ptb: small, medium, large)")
     for flag in SHORTCUTS:
         r.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None, metavar="V",
                        help=f"sets {SHORTCUTS[flag]}")
@@ -86,7 +87,8 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--batch-size", type=_positive, default=64, help="train batch, and the larger infer batch (also 1)")
     b.add_argument("--baseline", help="the contender ratios are taken against (default: the first)")
     b.add_argument("--device", default=None, help="auto | cpu | cuda | cuda:N")
-    b.add_argument("--threads", type=_positive, default=None, help="torch threads (default: torch's, capped at the cores given)")
+    b.add_argument("--threads", type=_positive, default=None,
+                   help="torch threads (default: torch's, capped at the cores given)")
     b.add_argument("--rounds", type=_positive, default=5)
     b.add_argument("--min-run-time", type=_positive_real, default=0.5, help="seconds of timing per contender per round")
     b.add_argument("--results", default=None, help="where --run finds the run (default $SEQBENCH_RESULTS or ./results)")
@@ -99,10 +101,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                    help="any config key; the same key given again adds a value to its axis")
     s.add_argument("--name", help="the sweep's name in its records (default: the file's stem)")
-    s.add_argument("--address", help="an existing Ray cluster (host:port, ray://host:10001); default: a local Ray on this machine")
-    s.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N", help="CPUs per run, = its torch threads (default 1)")
-    s.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G", help="GPUs per run; fractions share a GPU (default 0)")
-    s.add_argument("--max-retries", type=int, default=2, metavar="N", help="retries of a run whose worker died (default 2)")
+    s.add_argument("--address",
+                   help="an existing Ray cluster (host:port, ray://host:10001); default: a local Ray on this machine")
+    s.add_argument("--cpus-per-run", type=float, default=1.0, metavar="N",
+                   help="CPUs per run, = its torch threads (default 1)")
+    s.add_argument("--gpus-per-run", type=float, default=0.0, metavar="G",
+                   help="GPUs per run; fractions share a GPU (default 0)")
+    s.add_argument("--max-retries", type=int, default=2, metavar="N",
+                   help="retries of a run whose worker died (default 2)")
     s.add_argument("--retry-failed", action="store_true", help="run again the runs recorded as failed")
     s.add_argument("--dry-run", action="store_true", help="list the runs and which are done; change nothing")
     s.add_argument("--results", default=None, help="results folder (on a cluster: a path every node shares)")
@@ -126,7 +132,7 @@ def _cmd_list() -> int:
         except SeqbenchError as err:
             print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err})")
             continue
-        print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.select}")
+        print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.monitor}")
     print("strategies (--strategy):")
     for name, e in registry.strategies().items():
         c = e.cls
@@ -191,7 +197,8 @@ def _cmd_run(a) -> int:
     from .runner import Runner
 
     if a.resume:
-        given = [f for f in ("model", "task", "preset", "init_from", *SHORTCUTS) if getattr(a, f) is not None] + (["set"] if a.sets else [])
+        given = [f for f in ("model", "task", "preset", "init_from", *SHORTCUTS) if getattr(a, f) is not None]
+        given += ["set"] if a.sets else []
         if given:
             raise SeqbenchError(f"--resume takes the run's own config; drop --{', --'.join(given)}")
         runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet)

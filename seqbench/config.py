@@ -87,7 +87,8 @@ def pattern(regex: str, text: str, bad: str) -> Domain:
 
 def int_list(what: str, example: str) -> Domain:
     """A comma-separated list of integers >= 1 (``what``: "widths", "epochs"), or the empty string."""
-    return pattern(r"|\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*", f"comma-separated {what} >= 1, e.g. {example} (or empty)", "0,5")
+    return pattern(r"|\s*[1-9][0-9]*(\s*,\s*[1-9][0-9]*)*\s*",
+                   f"comma-separated {what} >= 1, e.g. {example} (or empty)", "0,5")
 
 
 FINITE = Domain("a finite number", math.isfinite, float("nan"))
@@ -97,7 +98,8 @@ SEED = ints(0, 2**32 - 1)  # numpy's seed range
 POSITIVE_REAL = reals(0.0, lo_open=True)  # learning rates, times, scales
 NONNEGATIVE_REAL = reals(0.0)  # weight decay, clipping (0 = off), penalties
 PROBABILITY = reals(0.0, 1.0, hi_open=True, what="a probability")  # dropout rates
-FRACTION = reals(0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")  # a split that must be non-empty on both sides
+# a split that must be non-empty on both sides
+FRACTION = reals(0.0, 1.0, lo_open=True, hi_open=True, what="a fraction")
 MOMENTUM = reals(0.0, 1.0, hi_open=True)
 
 
@@ -139,7 +141,8 @@ class TrainConfig:
     schedule: str = choice("none", ("none", "cosine", "step", "multistep", "decay_after", "poly"),
                             "LR schedule: per epoch; poly per iteration")
     lr_step: int = setting(1, POSITIVE, "step schedule: decay every lr_step epochs")
-    milestones: str = setting("", int_list("epochs", "60,120"), "multistep schedule: epochs after which lr *= lr_gamma, e.g. 60,120")
+    milestones: str = setting("", int_list("epochs", "60,120"),
+                              "multistep schedule: epochs after which lr *= lr_gamma, e.g. 60,120")
     lr_gamma: float = setting(0.1, POSITIVE_REAL, "step / multistep / decay_after: decay factor")
     # poly (the segmentation models' schedule): lr (1 - iteration / iterations)^poly_power, stepped every batch
     poly_power: float = setting(0.9, POSITIVE_REAL, "poly schedule: the power")
@@ -149,16 +152,19 @@ class TrainConfig:
     amp: str = choice("off", ("off", "bf16", "fp16"))
     channels_last: bool = False  # 4-D inputs and the model in channels-last memory format (convnets on a GPU)
     strategy: str = setting("minibatch", STRATEGY, "training strategy (seqbench.strategy registry)")
-    keeper: float = setting(1.0, NONNEGATIVE_REAL, "MPTT's delta: weight of the carried message against this epoch's mean")
+    keeper: float = setting(1.0, NONNEGATIVE_REAL,
+                            "MPTT's delta: weight of the carried message against this epoch's mean")
     mptt_warmup: int = setting(0, NONNEGATIVE, "MPTT: epochs (from 0) up to this one start from zero states")
     seed: int = setting(0, SEED)
     device: str = setting("auto", pattern(r"auto|cpu|cuda(:[0-9]+)?", "auto, cpu, cuda or cuda:N", "mps"))
     deterministic: bool = False
-    threads: Optional[int] = setting(None, POSITIVE, "torch threads; none: torch's default, at most the cores this process may use")
+    threads: Optional[int] = setting(None, POSITIVE,
+                                     "torch threads; none: torch's default, at most the cores this process may use")
     limit_batches: int = setting(0, NONNEGATIVE, "cap on batches per epoch and per evaluation; 0 = all (smoke tests)")
     # An exponential moving average of the weights (decay per step; 0 = off) is what validation,
     # best.pt, the test and the measurements use (BiDAF's reference: 0.999, its shadows loaded at test).
-    ema: float = setting(0.0, reals(0.0, 1.0, hi_open=True), "decay of the weights' moving average used for evaluation; 0: off")
+    ema: float = setting(0.0, reals(0.0, 1.0, hi_open=True),
+                         "decay of the weights' moving average used for evaluation; 0: off")
     # Which epoch's weights are tested and recorded: the best on validation, or the last (the ISS
     # references keep the final model: a Lasso run's best validation epoch is its least sparse one).
     select: str = choice("best", ("best", "last"), "the weights tested: best validation epoch, or the last epoch")
@@ -173,7 +179,8 @@ class TrainConfig:
         if self.nesterov and (self.optimizer != "sgd" or self.momentum <= 0):
             raise SeqbenchError("bad value true for 'nesterov': Nesterov momentum needs optimizer sgd and momentum > 0")
         if self.schedule == "multistep" and not self.milestones.strip():
-            raise SeqbenchError("schedule multistep needs 'milestones' (epochs after which lr *= lr_gamma, e.g. 60,120)")
+            raise SeqbenchError("schedule multistep needs 'milestones' "
+                                "(epochs after which lr *= lr_gamma, e.g. 60,120)")
         if self.milestones.strip():
             m = milestone_list(self.milestones)
             if m != sorted(set(m)):
@@ -263,7 +270,8 @@ def _coerce(key: str, value: Any, obj: Any, name: str) -> Any:
     dom = field_meta(obj, name, "domain")
     if tp is float and not math.isfinite(v) or dom is not None and not dom(v):
         what = dom.describe() if dom is not None else "a finite number"
-        raise SeqbenchError(f"bad value {clip(repr(value))} for '{key}': expected {what}{' or none' if optional else ''}")
+        raise SeqbenchError(f"bad value {clip(repr(value))} for '{key}': "
+                            f"expected {what}{' or none' if optional else ''}")
     return v
 
 

@@ -314,7 +314,7 @@ class DenseTask(Task):
         h, w = self.latency_shape()
         return TaskSpec(kind=self.kind, d_input=3, d_output=self.num_classes, seq_len=0, loss="cross_entropy",
                         metrics=[Metric("miou", True), Metric("pixel_acc", True), Metric("class_acc", True)],
-                        select="miou", input_shape=(3, h, w))
+                        monitor="miou", input_shape=(3, h, w))
 
     def class_weights(self) -> torch.Tensor | None:
         return None

@@ -121,7 +121,7 @@ class ImageTask(ClassificationTask):
 
     def spec(self) -> TaskSpec:
         return TaskSpec(kind=self.kind, d_input=self.input_shape[0], d_output=self.num_classes, seq_len=0,
-                        loss="cross_entropy", metrics=self.classification_metrics(), select="acc",
+                        loss="cross_entropy", metrics=self.classification_metrics(), monitor="acc",
                         input_shape=self.input_shape)
 
     def wrap(self, backbone):

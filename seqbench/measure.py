@@ -134,7 +134,8 @@ def count_flops(model: torch.nn.Module, x: torch.Tensor) -> int:
     return (counter.get_total_flops() + own[0]) // x.shape[0]
 
 
-def of_run(model, task, x, device, precision, latency_time: float, throughput: float | None, pruning: dict | None) -> dict:
+def of_run(model, task, x, device, precision, latency_time: float, throughput: float | None,
+           pruning: dict | None) -> dict:
     """A finished run's measurements: size, sparsity, structure, FLOPs, latency at the task's
     ``latency_batches`` on inputs like ``x`` (a test batch), training throughput, peak memory."""
     lat = {}
@@ -165,9 +166,8 @@ def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib
             model(x)
 
     call()  # warm-up (lazy init, cuDNN plans)
-    m = _benchmark().Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=min_run_time
-    )
+    timer = _benchmark().Timer(stmt="call()", globals={"call": call}, num_threads=torch.get_num_threads())
+    m = timer.blocked_autorange(min_run_time=min_run_time)
     model.train(was_training)
     return {
         "batch": int(x.shape[0]),

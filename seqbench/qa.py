@@ -375,7 +375,7 @@ class QATask(Task):
     def spec(self) -> TaskSpec:
         return TaskSpec(kind=self.kind, d_input=self.params.emb, d_output=2, seq_len=self.params.max_context,
                         loss="cross_entropy (start + end)",
-                        metrics=[Metric("f1", True), Metric("em", True), Metric("loss", False)], select="f1")
+                        metrics=[Metric("f1", True), Metric("em", True), Metric("loss", False)], monitor="f1")
 
     def nominal_example(self) -> int:
         """The test example latency and FLOPs are measured on: the one with the median context length."""

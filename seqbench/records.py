@@ -214,7 +214,8 @@ def problem(rec) -> str | None:
         if k not in rec:
             return f"field '{k}' is missing"
         if not isinstance(rec[k], _TYPES[k]) or isinstance(rec[k], bool):
-            return f"field '{k}' is {'null' if rec[k] is None else type(rec[k]).__name__}, expected {_TYPES[k].__name__}"
+            got = "null" if rec[k] is None else type(rec[k]).__name__
+            return f"field '{k}' is {got}, expected {_TYPES[k].__name__}"
     if rec["status"] not in ("completed", "failed"):
         return f"status {rec['status']!r} is neither completed nor failed"
     if rec["schema"] > SCHEMA_VERSION:
@@ -227,7 +228,8 @@ def problem(rec) -> str | None:
     if sel.reason not in REASONS:
         return f"selection reason {sel.reason!r} is not one of {', '.join(REASONS)}"
     m = rec["metrics"]
-    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and (not sel.validated or isinstance(m.get("val"), dict))):
+    has_val = not sel.validated or isinstance(m.get("val"), dict)  # validation chose: its metrics are there
+    if rec["status"] == "completed" and not (isinstance(m.get("test"), dict) and has_val):
         return "a completed run without test or validation metrics"
     if rec["status"] == "completed" and not isinstance(rec["measure"].get("params"), dict):
         return "a completed run without measurements"

@@ -29,7 +29,8 @@ def not_variant() -> set[str]:
     (averaged), the strategy (its own column) and the keys strategies show in their labels."""
     from . import config, registry
 
-    return {*config.BOOKKEEPING, "seed", "strategy", *(k for e in registry.strategies().values() for k in e.cls.label_keys)}
+    shown = {k for e in registry.strategies().values() for k in e.cls.label_keys}
+    return {*config.BOOKKEEPING, "seed", "strategy", *shown}
 
 
 def variant(rec: dict, skip: set[str] | None = None) -> str:
@@ -171,7 +172,8 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         for b in _latency_batches(g):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
             row[f"{b}_ms"] = _pm(g[f"lat_{b}_ms"], ".3f")
             row[f"{b}_iqr_ms"] = _pm(g[f"lat_{b}_iqr_ms"], ".3f")
-        row.update(train_samples_per_s=_pm(g["throughput"], ".1f"), mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f"))
+        row.update(train_samples_per_s=_pm(g["throughput"], ".1f"),
+                   mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f"))
         lat.append(row)
     return {"accuracy": acc, "sparsity": spa, "latency": lat}
 
@@ -218,7 +220,8 @@ def gain_tables(df: pd.DataFrame) -> dict[str, list[dict]]:
             seeds = sorted(set(mine.index) & set(base.index))
             if not seeds:
                 continue
-            row = {**name, "vs": f"{ref}/{name['preset']}" + (f" ({same})" if same else ""), "seeds": ",".join(map(str, seeds))}
+            vs = f"{ref}/{name['preset']}" + (f" ({same})" if same else "")
+            row = {**name, "vs": vs, "seeds": ",".join(map(str, seeds))}
             for c in cols:
                 d = (mine.loc[seeds, c] - base.loc[seeds, c]).dropna().astype(float)
                 if len(d):
@@ -320,7 +323,10 @@ def _savefig(fig, path: Path) -> Path:
 
 def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
     """Indices of points not dominated in (lower latency, better metric), by latency."""
-    order = sorted(range(len(points)), key=lambda i: (points[i][0], -points[i][1] if higher_is_better else points[i][1]))
+    def key(i):
+        return points[i][0], -points[i][1] if higher_is_better else points[i][1]
+
+    order = sorted(range(len(points)), key=key)
     front, best = [], None
     for i in order:
         v = points[i][1]
@@ -360,14 +366,16 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
             ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", label="Pareto front")
         if many:
             key = [matplotlib.lines.Line2D([], [], ls="none", label=f"{i}. {n}") for i, n in enumerate(names, 1)]
-            ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize=7, loc="upper left", bbox_to_anchor=(1.02, 1.0),
-                      handlelength=0 if not front else None)
+            ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize=7, loc="upper left",
+                      bbox_to_anchor=(1.02, 1.0), handlelength=0 if not front else None)
         elif front:
             ax.legend()
         ax.set_xscale("log")
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=15))  # 1 2 5 10 20 ...: a tick in every span
+        # 1 2 5 10 20 ...: a tick in every span
+        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=15))
         ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)  # a span of under 5x holds one 1-2-5 tick or none: label the minor ones
+        # a span of under 5x holds one 1-2-5 tick or none: label the minor ones
+        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}") if narrow
                                      else matplotlib.ticker.NullFormatter())
         ax.set_xlabel("batch-1 latency, ms (median)")
@@ -377,7 +385,8 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
 
         # one colour and one legend entry per setting, named as its point above; its seeds share the
         # colour (names from the table's rows: each record's variant is worked out once, in _row)
-        name = {r.run_id: _setting(r.model, r.preset, r.variant, r.strategy if several else None) for r in g.itertuples()}
+        name = {r.run_id: _setting(r.model, r.preset, r.variant, r.strategy if several else None)
+                for r in g.itertuples()}
         runs = [r for r in recs if r["run_id"] in name and r["history"]]
         curves: dict[str, list[dict]] = {}
         for r in runs:
@@ -391,9 +400,10 @@ def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
         for i, (label, rs) in enumerate(sorted(curves.items())):
             seeds = sorted({r["seed"] for r in rs})  # a rerun of a seed is drawn, not named twice
             for j, r in enumerate(sorted(rs, key=lambda r: (r["seed"], r["run_id"]))):
-                ax.plot([h["epoch"] for h in r["history"]], [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]],
-                        marker="o", ms=3, lw=1, color=colours(i % colours.N),
-                        label=None if j else f"{label}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}")
+                ys = [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]]
+                named = f"{label}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+                ax.plot([h["epoch"] for h in r["history"]], ys, marker="o", ms=3, lw=1, color=colours(i % colours.N),
+                        label=None if j else named)
         for b in sorted(g["baseline"].dropna().unique()):
             ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
@@ -429,7 +439,8 @@ def structure_plots(recs: list[dict], folder: Path) -> list[Path]:
         sel = r["task_info"]["select"]
         series = f"{r['model']}, {r['timing'].get('epochs')} epochs"  # a sweep of the strength at one budget
         key = (r["task"], st["method_label"], st["units_label"], st["strength_symbol"])
-        by_task.setdefault(key, []).append((st["units_kept"], r["metrics"]["test"][sel], st.get("strength", 0.0), series, sel))
+        point = (st["units_kept"], r["metrics"]["test"][sel], st.get("strength", 0.0), series, sel)
+        by_task.setdefault(key, []).append(point)
     for (task, method, units, symbol), pts in sorted(by_task.items()):
         fig, ax = plt.subplots(figsize=(6, 4))
         for series in sorted({p[3] for p in pts}):
@@ -451,7 +462,8 @@ def structure_plots(recs: list[dict], folder: Path) -> list[Path]:
 def build(results=None) -> dict:
     res = records.results_dir(results)
     if not res.exists():
-        raise SeqbenchError(f"results folder {res} does not exist (give the folder runs were written to with --results)")
+        raise SeqbenchError(f"results folder {res} does not exist "
+                            f"(give the folder runs were written to with --results)")
     if not res.is_dir():
         raise SeqbenchError(f"results folder {res} is not a folder")
     recs = records.load_all(res)
@@ -478,7 +490,8 @@ def _write(res: Path, recs: list[dict]) -> dict:
         f"Generated by `seqbench report` from {len(recs)} records in `{res / 'runs'}`. Do not edit: regenerate.",
         "Values are mean ± std over seeds where a group has several runs (n).",
         "",
-        "## Accuracy (test metrics at the best-validation checkpoint; the last epoch's with select=last or no validation split)",
+        "## Accuracy (test metrics at the best-validation checkpoint; "
+        "the last epoch's with select=last or no validation split)",
         "",
     ]
     for task in dict.fromkeys(r["task"] for r in tabs["accuracy"]):  # tasks differ in metrics

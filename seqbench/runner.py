@@ -71,7 +71,8 @@ class Runner:
         res = records.results_dir(results)
         rd = RunDir(res, run_id)
         if not rd.has("last.pt"):
-            raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: no checkpoint at {clip(str(rd / 'last.pt'), 200)}")
+            raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: "
+                                f"no checkpoint at {clip(str(rd / 'last.pt'), 200)}")
         if (res / "runs" / f"{run_id}.json").exists():
             raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
         rd.check_free()
@@ -80,7 +81,8 @@ class Runner:
             flat = ck["config"]
         except (SeqbenchError, KeyError, TypeError) as e:
             why = type(e).__name__ if not isinstance(e, SeqbenchError) else str(e).rpartition("(")[2].rstrip(")")
-            raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {rd / 'last.pt'} is unreadable ({why})") from None
+            raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {rd / 'last.pt'} "
+                                f"is unreadable ({why})") from None
         cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.setup.load_state_dict(ck)
@@ -116,7 +118,8 @@ class Runner:
                 if stop_after_epochs is not None and done >= stop_after_epochs:
                     return None
                 # a time budget (a lent GPU's minutes): stop before an epoch that would not fit in it
-                if stop_after_minutes is not None and done and time.monotonic() - began + longest > 60 * stop_after_minutes:
+                budget = 60 * stop_after_minutes if stop_after_minutes is not None else math.inf
+                if done and time.monotonic() - began + longest > budget:
                     return None
                 epoch_began = time.monotonic()
                 row, key = self._epoch(epoch)
@@ -132,7 +135,7 @@ class Runner:
     def _epoch(self, epoch: int) -> tuple[dict, str]:
         """Train one epoch, evaluate (validation; the test split when there is none), keep the selected
         weights, step the schedule, checkpoint. Returns the history row and its selection key."""
-        setup, s, sel = self.setup, self.state, self.setup.spec.select
+        setup, s, sel = self.setup, self.state, self.setup.spec.monitor
         row = {"epoch": epoch, "lr": setup.optimizer.param_groups[0]["lr"]}
         row.update(self.train_epoch(epoch))
         ev = time.perf_counter()
@@ -141,7 +144,8 @@ class Runner:
         with setup.evaluated_weights():  # the moving average, when the run keeps one
             row.update({f"{split}_{k}": v for k, v in setup.evaluate(split).items()})
             if split == "val" and (self.cfg.train.select == "last" or self._improves(row[key], s.best["value"])):
-                s.best = {"epoch": epoch, "value": row[key], "val": {k[4:]: v for k, v in row.items() if k.startswith("val_")}}
+                val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
+                s.best = {"epoch": epoch, "value": row[key], "val": val}
                 self.dir.save("best.pt", {"model": setup.model.state_dict(), "epoch": epoch})
         row["eval_s"] = time.perf_counter() - ev
         if setup.scheduler and not setup.per_step_schedule:
@@ -187,7 +191,7 @@ class Runner:
     def _improves(self, value: float, best: float | None) -> bool:
         if best is None:
             return math.isfinite(value)
-        return value > best if self.setup.select.higher_is_better else value < best
+        return value > best if self.setup.monitor.higher_is_better else value < best
 
     def _init_from(self, run_id: str) -> None:
         """Another run's selected weights (best.pt, else last.pt) before the first epoch; weights that
@@ -214,7 +218,8 @@ class Runner:
                 why = str(e) if isinstance(e, SeqbenchError) else \
                     f"best checkpoint {self.dir / 'best.pt'} is unreadable ({type(e).__name__})"
                 rec = self._record("failed", failure=why)
-                err = SeqbenchError(f"{why}: run recorded as failed ({rec.get('path', 'the record goes to the caller')}); "
+                where = rec.get("path", "the record goes to the caller")
+                err = SeqbenchError(f"{why}: run recorded as failed ({where}); "
                                     f"its last checkpoint {self.dir / 'last.pt'} is kept")
                 err.record = rec  # the failed record, for a caller that writes records itself
                 raise err from None
@@ -249,7 +254,8 @@ class Runner:
             return Selection(last, records.LAST_NO_VAL_SPLIT)
         if s.best["epoch"] is None:
             return Selection(last, records.LAST_NO_FINITE_VAL)
-        return Selection(s.best["epoch"], records.LAST_REQUESTED if self.cfg.train.select == "last" else records.BEST_VAL)
+        last = self.cfg.train.select == "last"
+        return Selection(s.best["epoch"], records.LAST_REQUESTED if last else records.BEST_VAL)
 
     def _record(self, status: str, test=None, failure=None, per_class=None, examples=None, pruning=None) -> dict:
         setup, s, t = self.setup, self.state, self.cfg.train
@@ -266,7 +272,7 @@ class Runner:
             preset=self.cfg.preset, strategy=t.strategy, strategy_label=setup.strategy.label(flat), seed=t.seed,
             config=flat, config_hash=C.config_hash(flat), env=self.env,
             task_info={"kind": spec.kind, "d_input": spec.d_input, "d_output": spec.d_output, "seq_len": spec.seq_len,
-                       "loss": spec.loss, "select": spec.select, "input_shape": list(spec.input_shape) or None,
+                       "loss": spec.loss, "select": spec.monitor, "input_shape": list(spec.input_shape) or None,
                        "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in spec.metrics},
                        "train_samples": getattr(loader, "num_samples", None), **setup.task.info()},
             init_from={"run_id": t.init_from, "file": s.init_source} if t.init_from else None,

@@ -173,7 +173,7 @@ class SeriesTask(Task):
         x, y = self._data()["splits"]["train"]
         return TaskSpec(
             kind=SERIES, d_input=x.shape[1], d_output=y.shape[1], seq_len=self.params.window, loss="mse",
-            metrics=[Metric("rmse", False), Metric("nse", True), Metric("loss", False)], select="rmse",
+            metrics=[Metric("rmse", False), Metric("nse", True), Metric("loss", False)], monitor="rmse",
         )
 
     def example_batch(self, batch_size: int, seed: int = 0) -> tuple:

@@ -203,7 +203,8 @@ class SSMB_SSIF(_Series):
                 starts.append(st)
                 st = model(x[i : i + 1], st)[1]
         self.carry = detach_state(st)
-        zero = [None if d is None else torch.zeros_like(leaf.select(d, 0)) for leaf, d in zip(state_leaves(template), dims)]
+        zero = [None if d is None else torch.zeros_like(leaf.select(d, 0))
+                for leaf, d in zip(state_leaves(template), dims)]
         per = [_split(s, dims) if s is not None else None for s in starts]
         leaves = [None if d is None else torch.stack([p[j][0] if p is not None else zero[j] for p in per])
                   for j, d in enumerate(dims)]
@@ -371,7 +372,8 @@ class MPTT(_Series):
             if need:
                 parts = _split(state, self.dims)
                 bi = torch.as_tensor([b for b, _ in need], device=x.device)
-                self.pending.append(([j for _, j in need], [None if p is None else p.index_select(0, bi).float().cpu() for p in parts]))
+                picked = [None if p is None else p.index_select(0, bi).float().cpu() for p in parts]
+                self.pending.append(([j for _, j in need], picked))
         return torch.cat(outs, 1), state
 
     def update(self, batch, state, out) -> None:

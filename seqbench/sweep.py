@@ -81,14 +81,16 @@ def load_file(path) -> dict:
         import tomli as tomllib
     p = Path(path)
     if not p.is_file():
-        raise SeqbenchError(f"sweep file {clip(str(p), 200)} does not exist" + (" (it is a folder)" if p.is_dir() else ""))
+        folder = " (it is a folder)" if p.is_dir() else ""
+        raise SeqbenchError(f"sweep file {clip(str(p), 200)} does not exist{folder}")
     try:
         data = tomllib.loads(p.read_text())
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise SeqbenchError(f"sweep file {p} is not valid TOML: {clip(str(e), 200)}") from None
     bad = sorted(set(data) - set(FILE_KEYS))
     if bad:
-        raise SeqbenchError(f"sweep file {p}: unknown key(s) {', '.join(map(repr, bad))}; valid: {', '.join(FILE_KEYS)}")
+        raise SeqbenchError(f"sweep file {p}: unknown key(s) {', '.join(map(repr, bad))}; "
+                            f"valid: {', '.join(FILE_KEYS)}")
     if not isinstance(data.get("set", {}), dict):
         raise SeqbenchError(f"sweep file {p}: 'set' must be a table of config keys")
     variants = data.get("variants", [{}])
@@ -118,7 +120,8 @@ def build_spec(file: str | None = None, name: str | None = None, sets: list[str]
     spec.set = {k: _as_list(v) for k, v in {**data.get("set", {}), **flag_sets}.items()}
     spec.variants = data.get("variants") or [{}]
     if not spec.models or not spec.tasks:
-        raise SeqbenchError("a sweep needs models and tasks: a sweep file, or --models and --tasks (see 'seqbench list')")
+        raise SeqbenchError("a sweep needs models and tasks: a sweep file, or --models and --tasks "
+                            "(see 'seqbench list')")
     try:
         spec.seeds = [int(s) for s in spec.seeds]
     except (TypeError, ValueError):
@@ -528,7 +531,8 @@ def _final(spec: Spec, runs: list[Run], results: Path, out) -> None:
     if bad:
         print(f"\n{len(bad)} of {len(runs)} runs not completed:", file=out)
         for r in bad:
-            why = (r.record or {}).get("failure") or ("interrupted: resumes from its checkpoint" if r.status == "resume" else "not run")
+            left = "interrupted: resumes from its checkpoint" if r.status == "resume" else "not run"
+            why = (r.record or {}).get("failure") or left
             print(f"  {r.label}: {why}", file=out)
 
 

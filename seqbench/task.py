@@ -3,7 +3,7 @@
 A task class sets ``kind`` (one of ``registry.INPUT_KINDS``), a ``Params`` dataclass and
 ``presets``; an instance is built from its params and the data root and provides:
 
-    spec() -> TaskSpec                   shapes, loss, metrics with direction, selection metric
+    spec() -> TaskSpec                   shapes, loss, metrics with direction, the monitored one
     use_strategy(strategy_cls)           before spec() and loaders(): a strategy may shape the data
     loaders(batch_size, eval_batch_size, seed) -> {"train", "val"?, "test"}
     wrap(backbone) -> nn.Module          encoder in, ``head`` out; forward(x, state) -> (out, state)
@@ -45,7 +45,7 @@ class TaskSpec:
     seq_len: int
     loss: str
     metrics: list[Metric] = field(default_factory=list)
-    select: str = ""  # metric that picks the best checkpoint (on validation)
+    monitor: str = ""  # the metric validation watches to pick the best epoch (a record's task_info.select)
     input_shape: tuple = ()  # one sample's input shape where it is not [seq_len, d_input] (an image: C, H, W)
 
     def shape_text(self) -> str:

@@ -253,7 +253,7 @@ class SequentialCIFAR(CIFARData, ClassificationTask):
 
     def spec(self) -> TaskSpec:
         return TaskSpec(kind=self.kind, d_input=1 if self.params.gray else 3, d_output=10, seq_len=self.seq_len,
-                        loss="cross_entropy", metrics=self.classification_metrics(), select="acc")
+                        loss="cross_entropy", metrics=self.classification_metrics(), monitor="acc")
 
     def _to_seq(self, x: torch.Tensor) -> torch.Tensor:
         if self.params.gray:

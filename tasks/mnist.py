@@ -122,7 +122,7 @@ class SequentialMNIST(ClassificationTask):
     def spec(self) -> TaskSpec:
         return TaskSpec(
             kind=self.kind, d_input=1, d_output=10, seq_len=self.seq_len, loss="cross_entropy",
-            metrics=self.classification_metrics(), select="acc",
+            metrics=self.classification_metrics(), monitor="acc",
         )
 
     def info(self) -> dict:

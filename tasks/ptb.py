@@ -408,7 +408,7 @@ class PTB(Task):
         return TaskSpec(
             kind=self.kind, d_input=self.params.emb, d_output=self.vocab_size(),
             seq_len=self.params.bptt, loss="cross_entropy",
-            metrics=[Metric(self.metric, False), Metric("loss", False)], select=self.metric,
+            metrics=[Metric(self.metric, False), Metric("loss", False)], monitor=self.metric,
         )
 
     def wrap(self, backbone):

@@ -125,7 +125,7 @@ class SyntheticTask(Task):
     def info(self) -> dict:
         p = self.params
         return {
-            f"baseline_{self.spec().select}": self.baseline(),
+            f"baseline_{self.spec().monitor}": self.baseline(),
             "data_seed": p.data_seed,
             "val_samples": p.n_val,
             "test_samples": p.n_test,
@@ -197,7 +197,7 @@ class CopyTask(SyntheticTask):
     def spec(self) -> TaskSpec:
         return TaskSpec(
             kind=self.kind, d_input=COPY_VOCAB, d_output=COPY_CLASSES, seq_len=self.length,
-            loss="cross_entropy", metrics=[Metric("loss", False), Metric("acc_last10", True)], select="loss",
+            loss="cross_entropy", metrics=[Metric("loss", False), Metric("acc_last10", True)], monitor="loss",
         )
 
     def generate(self, n, rng):
@@ -270,7 +270,7 @@ class AddingTask(SyntheticTask):
     def spec(self) -> TaskSpec:
         return TaskSpec(
             kind=self.kind, d_input=2, d_output=1, seq_len=self.params.seq_len,
-            loss="mse", metrics=[Metric("mse", False)], select="mse",
+            loss="mse", metrics=[Metric("mse", False)], monitor="mse",
         )
 
     def generate(self, n, rng):

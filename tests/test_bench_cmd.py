@@ -38,7 +38,8 @@ def test_bench_without_data_files(tmp_path, monkeypatch, capsys):
         assert set(rows) == {"lstm", "gru+hidden=8", "hippo+step=fast"}
         assert rows["lstm"]["ratio"] == 1.0 and all(r["median_ms"] > 0 and r["flops"] > 0 for r in rows.values())
         assert len(t["round_times_s"]["lstm"]) == 2
-    assert res["configs"]["gru+hidden=8"]["model.hidden"] == 8 and res["configs"]["hippo+step=fast"]["model.step"] == "fast"
+    assert res["configs"]["gru+hidden=8"]["model.hidden"] == 8
+    assert res["configs"]["hippo+step=fast"]["model.step"] == "fast"
     assert res["threads"] == 1
     train = {r["contender"]: r for r in res["tables"][0]["rows"]}
     assert train["lstm"]["flops"] == 3 * 4 * res["tables"][1]["rows"][0]["flops"]  # 3 passes x batch 4

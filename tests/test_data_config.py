@@ -76,9 +76,12 @@ def test_preset_order_and_overrides():
     tiny = config.resolve(m, t, "tiny")
     assert tiny.train.epochs == 1 and tiny.model_params.hidden == 16 and tiny.task_params.train_subset == 512
     paper = config.resolve(m, t, "paper")
-    assert (paper.train.batch_size, paper.train.lr, paper.train.epochs, paper.model_params.hidden) == (100, 1e-3, 50, 512)
-    c = config.resolve(m, t, "tiny", {"model.hidden": "33", "lr": "0.5", "task.test_subset": "none", "deterministic": "yes"})
-    assert (c.model_params.hidden, c.train.lr, c.task_params.test_subset, c.train.deterministic) == (33, 0.5, None, True)
+    p = paper
+    assert (p.train.batch_size, p.train.lr, p.train.epochs, p.model_params.hidden) == (100, 1e-3, 50, 512)
+    c = config.resolve(m, t, "tiny", {"model.hidden": "33", "lr": "0.5", "task.test_subset": "none",
+                                      "deterministic": "yes"})
+    assert (c.model_params.hidden, c.train.lr, c.task_params.test_subset, c.train.deterministic) == \
+        (33, 0.5, None, True)
     flat = c.flat()
     again = config.from_flat(flat, m, t)
     assert again.flat() == flat

@@ -129,16 +129,19 @@ def test_torchvision_checkpoint_loads_through_model_pretrained(tmp_path):
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(SeqbenchError, match="unreadable as a torch checkpoint"):
-        model.cls(3, config.resolve(model, registry.get_task("camvid"), "fast", {"model.pretrained": str(bad)}).model_params)
+        model.cls(3, config.resolve(model, registry.get_task("camvid"), "fast",
+                                    {"model.pretrained": str(bad)}).model_params)
     with pytest.raises(SeqbenchError, match="needs 'model.width' 64"):
         config.resolve(model, registry.get_task("camvid"), "tiny", {"model.pretrained": str(path)})
     r50 = tmp_path / "r50.pth"
     torch.save(torchvision.models.resnet50(weights=None).state_dict(), r50)
     with pytest.raises(SeqbenchError, match="does not fit this trunk"):
-        model.cls(3, config.resolve(model, registry.get_task("camvid"), "fast", {"model.pretrained": str(r50)}).model_params)
+        model.cls(3, config.resolve(model, registry.get_task("camvid"), "fast",
+                                    {"model.pretrained": str(r50)}).model_params)
 
 
-@pytest.mark.parametrize("name,os_,want", [("resnet18", 8, 8), ("resnet18", 16, 4), ("resnet50", 8, 8), ("resnet18", 32, 2)])
+@pytest.mark.parametrize("name,os_,want",
+                         [("resnet18", 8, 8), ("resnet18", 16, 4), ("resnet50", 8, 8), ("resnet18", 32, 2)])
 def test_output_stride(name, os_, want):
     t = imagenet_trunk(name, os_, width=8)
     assert t(torch.zeros(1, 3, 64, 64)).shape[-2:] == (want, want) and t.output_stride == os_
@@ -151,7 +154,13 @@ def test_cifar_checkpoints_with_the_old_block_names_still_load():
     m = model.cls(3, config.resolve(model, registry.get_task("cifar10"), "tiny").model_params)
     sd = m.state_dict()
     assert any(k.startswith("trunk.layer1.0.") for k in sd)
-    old = {k.replace("layer1.", "layer1.blocks.").replace("layer2.", "layer2.blocks.").replace("layer3.", "layer3.blocks."): v
+
+    def blocks(k):
+        for i in (1, 2, 3):
+            k = k.replace(f"layer{i}.", f"layer{i}.blocks.")
+        return k
+
+    old = {blocks(k): v
            for k, v in sd.items()}
     m2 = model.cls(3, config.resolve(model, registry.get_task("cifar10"), "tiny").model_params)
     m2.load_state_dict(old)  # strict
@@ -270,7 +279,8 @@ def test_camvid_offline_and_corrupted_are_one_line(env, capsys, tmp_path, monkey
 def test_ade20k_offline_is_one_line(capsys, tmp_path, monkeypatch):
     monkeypatch.setenv("SEQBENCH_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
-    assert main(["run", "--model", "fcn", "--task", "ade20k", "--preset", "tiny", "--results", str(tmp_path / "r")]) == 2
+    assert main(["run", "--model", "fcn", "--task", "ade20k", "--preset", "tiny",
+                 "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "ADE20K data not found" in err[0] and "objectInfo150.txt" in err[0]
 

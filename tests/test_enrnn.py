@@ -216,7 +216,8 @@ def designed_W2(kind: str) -> torch.Tensor:
     """A 5 x 5 real matrix with a chosen spectrum: top eigenvalue real 1.5, or a complex pair
     1.2 e^{+-0.7i}; the others inside the unit disc."""
     g = torch.Generator().manual_seed(3)
-    rot = lambda r, t: r * torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
+    def rot(r, t):
+        return r * torch.tensor([[math.cos(t), -math.sin(t)], [math.sin(t), math.cos(t)]], dtype=torch.float64)
     L = torch.zeros(5, 5, dtype=torch.float64)
     if kind == "real":
         L[0, 0], L[1, 1], L[2, 2] = 1.5, 0.9, -0.7
@@ -247,7 +248,8 @@ def test_eigenvalue_normalisation_gradient_autograd_closed_form_finite_differenc
 
     fd = finite_differences(f, m.W2)
     e_closed, e_fd = rel(auto, closed), rel(auto, fd)
-    print(f"\nEN dL/dW2 ({kind} top eigenvalue): |auto - closed|/|closed| = {e_closed:.2e}, |auto - fd|/|fd| = {e_fd:.2e}")
+    print(f"\nEN dL/dW2 ({kind} top eigenvalue): |auto - closed|/|closed| = {e_closed:.2e}, "
+          f"|auto - fd|/|fd| = {e_fd:.2e}")
     assert e_closed < 1e-10 and e_fd < 1e-8
     # the normalisation matters: the gradient is not G / sigma alone
     assert rel(W2b.grad / rho, closed) > 1e-3
@@ -304,7 +306,8 @@ def test_training_keeps_W1_orthogonal_and_W2bar_in_the_unit_disc():
         loss.backward()
         opt.step()
     print(f"\n200 steps: max ||W1^T W1 - I||_F = {worst_orth:.2e}, max rho(W̄2) = {worst_rho:.8f}, "
-          f"normalised from step {first_active}, |A - A0| = {float((m.A.detach() - A0).norm()):.2f}, loss {float(loss.detach()):.3f}")
+          f"normalised from step {first_active}, |A - A0| = {float((m.A.detach() - A0).norm()):.2f}, "
+          f"loss {float(loss.detach()):.3f}")
     assert worst_orth < 1e-5
     assert worst_rho <= 1 + 1e-6
     assert first_active is not None and first_active < 150

@@ -190,7 +190,8 @@ def test_results_folder_that_is_a_file(env, capsys):
              f"results folder {f} cannot be written")
     assert f.read_text() == "not a folder"
     below = f / "deeper"
-    one_line(capsys, ["run", "--model", "lstm", "--task", "pmnist", *TINY, "--results", str(below)], "cannot be written")
+    one_line(capsys, ["run", "--model", "lstm", "--task", "pmnist", *TINY, "--results", str(below)],
+             "cannot be written")
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root writes into read-only folders")
@@ -199,7 +200,8 @@ def test_read_only_results_folder(env, capsys):
     res.mkdir()
     res.chmod(0o500)
     try:
-        one_line(capsys, ["run", "--model", "lstm", "--task", "pmnist", *TINY, "--results", str(res)], "cannot be written")
+        one_line(capsys, ["run", "--model", "lstm", "--task", "pmnist", *TINY, "--results", str(res)],
+                 "cannot be written")
     finally:
         res.chmod(0o755)
 
@@ -248,7 +250,8 @@ def test_report_skips_incomplete_records_with_one_warning_each(env, capsys):
     good = next((res / "runs").glob("*.json"))
     rec = json.loads(good.read_text())
     for name, change in {"null-metrics": {"metrics": None}, "no-config": {"config": "__drop__"},
-                         "null-measure": {"measure": None}, "no-test": {"metrics": {"best_epoch": 1, "val": {}, "test": None}}}.items():
+                         "null-measure": {"measure": None},
+                         "no-test": {"metrics": {"best_epoch": 1, "val": {}, "test": None}}}.items():
         bad = {k: v for k, v in rec.items() if change.get(k) != "__drop__"}
         bad.update({k: v for k, v in change.items() if v != "__drop__"})
         bad["run_id"] = name
@@ -261,7 +264,8 @@ def test_report_skips_incomplete_records_with_one_warning_each(env, capsys):
     warnings = [ln for ln in err.splitlines() if ln.startswith("seqbench: warning:")]
     assert len(warnings) == 5 and len(set(warnings)) == 5, err
     assert "seqbench: warning" not in out
-    assert any("field 'metrics' is null" in w for w in warnings) and any("field 'config' is missing" in w for w in warnings)
+    assert any("field 'metrics' is null" in w for w in warnings)
+    assert any("field 'config' is missing" in w for w in warnings)
     assert any("unreadable record" in w and "torn.json" in w for w in warnings)
 
 
@@ -316,7 +320,8 @@ def test_stale_temporary_records_are_removed(env):
 def test_record_mode_follows_the_umask(env):
     old = os.umask(0o022)
     try:
-        rec = Runner(config.resolve(registry.get_model("gru"), registry.get_task("pmnist"), "tiny", QUICK), quiet=True).fit()
+        cfg = config.resolve(registry.get_model("gru"), registry.get_task("pmnist"), "tiny", QUICK)
+        rec = Runner(cfg, quiet=True).fit()
     finally:
         os.umask(old)
     assert os.stat(rec["path"]).st_mode & 0o777 == 0o644
@@ -334,7 +339,8 @@ def test_a_run_in_use_is_refused_and_a_dead_owner_is_taken_over(env, capsys):
     try:
         lock.write_text(f"{socket.gethostname()} {sleeper.pid} feedbeef\n")
         capsys.readouterr()
-        one_line(capsys, ["run", "--resume", run_id, "--results", str(res)], f"run '{run_id}' is in use by process {sleeper.pid}")
+        one_line(capsys, ["run", "--resume", run_id, "--results", str(res)],
+                 f"run '{run_id}' is in use by process {sleeper.pid}")
         assert not (res / "runs").exists() or not list((res / "runs").glob("*.json"))
     finally:
         sleeper.kill()
@@ -385,7 +391,7 @@ def test_progress_in_a_log_is_plain_lines(env, capsys):
     for _ in Progress(range(3), total=3, desc="epoch 1", every=0.0):
         pass
     err = capsys.readouterr().err
-    assert err.splitlines() == ["  epoch 1: 1/3 steps (0 s)", "  epoch 1: 2/3 steps (0 s)", "  epoch 1: 3/3 steps (0 s)"]
+    assert err.splitlines() == [f"  epoch 1: {i}/3 steps (0 s)" for i in (1, 2, 3)]
     assert main(["run", "--model", "gru", "--task", "pmnist", "--preset", "tiny", "--set", "limit_batches=2",
                  "--set", "latency_time=0.01"]) == 0
     out, err = capsys.readouterr()

@@ -91,16 +91,19 @@ def test_any_recurrent_model_as_the_dia_cell(cell):
     unit = model.backbone.trunk.layer1.blocks[0].attn
     assert unit.cell.cell.name == cell and unit.cell.cell.d_output == 2  # hidden C/r = 8/4
     assert all(p.grad is not None for p in unit.parameters())
-    assert count_flops(model, torch.zeros(1, 3, 32, 32)) > count_flops(build("resnet", depth=8, width=8), torch.zeros(1, 3, 32, 32))
+    x = torch.zeros(1, 3, 32, 32)
+    assert count_flops(model, x) > count_flops(build("resnet", depth=8, width=8), x)
 
 
 def test_bad_dia_cell_is_one_line():
     with pytest.raises(SeqbenchError, match="'model.dia_cell': expected dia-lstm or a registered recurrent model"):
-        config.resolve(registry.get_model("dia-resnet"), registry.get_task("cifar10"), "tiny", {"model.dia_cell": "resnet"})
+        config.resolve(registry.get_model("dia-resnet"), registry.get_task("cifar10"), "tiny",
+                       {"model.dia_cell": "resnet"})
 
 
 @pytest.mark.parametrize("model", ["resnet", "se-resnet", "dia-resnet"])
-@pytest.mark.parametrize("ablation", [{"skip": False}, {"bn": False}, {"preact": True}, {"preact": True, "skip": False}])
+@pytest.mark.parametrize("ablation",
+                         [{"skip": False}, {"bn": False}, {"preact": True}, {"preact": True, "skip": False}])
 def test_ablations_run(model, ablation):
     m = build(model, depth=8, width=4, **ablation)
     y, _ = m(torch.randn(2, 3, 32, 32))
@@ -207,7 +210,8 @@ def test_checksums_are_checked(env, capsys, monkeypatch):
     monkeypatch.setenv("SEQBENCH_VERIFY", "1")  # generated files cannot match torchvision's md5s
     assert main(["run", "--model", "resnet", "--task", "cifar10", "--preset", "tiny"]) == 2
     assert "is corrupted" in capsys.readouterr().err
-    assert main(["run", "--model", "resnet", "--task", "cifar10", "--preset", "tiny", "--set", "task.source=subset"]) == 2
+    assert main(["run", "--model", "resnet", "--task", "cifar10", "--preset", "tiny",
+                 "--set", "task.source=subset"]) == 2
     err = capsys.readouterr().err
     assert "CIFAR-10 subset file" in err and "is corrupted" in err
 

@@ -45,21 +45,26 @@ def test_group_membership_by_hand(one_thread):
     # input 4 -> LSTM 3 -> LSTM 2 -> head Linear(2, 5); torch's gate rows i, f, g, o
     m, head = build()
     pen, car = members(m, head)
-    rows = {(0, 0): [0, 3, 6, 9], (0, 1): [1, 4, 7, 10], (0, 2): [2, 5, 8, 11], (1, 0): [0, 2, 4, 6], (1, 1): [1, 3, 5, 7]}
-    w_ih0, w_hh0, w_ih1, w_hh1 = "lstms.0.weight_ih_l0", "lstms.0.weight_hh_l0", "lstms.1.weight_ih_l0", "lstms.1.weight_hh_l0"
+    rows = {(0, 0): [0, 3, 6, 9], (0, 1): [1, 4, 7, 10], (0, 2): [2, 5, 8, 11],
+            (1, 0): [0, 2, 4, 6], (1, 1): [1, 3, 5, 7]}
+    w_ih0, w_hh0 = "lstms.0.weight_ih_l0", "lstms.0.weight_hh_l0"
+    w_ih1, w_hh1 = "lstms.1.weight_ih_l0", "lstms.1.weight_hh_l0"
     expect = {}
-    for k in range(3):  # layer 0: its gate rows of W_ih0 [12, 4] and W_hh0 [12, 3], column k of W_hh0, column k of W_ih1 [8, 3]
+    # layer 0: its gate rows of W_ih0 [12, 4] and W_hh0 [12, 3], column k of W_hh0, column k of W_ih1 [8, 3]
+    for k in range(3):
         r = rows[(0, k)]
         expect[(0, k)] = ({(w_ih0, i, j) for i in r for j in range(4)} | {(w_hh0, i, j) for i in r for j in range(3)}
                           | {(w_hh0, i, k) for i in range(12)} | {(w_ih1, i, k) for i in range(8)})
-    for k in range(2):  # layer 1: gate rows of W_ih1 [8, 3] and W_hh1 [8, 2], column k of W_hh1, column k of head [5, 2]
+    # layer 1: gate rows of W_ih1 [8, 3] and W_hh1 [8, 2], column k of W_hh1, column k of head [5, 2]
+    for k in range(2):
         r = rows[(1, k)]
         expect[(1, k)] = ({(w_ih1, i, j) for i in r for j in range(3)} | {(w_hh1, i, j) for i in r for j in range(2)}
                           | {(w_hh1, i, k) for i in range(8)} | {("head.weight", i, k) for i in range(5)})
     assert pen == expect
     # the biases are carried (copied when pruning), outside the Lasso and the zero check
-    assert car[(0, 1)] == {("lstms.0.bias_ih_l0", i) for i in rows[(0, 1)]} | {("lstms.0.bias_hh_l0", i) for i in rows[(0, 1)]}
-    assert car[(1, 0)] == {("lstms.1.bias_ih_l0", i) for i in rows[(1, 0)]} | {("lstms.1.bias_hh_l0", i) for i in rows[(1, 0)]}
+    for layer, k in ((0, 1), (1, 0)):
+        biases = (f"lstms.{layer}.bias_ih_l0", f"lstms.{layer}.bias_hh_l0")
+        assert car[(layer, k)] == {(b, i) for b in biases for i in rows[(layer, k)]}
 
     # every weight entry: how many groups own it
     owners = {}
@@ -276,7 +281,8 @@ def test_runner_prunes_tests_and_saves_the_small_model(env):
     from seqbench.runner import Runner
 
     over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0"}
-    rec = Runner(config.resolve(registry.get_model("iss-lstm"), registry.get_task("ptb"), "tiny", over), quiet=True).fit()
+    rec = Runner(config.resolve(registry.get_model("iss-lstm"), registry.get_task("ptb"), "tiny", over),
+                 quiet=True).fit()
     assert rec["status"] == "completed", rec["failure"]
     st, meas = rec["measure"]["structure"], rec["measure"]
     assert st["sizes"] == [1, 1] and st["pruned_from"] == [16, 16]

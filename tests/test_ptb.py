@@ -297,7 +297,8 @@ def test_rhn_paper_presets_follow_the_reference():
     drops = lambda c: (c.task_params.word_dropout, c.task_params.dropout, c.model_params.drop_h)  # noqa: E731
     assert drops(base) == (0.25, 0.75, 0.25) and drops(iss) == pytest.approx((0.15, 0.45, 0.15))
     assert (base.train.epochs, base.model_params.lam) == (500, 0.0)
-    assert (iss.train.epochs, iss.model_params.lam * 35, iss.model_params.threshold) == (150, pytest.approx(0.005), 4e-4)
+    got = (iss.train.epochs, iss.model_params.lam * 35, iss.model_params.threshold)
+    assert got == (150, pytest.approx(0.005), 4e-4)
 
 
 # -------------------------------------------------------------------------------------- dropout

@@ -18,7 +18,8 @@ def fake_record(run_id, model="lstm", task="pmnist", seed=0, acc=0.9, lat=2.0, s
         "task_info": {"select": "acc", "metrics": {"acc": "higher", "loss": "lower"}},
         "metrics": {"val": {"acc": acc - 0.01, "loss": 0.3}, "test": {"acc": acc, "loss": 0.3},
                     "selection": {"epoch": 2, "reason": "best_val"}}
-        if status == "completed" else {"val": None, "test": None, "selection": {"epoch": 0, "reason": "last_no_finite_val"}},
+        if status == "completed" else {"val": None, "test": None,
+                                       "selection": {"epoch": 0, "reason": "last_no_finite_val"}},
         "history": [{"epoch": 1, "val_acc": acc / 2}, {"epoch": 2, "val_acc": acc}] if status == "completed" else [],
         "measure": {
             "params": {"total": 1000, "nonzero": 900}, "sparsity": {"overall": 0.1, "per_tensor": {}},
@@ -142,7 +143,8 @@ def test_nan_is_written_as_null(tmp_path):
 
 
 def test_report_tables_and_plots(tmp_path):
-    for i, (model, acc, lat) in enumerate([("lstm", 0.90, 2.0), ("lstm", 0.92, 2.2), ("gru", 0.95, 1.5), ("hippo", 0.80, 1.0)]):
+    runs = [("lstm", 0.90, 2.0), ("lstm", 0.92, 2.2), ("gru", 0.95, 1.5), ("hippo", 0.80, 1.0)]
+    for i, (model, acc, lat) in enumerate(runs):
         records.write(fake_record(f"r{i}", model=model, seed=i, acc=acc, lat=lat), tmp_path)
     records.write(fake_record("bad", status="failed"), tmp_path)
     (tmp_path / "runs" / "junk.json").write_text("{not json")
@@ -177,7 +179,7 @@ def test_report_shows_a_tasks_memoryless_baseline(tmp_path):
     lines = (tmp_path / "report.md").read_text().splitlines()
     copy_row = next(r for r in lines if r.startswith("| copy |"))
     pmnist_row = next(r for r in lines if r.startswith("| pmnist |"))
-    header = lines[lines.index(next(r for r in lines if r.startswith("| task | model | preset | strategy | variant | n |")))]
+    header = next(r for r in lines if r.startswith("| task | model | preset | strategy | variant | n |"))
     col = [c.strip() for c in header.split("|")].index("baseline")
     assert [c.strip() for c in copy_row.split("|")][col] == "0.0945"
     assert [c.strip() for c in pmnist_row.split("|")][col] == "–"
@@ -247,7 +249,8 @@ def test_gain_over_the_reference_model_is_paired_by_seed(tmp_path):
                                    ("own-lr", 0, 0.25, {rnn_only: "CHANGED", "lr": 0.5}),  # vs fcn lr=0.5
                                    ("orphan", 0, 0.5, {"lr": 0.25})):  # no fcn at lr 0.25
         r = fake_record(name, model="dag-rnn", task="camvid", seed=seed, acc=acc)
-        r["config"] = {**config.resolve(registry.get_model("dag-rnn"), registry.get_task("camvid"), "tiny").flat(), **extra}
+        base = config.resolve(registry.get_model("dag-rnn"), registry.get_task("camvid"), "tiny").flat()
+        r["config"] = {**base, **extra}
         recs.append(r)
     df = report.frame(recs)
     rows = report.gain_tables(df)["camvid"]

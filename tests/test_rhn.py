@@ -53,7 +53,8 @@ def test_group_membership_by_hand():
             if model.p.tied_groups:
                 want = want + model.W.weight[:, k].pow(2).sum()
             for lin in model.R:
-                want = want + lin.weight[k].pow(2).sum() + lin.weight[3 + k].pow(2).sum() + lin.weight[:, k].pow(2).sum()
+                w = lin.weight
+                want = want + w[k].pow(2).sum() + w[3 + k].pow(2).sum() + w[:, k].pow(2).sum()
             want = want + head.weight[:, k].pow(2).sum()
             assert model.group_sq_norms(head)[k].item() == pytest.approx(want.item())
     # the regulariser's gradient is finite at an all-zero group

@@ -203,7 +203,8 @@ def test_official_split_tests_dev_every_epoch_without_validation(env):
 def test_missing_and_corrupted_files_are_one_line(env, tmp_path, capsys, monkeypatch):
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(SeqbenchError, match=r"SQuAD v1.1 data not found: missing dev-v1.1.json in .*downloads are off") as e:
+    missing = r"SQuAD v1.1 data not found: missing dev-v1.1.json in .*downloads are off"
+    with pytest.raises(SeqbenchError, match=missing) as e:
         task(root=empty, split="dev-holdout").data()
     assert "\n" not in str(e.value)
     monkeypatch.setenv("SEQBENCH_VERIFY", "1")  # the generated file is not the real one
@@ -328,8 +329,9 @@ def test_iss_groups_by_hand():
 
 def _batch(B=3, Tc=9, Tq=4, W=5, seed=1):
     g = torch.Generator().manual_seed(seed)
-    cw, qw = torch.randn(B, Tc, 6, generator=g, dtype=torch.float64), torch.randn(B, Tq, 6, generator=g, dtype=torch.float64)
-    cc, qc = torch.randn(B, Tc, W, 2, generator=g, dtype=torch.float64), torch.randn(B, Tq, W, 2, generator=g, dtype=torch.float64)
+    f64 = torch.float64
+    cw, qw = torch.randn(B, Tc, 6, generator=g, dtype=f64), torch.randn(B, Tq, 6, generator=g, dtype=f64)
+    cc, qc = torch.randn(B, Tc, W, 2, generator=g, dtype=f64), torch.randn(B, Tq, W, 2, generator=g, dtype=f64)
     cm = torch.arange(Tc)[None] < torch.tensor([[Tc], [5], [7]])[:B]
     qm = torch.arange(Tq)[None] < torch.tensor([[Tq], [2], [3]])[:B]
     return cw, cc, qw, qc, cm, qm
@@ -405,7 +407,8 @@ def test_runner_with_iss_prunes_records_kept_components_and_saves(env):
     """Threshold 1 zeroes every grouped weight after the first step: one unit per direction
     survives; the record keeps the kept counts, pruned.pt the small model, EMA included."""
     over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0", "ema": "0.9"}
-    rec = Runner(config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over), quiet=True).fit()
+    rec = Runner(config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over),
+                 quiet=True).fit()
     assert rec["status"] == "completed", rec["failure"]
     st, meas = rec["measure"]["structure"], rec["measure"]
     assert st["sizes"] == [1] * 6 and st["pruned_from"] == [4] * 6
@@ -422,10 +425,12 @@ def test_presets_and_init_from_for_iss_fine_tuning(env):
     names = config.preset_names(entry.cls, t.cls, "squad")
     assert {"fast-iss", "paper-iss"} <= set(names)
     p = config.resolve(entry, t, "paper-iss")
-    assert (p.model_params.lam, p.model_params.threshold, p.model_params.dropout, p.model_params.hidden) == (0.001, 4e-4, 0.1, 100)
+    mp = p.model_params
+    assert (mp.lam, mp.threshold, mp.dropout, mp.hidden) == (0.001, 4e-4, 0.1, 100)
     assert (p.train.batch_size, p.train.lr, p.train.ema, p.task_params.split) == (60, 1e-3, 0.999, "official")
     f = config.resolve(entry, t, "fast-iss")
-    assert f.task_params.split == "dev-holdout" and f.model_params.hidden == config.resolve(entry, t, "fast").model_params.hidden
+    assert f.task_params.split == "dev-holdout"
+    assert f.model_params.hidden == config.resolve(entry, t, "fast").model_params.hidden
     dense = Runner(config.resolve(entry, t, "tiny", QUICK), quiet=True)
     dense.fit()
     over = {**QUICK, "model.lam": "0.01", "init_from": dense.run_id}
@@ -438,7 +443,8 @@ def test_bench_a_trained_bidaf_run_against_its_pruned_model(env, capsys):
     """``seqbench bench --run`` on a QA run (EMA on: best.pt holds the thresholded average): the
     model rebuilt as the run built it, pruned, both timed at batch 1 (the plumbing, not the times)."""
     over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0", "ema": "0.5"}
-    rec = Runner(config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over), quiet=True).fit()
+    rec = Runner(config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over),
+                 quiet=True).fit()
     out = env["tmp"] / "bench"
     assert main(["bench", "--run", rec["run_id"], "--batch-size", "2", "--out", str(out), "--rounds", "2",
                  "--min-run-time", "0.01", "--threads", "1"]) == 0

@@ -166,7 +166,8 @@ def test_sspl_feeds_last_epochs_predictions():
     s.end(True)
     s.start(True)  # next epoch: inputs at steps >= 1 are the predictions for the step before
     seen = {}
-    s_model = lambda x, st: (seen.setdefault("x", x), None)
+    def s_model(x, st):
+        return seen.setdefault("x", x), None
     s.forward(s_model, batch)
     assert torch.allclose(seen["x"][:, 1:, -1], out[:, :-1, 0])
     assert torch.allclose(seen["x"][:, 0, -1], w["x"][ids, 0, -1])  # step 0 stays observed

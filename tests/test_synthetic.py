@@ -52,7 +52,7 @@ def test_copy_split_layout_and_shapes():
     assert (y[:, : T + 10] == BLANK).all() and torch.equal(y[:, T + 10 :], seq)
     assert (y < 9).all()  # the marker is never a target: 9 output classes
     s = task.spec()
-    assert (s.d_input, s.d_output, s.seq_len, s.select) == (10, 9, L, "loss")
+    assert (s.d_input, s.d_output, s.seq_len, s.monitor) == (10, 9, L, "loss")
     assert {m.name: m.higher_is_better for m in s.metrics} == {"loss": False, "acc_last10": True}
     # all 8 data symbols occur, nothing else
     assert set(seq.unique().tolist()) == set(range(1, 9))
@@ -102,7 +102,7 @@ def test_adding_layout_follows_reference_marker_rule():
     assert set(pos[:, 0].tolist()) == {0, 1} and set(pos[:, 1].tolist()) == {2, 3, 4}
     assert torch.equal(y, v.gather(1, pos).sum(1))
     s = task.spec()
-    assert (s.d_input, s.d_output, s.seq_len, s.select) == (2, 1, T, "mse")
+    assert (s.d_input, s.d_output, s.seq_len, s.monitor) == (2, 1, T, "mse")
     with pytest.raises(SeqbenchError, match="seq_len"):
         make("adding", seq_len=2)
 
@@ -144,7 +144,8 @@ def test_generation_deterministic_and_splits_differ(name):
     xs0 = torch.cat([xb for xb, _ in l0["train"]])
     xs1 = torch.cat([xb for xb, _ in l1["train"]])
     assert not torch.equal(xs0, xs1)
-    key = lambda t: sorted(map(tuple, t.flatten(1).tolist()))
+    def key(t):
+        return sorted(map(tuple, t.flatten(1).tolist()))
     assert key(xs0) == key(xs1) == key(data["train"][0])
     for s in ("val", "test"):
         assert [len(xb) for xb, _ in l0[s]] == [5, 5, 5, 1]  # never drops the last batch
@@ -185,6 +186,7 @@ def test_presets_resolve(name):
         assert paper.train.epochs * t.n_train // paper.train.batch_size == 4000  # the reference's iterations
     else:
         t = paper.task_params
-        assert (t.seq_len, t.n_train, paper.train.epochs, paper.train.batch_size, paper.train.lr) == (750, 100000, 6, 50, 1e-4)
+        tr = paper.train
+        assert (t.seq_len, t.n_train, tr.epochs, tr.batch_size, tr.lr) == (750, 100000, 6, 50, 1e-4)
     assert config.resolve(lstm, entry, "fast").task_params.seq_len == 200
     assert config.resolve(lstm, entry, "tiny").train.epochs == 1
