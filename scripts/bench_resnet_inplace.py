@@ -1,7 +1,8 @@
 """Inference time of ResNet-164 (the ``resnet`` model's ``paper`` preset: bottleneck blocks, widths
 16/32/64, GAP + linear head for CIFAR-10) with the in-place ReLUs and residual adds of
-``seqbench/resnet.py`` against the out-of-place forward (kept here), in eval mode under no_grad, on
-two copies with the same weights, timed side by side (``seqbench.measure.interleaved``).
+``seqbench/resnet.py`` against the out-of-place forward (``tests/test_resnet_inplace.py``'s
+reference), in eval mode under no_grad, on two copies with the same weights, timed side by side
+(``seqbench.measure.interleaved``).
 
     OMP_NUM_THREADS=1 python scripts/bench_resnet_inplace.py --threads 1
 """
@@ -10,51 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
-import types
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 
 from seqbench import measure, records
 from seqbench.image import ImageClassifier
-from seqbench.resnet import Block, ResNetTrunk, cifar_layers
+from seqbench.resnet import ResNetTrunk, cifar_layers
 
-
-def out_of_place_branch(self, x):
-    out = x
-    for i in range(1, self.n_convs + 1):
-        conv, norm = getattr(self, f"conv{i}"), getattr(self, f"bn{i}")
-        if self.preact:
-            out = conv(F.relu(norm(out)))
-        else:
-            out = norm(conv(out))
-            if i < self.n_convs:
-                out = F.relu(out)
-    return self.bn_extra(out) if self.bn_extra is not None else out
-
-
-def out_of_place_block(self, x, state=None):
-    out = self.branch(x)
-    if self.attn is not None:
-        out, state = self.attn(out, state)
-    if self.skip:
-        out = out + (self.downsample(x) if self.downsample is not None else x)
-    return (out if self.preact else F.relu(out)), state
-
-
-def out_of_place_trunk(self, x):
-    x = self.conv1(x)
-    if self.bn1 is not None:
-        x = F.relu(self.bn1(x))
-    if self.maxpool is not None:
-        x = self.maxpool(x)
-    for stage in self.stages():
-        x = stage(x)
-    if self.final_bn is not None:
-        x = F.relu(self.final_bn(x))
-    return x
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+from test_resnet_inplace import out_of_place as reference_forward  # noqa: E402  (the tests' reference, one copy)
 
 
 def build(depth: int, out_of_place: bool) -> ImageClassifier:
@@ -63,11 +31,7 @@ def build(depth: int, out_of_place: bool) -> ImageClassifier:
     n = cifar_layers(depth, "bottleneck")
     trunk = ResNetTrunk(3, block="bottleneck", layers=[n, n, n], widths=[16, 32, 64], stem="cifar")
     if out_of_place:
-        for m in trunk.modules():
-            if isinstance(m, Block):
-                m.branch = types.MethodType(out_of_place_branch, m)
-                m.forward = types.MethodType(out_of_place_block, m)
-        trunk.forward = types.MethodType(out_of_place_trunk, trunk)
+        reference_forward(trunk)
     return ImageClassifier(trunk, 10, (3, 32, 32)).eval()
 
 
