@@ -76,13 +76,12 @@ class Runner:
         if (res / "runs" / f"{run_id}.json").exists():
             raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
         rd.check_free()
+        what = f"cannot resume '{run_id}': checkpoint"
+        ck = rd.load("last.pt", what=what)
         try:
-            ck = rd.load("last.pt")
             flat = ck["config"]
-        except (SeqbenchError, KeyError, TypeError) as e:
-            why = type(e).__name__ if not isinstance(e, SeqbenchError) else str(e).rpartition("(")[2].rstrip(")")
-            raise SeqbenchError(f"cannot resume '{run_id}': checkpoint {rd / 'last.pt'} "
-                                f"is unreadable ({why})") from None
+        except (KeyError, TypeError) as e:  # a foreign file
+            raise SeqbenchError(f"{what} {rd / 'last.pt'} is unreadable ({type(e).__name__})") from None
         cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.setup.load_state_dict(ck)
