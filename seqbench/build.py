@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import config as C
-from . import registry
+from . import distributed, registry
 from .data import data_root
 from .ema import WeightEMA
 from .errors import SeqbenchError
@@ -156,10 +156,14 @@ def _to(batch, device, channels_last: bool = False):
 # ---------------------------------------------------------------------------------- the setup
 class Setup:
     """What a run trains and evaluates with: built by ``build(cfg)``; its state (``state_dict``) is what
-    a checkpoint keeps besides the runner's own bookkeeping."""
+    a checkpoint keeps besides the runner's own bookkeeping. ``model`` is the plain model (evaluation,
+    hooks, checkpoints); ``train_model`` what the training steps call (in a distributed run: the model in
+    DistributedDataParallel)."""
 
-    def __init__(self, cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema):
-        self.cfg, self.device, self.threads = cfg, device, threads
+    def __init__(self, cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema,
+                 world: distributed.World = distributed.SINGLE):
+        self.cfg, self.device, self.threads, self.world = cfg, device, threads, world
+        self.train_model = model
         self.task, self.spec, self.loaders, self.model = task, spec, loaders, model
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.strategy, self.ema = strategy, ema
@@ -186,13 +190,25 @@ class Setup:
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
 
-    def batches(self, split: str):
-        """The split's batches on the run's device (at most ``limit_batches``)."""
-        limit = self.cfg.train.limit_batches
+    def batches(self, split: str, train: bool = False):
+        """The split's batches on the run's device (at most ``limit_batches``); in a distributed run this
+        rank's part of them: its rows of every batch when training (or when the strategy carries state
+        through evaluation), else every world-size-th batch."""
+        for _, batch in self._sharded(split, train):
+            yield batch
+
+    def _sharded(self, split: str, train: bool):
+        limit, w = self.cfg.train.limit_batches, self.world
+        by_rows = train or self.strategy.eval_shard == "rows"
         for i, batch in enumerate(self.loaders[split]):
             if limit and i >= limit:
                 return
-            yield _to(batch, self.device, self.cfg.train.channels_last)
+            if w.on:
+                if by_rows:
+                    batch = distributed.take_rows(batch, distributed.rows(distributed.batch_rows(batch), w))
+                elif i % w.size != w.rank:
+                    continue
+            yield i, _to(batch, self.device, self.cfg.train.channels_last)
 
     def n_batches(self, split: str) -> int:
         n, limit = len(self.loaders[split]), self.cfg.train.limit_batches
@@ -206,9 +222,14 @@ class Setup:
         t, model, opt, head = self.cfg.train, self.model, self.optimizer, self.head
         reg, after_step = self.hook("regularization"), self.hook("after_step")
         with self.autocast():
-            out, state = model(batch[0]) if plain else self.strategy.forward(model, batch)
-            loss = self.task.loss(out, batch[1])
-            total = loss + reg(head) if reg is not None else loss
+            out, state = self.train_model(batch[0]) if plain else self.strategy.forward(self.train_model, batch)
+            if self.world.on:  # the global batch's mean: this rank's sum over the count of all ranks
+                part, count = self.task.loss_terms(out, batch[1])
+                both = distributed.all_sum(torch.stack([part.detach().float(), count.detach().float()]))
+                loss, objective = both[0] / both[1], part * (self.world.size / both[1])
+            else:
+                loss = objective = self.task.loss(out, batch[1])
+            total = objective + reg(head) if reg is not None else objective
         opt.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if t.grad_clip > 0:
@@ -228,19 +249,18 @@ class Setup:
 
     @torch.no_grad()
     def eval_sums(self, split: str) -> dict:
-        """The task's ``eval_stats`` summed over the whole split (float64, on the CPU)."""
+        """The task's ``eval_stats`` summed over the whole split (float64, on the CPU; in a distributed
+        run over every rank's part, as one process sums them: ``distributed.StatSum``)."""
         self.model.eval()
         self.strategy.start(train=False)
-        sums: dict = {}
-        for batch in self.batches(split):
+        sums = distributed.StatSum(self.world)
+        for i, batch in self._sharded(split, train=False):
             with self.autocast():
                 out, state = self.strategy.forward(self.model, batch)
             self.strategy.update(batch, state, out)
-            for k, v in self.task.eval_stats(out, batch[1]).items():
-                v = v.detach().to("cpu", torch.float64)
-                sums[k] = sums[k] + v if k in sums else v
+            sums.add(i, {k: v.detach().cpu() for k, v in self.task.eval_stats(out, batch[1]).items()})
         self.strategy.end(train=False)
-        return sums
+        return sums.result()
 
     def evaluate(self, split: str) -> dict:
         return self.task.metrics(self.eval_sums(split))
@@ -324,17 +344,27 @@ def make_task(cfg: C.RunConfig):
     return task
 
 
-def build(cfg: C.RunConfig, data: bool = True) -> Setup:
+def build(cfg: C.RunConfig, data: bool = True, world: distributed.World | None = None) -> Setup:
     """Everything a run of ``cfg`` needs, on its device; ``data=False`` reads no data files (the
-    loaders are empty; ``task.example_batch`` gives inputs)."""
+    loaders are empty; ``task.example_batch`` gives inputs). ``world``: the process group the run is
+    trained by (default: this process's; ``seqbench.distributed``)."""
     model_entry, task_entry = registry.get_model(cfg.model), registry.get_task(cfg.task)
     ok, why = registry.compatible(model_entry, task_entry)
     if not ok:
         raise SeqbenchError(why)
     t = cfg.train
+    world = distributed.current() if world is None else world
     device = pick_device(t.device)
+    if world.on and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)  # each rank its own GPU
     check_amp_device(t.amp, device)
     threads = set_threads(t.threads)
+    if world.on:
+        distributed.check_batch(t.batch_size, world)
+        strategy_cls = registry.get_strategy(t.strategy).cls
+        if strategy_cls.eval_shard is None:
+            raise SeqbenchError(f"strategy '{t.strategy}' cannot train distributed: {strategy_cls.not_distributed}; "
+                                f"run it in one process")
     seed_everything(t.seed, t.deterministic)
 
     task = make_task(cfg)
@@ -342,6 +372,8 @@ def build(cfg: C.RunConfig, data: bool = True) -> Setup:
     loaders = task.loaders(t.batch_size, t.eval_batch_size, t.seed) if data else {}
     backbone = model_entry.cls(spec.d_input, cfg.model_params)
     model = task.wrap(backbone).to(device)
+    if world.on and t.sync_bn:
+        model = distributed.sync_batchnorm(model, device)
     if t.channels_last:
         model = model.to(memory_format=torch.channels_last)
     check_prunable(model, backbone, f"{cfg.model} on {cfg.task}")
@@ -353,6 +385,11 @@ def build(cfg: C.RunConfig, data: bool = True) -> Setup:
     ema = WeightEMA(model, t.ema) if t.ema > 0 else None
     strategy = registry.get_strategy(t.strategy).cls(task, model, t)
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
-    setup = Setup(cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema)
+    setup = Setup(cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema, world)
     setup.check_amp()
+    if world.on:
+        distributed.check_last_batch(loaders.get("train"), t.batch_size, world)
+        setup.train_model = distributed.wrap(model, device, world)
+        if world.rank:  # its own draws (dropout) from here on; rank 0 goes on as one process would
+            seed_everything(t.seed * 1_000_003 + world.rank, t.deterministic)
     return setup

@@ -193,7 +193,7 @@ def _resume_hint(runner) -> str:
 
 
 def _cmd_run(a) -> int:
-    from . import config, registry
+    from . import config, distributed, registry
     from .runner import Runner
 
     if a.resume:
@@ -201,8 +201,9 @@ def _cmd_run(a) -> int:
         given += ["set"] if a.sets else []
         if given:
             raise SeqbenchError(f"--resume takes the run's own config; drop --{', --'.join(given)}")
+        distributed.init()
         runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet)
-        print(f"resuming {a.resume} after epoch {runner.epoch}", flush=True)
+        _say(f"resuming {a.resume} after epoch {runner.epoch}")
     else:
         if not a.model or not a.task:
             raise SeqbenchError("run needs --model and --task (or --resume RUN_ID); see 'seqbench list'")
@@ -217,18 +218,38 @@ def _cmd_run(a) -> int:
         if a.init_from is not None:
             overrides["init_from"] = a.init_from
         cfg = config.resolve(model, task, a.preset or config.DEFAULT_PRESET, overrides)
-        runner = Runner(cfg, results=a.results, quiet=a.quiet)
-        print(f"run {runner.run_id} on {runner.setup.device}, {runner.setup.threads} thread(s)", flush=True)
+        world = distributed.init(cfg.train.device)
+        job = distributed.Job(a.results, world)  # under torchrun: the run this job started before a restart
+        run_id = job.run_id()
+        if run_id and job.has_checkpoint(run_id):
+            runner = Runner.resume(run_id, results=a.results, quiet=a.quiet)
+            _say(f"restarted: resuming {run_id} after epoch {runner.epoch}")
+        else:
+            runner = Runner(cfg, results=a.results, quiet=a.quiet, run_id=run_id)
+            job.remember(runner.run_id)
+            procs = f" x {world.size} processes ({world.backend})" if world.on else ""
+            _say(f"run {runner.run_id} on {runner.setup.device}{procs}, {runner.setup.threads} thread(s)")
     try:
         rec = runner.fit(stop_after_epochs=a.stop_after_epochs, stop_after_minutes=a.stop_after_minutes)
     except KeyboardInterrupt:
         print(f"\ninterrupted after epoch {runner.epoch}; {_resume_hint(runner)}", file=sys.stderr)
         return 130
     if rec is None:
-        print(f"stopped after epoch {runner.epoch}; {_resume_hint(runner)}")
+        _say(f"stopped after epoch {runner.epoch}; {_resume_hint(runner)}")
         return 0
-    _summary(rec)
+    if not a.resume:
+        job.forget()
+    if runner.world.main:
+        _summary(rec)
     return 0 if rec["status"] == "completed" else 1
+
+
+def _say(text: str) -> None:
+    """A line on stdout from rank 0 (the one process of an ordinary run)."""
+    from .distributed import env_rank
+
+    if env_rank() == 0:
+        print(text, flush=True)
 
 
 def _cmd_report(a) -> int:
@@ -255,11 +276,19 @@ def main(argv=None) -> int:
             return command(a)
         return _cmd_report(a)
     except SeqbenchError as e:
-        print(f"seqbench: error: {e}", file=sys.stderr)
+        from .distributed import env_rank
+
+        if env_rank() == 0:  # every rank of a distributed run refuses alike; rank 0 says so
+            print(f"seqbench: error: {e}", file=sys.stderr)
         return e.code
     except KeyboardInterrupt:  # before training started (loading data, building): nothing to keep
         print("\nseqbench: interrupted", file=sys.stderr)
         return 130
+    finally:
+        if "torch.distributed" in sys.modules:
+            from .distributed import finish
+
+            finish()
 
 
 def entry() -> None:

@@ -151,6 +151,8 @@ class TrainConfig:
     grad_clip: float = setting(0.0, NONNEGATIVE_REAL, "max global grad norm; 0 = off")
     amp: str = choice("off", ("off", "bf16", "fp16"))
     channels_last: bool = False  # 4-D inputs and the model in channels-last memory format (convnets on a GPU)
+    # distributed runs (torchrun): batch-norm statistics over the global batch (SyncBatchNorm)
+    sync_bn: bool = False
     strategy: str = setting("minibatch", STRATEGY, "training strategy (seqbench.strategy registry)")
     keeper: float = setting(1.0, NONNEGATIVE_REAL,
                             "MPTT's delta: weight of the carried message against this epoch's mean")

@@ -367,6 +367,15 @@ class DenseTask(Task):
         return F.cross_entropy(out.float(), y, weight=None if w is None else w.to(out.device),
                                ignore_index=IGNORE)
 
+    def loss_terms(self, out, y):
+        """The (class-weighted) loss summed over the valid pixels, and the weights' sum over them."""
+        w = self.class_weights()
+        w = w.to(out.device) if w is not None else None
+        total = F.cross_entropy(out.float(), y, weight=w, ignore_index=IGNORE, reduction="sum")
+        valid = y[y != IGNORE]
+        count = (w[valid].sum() if w is not None else torch.tensor(float(valid.numel()), device=out.device))
+        return total, count
+
     def eval_stats(self, out, y):
         if out.shape[-2:] != y.shape[-2:]:  # evaluation at the labels' full resolution
             out = F.interpolate(out.float(), size=y.shape[-2:], mode="bilinear", align_corners=False)

@@ -7,7 +7,8 @@ one environment lookup. Used by scripts/kill_resume.py and the tests; never set 
 
 ``SEQBENCH_FAULT_ONCE=<file>`` besides: the kill happens only in the process that creates
 ``<file>`` (exclusively), so of all the processes that reach the point, one dies, once: the first
-attempt of a sweep run is killed and its retry, in a fresh process, is not."""
+attempt of a sweep run is killed and its retry, in a fresh process, is not. ``SEQBENCH_FAULT_RANK=<r>``:
+only the process of that rank of a distributed run (``train:step``: after every training step)."""
 from __future__ import annotations
 
 import os
@@ -22,6 +23,9 @@ def point(name: str) -> None:
         return
     want, _, n = spec.partition("@")
     if want != name:
+        return
+    rank = os.environ.get("SEQBENCH_FAULT_RANK")
+    if rank is not None and rank != os.environ.get("RANK", "0"):
         return
     _reached[name] = _reached.get(name, 0) + 1
     if _reached[name] == int(n or 1):

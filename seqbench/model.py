@@ -96,6 +96,15 @@ def fit_problems(model: nn.Module, state: dict) -> list[str]:
             + [f"{k} is not in this model" for k in state if k not in own])
 
 
+def load_fitting(model: nn.Module, state: dict, what: str) -> None:
+    """``state`` into ``model``; weights that do not fit are one line naming the first that does not."""
+    problems = fit_problems(model, state)
+    if problems:
+        more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
+        raise SeqbenchError(f"{what}: its weights do not fit this model ({problems[0]}{more})")
+    model.load_state_dict(state)
+
+
 def check_prunable(model: nn.Module, backbone: nn.Module, what: str) -> None:
     """Before training: a backbone whose pruning drops input features needs a wrapper that can."""
     if getattr(backbone, "prunes_inputs", False) and not callable(getattr(model, "keep_inputs", None)):

@@ -85,6 +85,7 @@ class Record:
     history: list
     measure: dict
     timing: dict
+    distributed: dict  # world_size, backend, global_batch, per_rank_batch
     examples: dict | None = None
     schema: int = field(default=SCHEMA_VERSION)
 
@@ -93,6 +94,25 @@ class Record:
         if d["examples"] is None:
             del d["examples"]
         return d
+
+
+def task_info(spec, task, train_loader) -> dict:
+    """What a record says about its task: the spec (``select``: the monitored metric), its metrics'
+    directions, the training samples, and the task's own facts (``info()``)."""
+    return {"kind": spec.kind, "d_input": spec.d_input, "d_output": spec.d_output, "seq_len": spec.seq_len,
+            "loss": spec.loss, "select": spec.monitor, "input_shape": list(spec.input_shape) or None,
+            "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in spec.metrics},
+            "train_samples": getattr(train_loader, "num_samples", None), **task.info()}
+
+
+def timing(state, wall_s: float, finished: float, measure_s: float) -> dict:
+    """A record's times from the loop's ``TrainState``: ``wall_s`` the running time of all its pieces."""
+    def stamp(v):
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(v))
+
+    return {"started": stamp(state.started), "finished": stamp(finished), "wall_s": wall_s,
+            "pieces": state.pieces, "train_s": state.train_time,
+            "eval_s": sum(r.get("eval_s", 0.0) for r in state.history), "measure_s": measure_s, "epochs": state.epoch}
 
 
 def metrics_block(val, test, selection: Selection, test_best=None, per_class=None) -> dict:
@@ -260,6 +280,8 @@ def upgrade(rec: dict) -> dict:
         sel = Selection(best, BEST_VAL)
     m["selection"] = asdict(sel)
     rec.setdefault("strategy_label", strategy_label(rec["config"].get("strategy", rec.get("strategy")), rec["config"]))
+    batch = rec["config"].get("batch_size")
+    rec.setdefault("distributed", {"world_size": 1, "backend": None, "global_batch": batch, "per_rank_batch": batch})
     st = (rec.get("measure") or {}).get("structure")
     if isinstance(st, dict):
         st.update({k: v for k, v in describe_structure(rec["model"], st).items() if k not in st})

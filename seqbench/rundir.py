@@ -97,6 +97,22 @@ class RunDir:
         except Exception as e:
             raise SeqbenchError(f"{what} {clip(str(path), 200)} is unreadable ({type(e).__name__})") from None
 
+    def resumable(self) -> dict:
+        """``last.pt`` of a run that can resume: one that has a checkpoint and no record, that no live
+        process trains; one line otherwise."""
+        run_id = self.run_id
+        if not self.has("last.pt"):
+            raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: "
+                                f"no checkpoint at {clip(str(self / 'last.pt'), 200)}")
+        if (self.path.parent.parent / "runs" / f"{run_id}.json").exists():
+            raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
+        self.check_free()
+        what = f"cannot resume '{run_id}': checkpoint"
+        ck = self.load("last.pt", what=what)
+        if not isinstance(ck, dict) or "config" not in ck:  # a foreign file
+            raise SeqbenchError(f"{what} {self / 'last.pt'} is unreadable ({type(ck).__name__})")
+        return ck
+
     def has(self, name: str) -> bool:
         return (self.path / name).is_file()
 

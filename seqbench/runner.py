@@ -8,6 +8,8 @@ split the last epoch's are tested), tests them, measures the model and writes on
 (``records.Record``). ``last.pt`` holds after every epoch what ``Runner.resume`` needs to end with
 the same metrics as an uninterrupted run (same seed, CPU). ``init_from`` loads another run's
 weights before the first epoch; ``ema`` evaluates a moving average of the weights (``Setup``).
+Under torchrun every rank runs the loop on its part of the data (``seqbench.distributed``); rank 0
+alone holds the lock and reads and writes files, and hands what it read to the others.
 """
 from __future__ import annotations
 
@@ -18,10 +20,10 @@ from dataclasses import dataclass, field
 import torch
 
 from . import config as C
-from . import measure, records, registry
-from .build import build, rng_state, set_rng_state
-from .errors import SeqbenchError, clip
-from .model import fit_problems, prune_in_place
+from . import distributed, faults, measure, records, registry
+from .build import build
+from .errors import SeqbenchError
+from .model import load_fitting, prune_in_place
 from .progress import Progress, write
 from .records import Selection
 from .rundir import RunDir
@@ -51,15 +53,21 @@ class Runner:
                  write_record: bool = True):
         """``write_record=False``: ``fit()`` returns the record without writing it (``seqbench sweep``:
         a Ray worker returns it, the driver writes it, so records need no shared file system)."""
-        self.cfg, self.quiet, self.write_record = cfg, quiet, write_record
+        self.world = distributed.current()
+        self.cfg, self.quiet, self.write_record = cfg, quiet or not self.world.main, write_record
         self.results = records.results_dir(results)
-        self.run_id = run_id or records.new_run_id(cfg.model, cfg.task, cfg.preset, cfg.train.seed)
+        t = cfg.train
+        self.run_id = run_id or self._main(lambda: records.new_run_id(cfg.model, cfg.task, cfg.preset, t.seed))
         self.dir = RunDir(self.results, self.run_id)
-        self.setup = build(cfg)
+        self.setup = build(cfg, world=self.world)
         self.env = records.environment(self.setup.device)  # at start: the code that trains is the code recorded
         self.state = TrainState()
         self.piece_start = time.time()
-        records.check_writable(self.results)  # found now, not after an epoch of training
+        self._main(lambda: records.check_writable(self.results))  # found now, not after an epoch of training
+
+    def _main(self, fn):
+        """``fn()`` on rank 0 alone, its result (or refusal) on every rank (``distributed.on_main``)."""
+        return distributed.on_main(fn, self.world)
 
     @property
     def epoch(self) -> int:
@@ -67,25 +75,13 @@ class Runner:
 
     @classmethod
     def resume(cls, run_id: str, results=None, quiet: bool = False, write_record: bool = True) -> "Runner":
-        """The run ``run_id`` as its last checkpoint left it."""
-        res = records.results_dir(results)
-        rd = RunDir(res, run_id)
-        if not rd.has("last.pt"):
-            raise SeqbenchError(f"cannot resume {clip(repr(run_id))}: "
-                                f"no checkpoint at {clip(str(rd / 'last.pt'), 200)}")
-        if (res / "runs" / f"{run_id}.json").exists():
-            raise SeqbenchError(f"run '{run_id}' has finished already (its record exists)")
-        rd.check_free()
-        what = f"cannot resume '{run_id}': checkpoint"
-        ck = rd.load("last.pt", what=what)
-        try:
-            flat = ck["config"]
-        except (KeyError, TypeError) as e:  # a foreign file
-            raise SeqbenchError(f"{what} {rd / 'last.pt'} is unreadable ({type(e).__name__})") from None
+        """The run ``run_id`` as its last checkpoint left it (at any world size)."""
+        ck = distributed.on_main(RunDir(records.results_dir(results), run_id).resumable, distributed.current())
+        flat = ck["config"]
         cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.setup.load_state_dict(ck)
-        set_rng_state(ck["rng"])
+        distributed.restore_rng(ck["rng"], self.world, cfg.train.seed, ck["epoch"])
         s = self.state
         s.epoch, s.history, s.best, s.init_source = ck["epoch"], ck["history"], ck["best"], ck.get("init_source")
         s.train_time, s.train_samples, s.started = ck["train_time"], ck["train_samples"], ck["started"]
@@ -101,7 +97,7 @@ class Runner:
         return None after that many epochs of this call; ``stop_after_minutes``: before an epoch
         that would end later (the checkpoint stays for ``resume``). A non-finite loss ends the run
         with a record of status 'failed'."""
-        with self.dir.lock():
+        with distributed.on_main_held(self.dir.lock(), self.world):
             return self._fit(stop_after_epochs, stop_after_minutes)
 
     def _fit(self, stop_after_epochs: int | None, stop_after_minutes: float | None) -> dict | None:
@@ -125,8 +121,9 @@ class Runner:
                 done += 1
                 longest = max(longest, time.monotonic() - epoch_began)
                 epochs.set_postfix(**{"train_loss": f"{row['train_loss']:.4f}", key: f"{row[key]:.4f}"})
-                write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
-                      f"{key} {row[key]:.4f}  ({row['train_s']:.1f}s train)")
+                if self.world.main:
+                    write(f"epoch {epoch}/{t.epochs}  train_loss {row['train_loss']:.4f}  "
+                          f"{key} {row[key]:.4f}  ({row['train_s']:.1f}s train)")
         except NonFiniteLoss as e:
             return self._record("failed", failure=str(e))
         return self._finish()
@@ -145,7 +142,8 @@ class Runner:
             if split == "val" and (self.cfg.train.select == "last" or self._improves(row[key], s.best["value"])):
                 val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
                 s.best = {"epoch": epoch, "value": row[key], "val": val}
-                self.dir.save("best.pt", {"model": setup.model.state_dict(), "epoch": epoch})
+                if self.world.main:
+                    self.dir.save("best.pt", {"model": setup.model.state_dict(), "epoch": epoch})
         row["eval_s"] = time.perf_counter() - ev
         if setup.scheduler and not setup.per_step_schedule:
             setup.scheduler.step()
@@ -166,19 +164,24 @@ class Runner:
         setup.strategy.start(train=True)
         loss_sum = torch.zeros((), device=setup.device)
         n = 0
-        bar = Progress(setup.batches("train"), total=setup.n_batches("train"), desc=f"epoch {epoch}", quiet=self.quiet)
+        batches = setup.batches("train", train=True)
+        bar = Progress(batches, total=setup.n_batches("train"), desc=f"epoch {epoch}", quiet=self.quiet)
         start = time.perf_counter()
         for i, batch in enumerate(bar):
-            loss = setup.step(batch)
-            bs = batch[1].shape[0]
+            loss = setup.step(batch)  # the (global) batch's mean loss
+            bs = batch[1].shape[0]  # this rank's rows: the sums below are all-reduced at the end
             loss_sum += loss.detach().float() * bs
             n += bs
+            faults.point("train:step")
             if (i + 1) % t.log_every == 0:  # one host sync every log_every steps, not every step
                 mean = loss_sum.item() / n
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {i + 1}")
                 bar.set_postfix(loss=f"{mean:.4f}")
         setup.strategy.end(train=True)
+        if self.world.on:
+            total = distributed.all_sum(torch.stack([loss_sum, torch.tensor(float(n), device=loss_sum.device)]))
+            loss_sum, n = total[0], int(total[1].item())
         mean = loss_sum.item() / max(n, 1)  # also waits for queued GPU work: the time below is real
         elapsed = time.perf_counter() - start
         if not math.isfinite(mean):
@@ -195,14 +198,8 @@ class Runner:
     def _init_from(self, run_id: str) -> None:
         """Another run's selected weights (best.pt, else last.pt) before the first epoch; weights that
         do not fit this model are one line naming the first that does not."""
-        model = self.setup.model
-        state, path = RunDir(self.results, run_id).weights(self.setup.device, what="cannot initialise from ")
-        problems = fit_problems(model, state)
-        if problems:
-            more = f"; {len(problems) - 1} more" if len(problems) > 1 else ""
-            raise SeqbenchError(f"cannot initialise from run '{run_id}': its weights do not fit this model "
-                                f"({problems[0]}{more})")
-        model.load_state_dict(state)
+        state, path = self._main(lambda: RunDir(self.results, run_id).weights("cpu", what="cannot initialise from "))
+        load_fitting(self.setup.model, state, f"cannot initialise from run '{run_id}'")
         self.setup.restart_average()  # the average starts from the loaded weights
         self.state.init_source = str(path)
 
@@ -210,23 +207,25 @@ class Runner:
     def _finish(self) -> dict:
         """Select the weights, prune them (ISS), test, save example predictions, record."""
         setup = self.setup
-        if self.dir.has("best.pt"):
-            try:
-                setup.model.load_state_dict(self.dir.load("best.pt", setup.device, "best checkpoint")["model"])
-            except Exception as e:  # truncated, overwritten, foreign: the run cannot be tested
-                why = str(e) if isinstance(e, SeqbenchError) else \
-                    f"best checkpoint {self.dir / 'best.pt'} is unreadable ({type(e).__name__})"
-                rec = self._record("failed", failure=why)
-                where = rec.get("path", "the record goes to the caller")
-                err = SeqbenchError(f"{why}: run recorded as failed ({where}); "
-                                    f"its last checkpoint {self.dir / 'last.pt'} is kept")
-                err.record = rec  # the failed record, for a caller that writes records itself
-                raise err from None
-        elif setup.ema is not None:  # no validation split: the last average is what gets tested
+        try:
+            best = self._main(lambda: self.dir.load("best.pt", "cpu", "best checkpoint")["model"]
+                              if self.dir.has("best.pt") else None)
+            if best is not None:
+                setup.model.load_state_dict(best)
+        except Exception as e:  # truncated, overwritten, foreign: the run cannot be tested
+            why = str(e) if isinstance(e, SeqbenchError) else \
+                f"best checkpoint {self.dir / 'best.pt'} is unreadable ({type(e).__name__})"
+            rec = self._record("failed", failure=why)
+            where = rec.get("path", "the record goes to the caller")
+            err = SeqbenchError(f"{why}: run recorded as failed ({where}); "
+                                f"its last checkpoint {self.dir / 'last.pt'} is kept")
+            err.record = rec  # the failed record, for a caller that writes records itself
+            raise err from None
+        if best is None and setup.ema is not None:  # no validation split: the last average is tested
             setup.use_average()
         pruning = self._prune()
         sums = setup.eval_sums("test")
-        examples = setup.task.examples(setup.predict)
+        examples = setup.task.examples(setup.predict) if self.world.main else None
         if examples:
             arrays, meta = examples
             path = records.write_examples(arrays, self.run_id, self.results)
@@ -235,8 +234,9 @@ class Runner:
                             examples=examples or None, pruning=pruning)
 
     def _prune(self) -> dict | None:
-        """A backbone with ``pruned(head)`` (ISS) is replaced by the physically smaller model; the test
-        and every measurement then see it; it is saved whole as ``pruned.pt``."""
+        """A backbone with ``pruned(head)`` (ISS) is replaced by the physically smaller model (on every
+        rank: the same weights prune alike); the test and every measurement then see it; rank 0 saves it
+        whole as ``pruned.pt``."""
         model = self.setup.model
         if self.setup.hook("pruned") is None:
             return None
@@ -244,7 +244,9 @@ class Runner:
         if not prune_in_place(model):
             return None
         model.to(self.setup.device)
-        path = self.dir.save("pruned.pt", {"model": model, "epoch": self.state.best["epoch"]})
+        path = self.dir / "pruned.pt"
+        if self.world.main:
+            self.dir.save("pruned.pt", {"model": model, "epoch": self.state.best["epoch"]})
         return {"before": before, "file": str(path)}
 
     def selection(self) -> Selection:
@@ -257,6 +259,9 @@ class Runner:
         return Selection(s.best["epoch"], records.LAST_REQUESTED if last else records.BEST_VAL)
 
     def _record(self, status: str, test=None, failure=None, per_class=None, examples=None, pruning=None) -> dict:
+        """The run's record, made (measurements included) and written by rank 0, returned on every rank."""
+        if not self.world.main:
+            return distributed.broadcast_object(None, self.world)
         setup, s, t = self.setup, self.state, self.cfg.train
         mstart = time.perf_counter()
         meas = {}
@@ -264,34 +269,32 @@ class Runner:
             x = next(iter(setup.loaders["test"]))[0]
             meas = measure.of_run(setup.model, setup.task, x, setup.device, setup.autocast, t.latency_time,
                                   s.train_samples / s.train_time if s.train_time > 0 else None, pruning)
-        finished, stamp = time.time(), lambda v: time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(v))
-        spec, flat, loader = setup.spec, self.cfg.flat(), setup.loaders["train"]
+        finished, flat = time.time(), self.cfg.flat()
         rec = records.Record(
             run_id=self.run_id, status=status, failure=failure, model=self.cfg.model, task=self.cfg.task,
             preset=self.cfg.preset, strategy=t.strategy, strategy_label=setup.strategy.label(flat), seed=t.seed,
             config=flat, config_hash=C.config_hash(flat), env=self.env,
-            task_info={"kind": spec.kind, "d_input": spec.d_input, "d_output": spec.d_output, "seq_len": spec.seq_len,
-                       "loss": spec.loss, "select": spec.monitor, "input_shape": list(spec.input_shape) or None,
-                       "metrics": {m.name: ("higher" if m.higher_is_better else "lower") for m in spec.metrics},
-                       "train_samples": getattr(loader, "num_samples", None), **setup.task.info()},
+            task_info=records.task_info(setup.spec, setup.task, setup.loaders["train"]),
             init_from={"run_id": t.init_from, "file": s.init_source} if t.init_from else None,
             metrics=records.metrics_block(s.best["val"], test, self.selection(), s.best.get("test_best"), per_class),
             history=s.history, measure=meas, examples=examples,
-            timing={"started": stamp(s.started), "finished": stamp(finished),
-                    "wall_s": s.wall_before + finished - self.piece_start,  # running time, all pieces
-                    "pieces": s.pieces, "train_s": s.train_time, "eval_s": sum(r.get("eval_s", 0.0) for r in s.history),
-                    "measure_s": time.perf_counter() - mstart, "epochs": s.epoch},
+            distributed=distributed.describe(self.world, t.batch_size),
+            timing=records.timing(s, wall_s=s.wall_before + finished - self.piece_start, finished=finished,
+                                  measure_s=time.perf_counter() - mstart),
         ).to_dict()
         if self.write_record:
             rec["path"] = str(records.write(rec, self.results))
-        return rec
+        return distributed.broadcast_object(rec, self.world)
 
     # --------------------------------------------------------- checkpoints
     def checkpoint(self) -> None:
-        s = self.state
-        self.dir.save("last.pt", {
-            "run_id": self.run_id, "config": self.cfg.flat(), **self.setup.state_dict(), "rng": rng_state(),
-            "epoch": s.epoch, "history": s.history, "best": s.best, "init_source": s.init_source,
-            "train_time": s.train_time, "train_samples": s.train_samples, "started": s.started,
-            "wall_s": s.wall_before + time.time() - self.piece_start, "pieces": s.pieces,
-        })
+        """``last.pt``: the setup's state (the plain model), every rank's random state, the loop's bookkeeping."""
+        s, rng = self.state, distributed.rng_states(self.world)
+        if self.world.main:
+            self.dir.save("last.pt", {
+                "run_id": self.run_id, "config": self.cfg.flat(), **self.setup.state_dict(), "rng": rng,
+                "epoch": s.epoch, "history": s.history, "best": s.best, "init_source": s.init_source,
+                "train_time": s.train_time, "train_samples": s.train_samples, "started": s.started,
+                "wall_s": s.wall_before + time.time() - self.piece_start, "pieces": s.pieces,
+                "world_size": self.world.size,
+            })

@@ -49,6 +49,11 @@ class MiniBatch:
     inference: str | None = None
     extra_input: str | None = None
     label_keys: tuple = ()  # the config keys ``label`` shows (the report's variant leaves them out)
+    # Distributed runs (seqbench.distributed): each rank trains on its rows of every global batch.
+    # Evaluation gives each rank whole batches ("batches"), or its rows of every batch where the strategy
+    # carries state from batch to batch in evaluation ("rows"); None: refused, ``not_distributed`` says why.
+    eval_shard: str | None = "batches"
+    not_distributed: str = ""
 
     def __init__(self, task=None, model=None, train=None):
         self.task, self.model, self.train_cfg = task, model, train
@@ -84,7 +89,10 @@ class MiniBatch:
 class Stateful(MiniBatch):
     """Truncated BPTT over a contiguous stream: each batch starts from the previous batch's final
     state, detached; the state is reset at the start of every epoch and evaluation pass. Needs a
-    task whose consecutive batches continue each other (e.g. batchified language modelling)."""
+    task whose consecutive batches continue each other (e.g. batchified language modelling).
+    Distributed: each rank carries the state of its rows (the batch columns are split)."""
+
+    eval_shard = "rows"
 
     def start(self, train: bool) -> None:
         self.state = None
@@ -187,6 +195,8 @@ class SSMB_SSIF(_Series):
     (for the initial states) and one batched pass with gradients."""
 
     layout, inference = "sequence", "sequential"
+    eval_shard = None
+    not_distributed = "a batch's windows continue each other (window i starts from window i-1's state), across ranks"
 
     def start(self, train: bool) -> None:
         super().start(train)
@@ -228,6 +238,8 @@ class SSPL_TFIF(TF_TFIF):
     (the reference's Train_SSPL: predictions of epoch e feed epoch e + 1). Inference: TFIF."""
 
     alpha, beta = 10.0, 0.5
+    eval_shard = None
+    not_distributed = "an epoch's inputs are the previous epoch's predictions for every window, spread over the ranks"
 
     def decay(self, epoch0: int) -> float:
         epochs = max(self.train_cfg.epochs if self.train_cfg else 1, 1)
@@ -311,6 +323,8 @@ class MPTT(_Series):
 
     inference = "sequential"
     label_keys = ("keeper",)
+    eval_shard = None
+    not_distributed = "its memories are made from the states of every window, spread over the ranks"
 
     @classmethod
     def label(cls, config: dict) -> str:

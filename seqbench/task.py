@@ -14,6 +14,7 @@ A task class sets ``kind`` (one of ``registry.INPUT_KINDS``), a ``Params`` datac
     examples(predict) -> (arrays, meta) | None   predictions to save beside the record (dense)
     info() -> dict                       extra facts for the record (e.g. the permutation)
     example_batch(n), example_input(x, n)  inputs without data files (bench), latency inputs
+    loss_terms(out, y) -> (sum, count)   the loss as a sum and what it is a mean over (distributed runs)
     latency_batches                      the batch sizes latency is measured at (default 1, 64)
     reference_model                      the model others are compared with in the report, or None
     write_fake_data(root)                (classmethod) tiny generated files in the real layout, for tests
@@ -72,6 +73,12 @@ class Task:
 
     def per_class(self, sums) -> dict | None:
         return None
+
+    def loss_terms(self, out, y) -> tuple:
+        """The training loss of a batch as (sum, count): a distributed run divides the sum over all ranks
+        by the count over all ranks, so its loss is the global batch's. Default: the mean times the rows."""
+        n = y.shape[0]
+        return self.loss(out, y) * n, torch.tensor(float(n), device=out.device)
 
     def examples(self, predict) -> tuple[dict, dict] | None:
         return None
