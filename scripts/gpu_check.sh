@@ -19,6 +19,9 @@
 #    (estimated from part 1's hippo training and inference steps at the same shapes: 540 training
 #    batches and 60 validation batches of 100, a quarter more and 20 s to start) would not end
 #    inside the 9 minutes.
+# 4. (run before 3) A distributed run through torchrun with one process: `seqbench run` of lstm on
+#    pMNIST (tiny) under `torch.distributed.run --nproc_per_node 1`, so NCCL, DDP and the rank-0 writes
+#    run on the GPU (gloo with --quick); its record's `distributed` and test metrics go to the log.
 #
 # OUT gets at most 8 files, none over 16 MiB, no sub-folders: bench-pmnist-*.json, bench-ptb-*.json
 # (two), last.pt, best.pt, run_id, gpu_check.log, and the run's record when it finished. (--quick
@@ -85,6 +88,16 @@ say "2. ISS on the GPU: batch-1 forward per token, $SIZES vs $PRUNED"
 "${SB[@]}" bench --task ptb --models "iss-lstm+sizes=$SIZES,iss-lstm+sizes=$PRUNED" --preset "$PRESET" --mode infer \
   --set task.emb=$EMB --set task.bptt=$BPTT --batch-size 1 --device $DEV --rounds $ROUNDS --min-run-time $MRT \
   --out "$OUT" 2>&1 | tee -a "$LOG"
+
+say "4. distributed: torchrun --nproc_per_node 1, lstm on pMNIST (tiny) on $DEV"
+"$PY" -m torch.distributed.run --standalone --nproc_per_node 1 -m seqbench run --model lstm --task pmnist \
+  --preset tiny --device $DEV --results "$WORK/ddp" --quiet 2>&1 | tee -a "$LOG"
+"$PY" - "$WORK/ddp" <<'PY' 2>&1 | tee -a "$LOG"
+import json, pathlib, sys
+(rec,) = [json.loads(p.read_text()) for p in pathlib.Path(sys.argv[1], "runs").glob("*.json")]
+print("4. record:", rec["status"], rec["distributed"], "test", rec["metrics"]["test"])
+assert rec["status"] == "completed" and rec["distributed"]["backend"] in ("nccl", "gloo"), rec["distributed"]
+PY
 
 # 3. One epoch of the run must end inside the 9 minutes (540 s, less 30 s to copy the files out).
 LEFT=$(( ${SEQBENCH_GPU_SECONDS:-540} - 30 - ( $(date +%s) - start ) ))

@@ -164,6 +164,7 @@ class Setup:
                  world: distributed.World = distributed.SINGLE):
         self.cfg, self.device, self.threads, self.world = cfg, device, threads, world
         self.train_model = model
+        self._global_rows = 0  # the rows of the global batch this rank last took its part of
         self.task, self.spec, self.loaders, self.model = task, spec, loaders, model
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.strategy, self.ema = strategy, ema
@@ -198,14 +199,21 @@ class Setup:
             yield batch
 
     def _sharded(self, split: str, train: bool):
-        limit, w = self.cfg.train.limit_batches, self.world
+        """(global batch index, this rank's part of the batch): a loader with ``shard`` reads only its
+        part; any other gives every batch whole, cut here."""
+        limit, w, loader = self.cfg.train.limit_batches, self.world, self.loaders[split]
         by_rows = train or self.strategy.eval_shard == "rows"
-        for i, batch in enumerate(self.loaders[split]):
+        native = w.on and callable(getattr(loader, "shard", None))
+        if native:
+            loader.shard(w.rank, w.size, by_rows)
+        for k, batch in enumerate(loader):
+            i = k * w.size + w.rank if native and not by_rows else k
             if limit and i >= limit:
                 return
-            if w.on:
+            if w.on and not native:
                 if by_rows:
-                    batch = distributed.take_rows(batch, distributed.rows(distributed.batch_rows(batch), w))
+                    self._global_rows = distributed.batch_rows(batch)
+                    batch = distributed.take_rows(batch, distributed.rows(self._global_rows, w))
                 elif i % w.size != w.rank:
                     continue
             yield i, _to(batch, self.device, self.cfg.train.channels_last)
@@ -224,9 +232,7 @@ class Setup:
         with self.autocast():
             out, state = self.train_model(batch[0]) if plain else self.strategy.forward(self.train_model, batch)
             if self.world.on:  # the global batch's mean: this rank's sum over the count of all ranks
-                part, count = self.task.loss_terms(out, batch[1])
-                both = distributed.all_sum(torch.stack([part.detach().float(), count.detach().float()]))
-                loss, objective = both[0] / both[1], part * (self.world.size / both[1])
+                loss, objective = self._distributed_loss(out, batch[1])
             else:
                 loss = objective = self.task.loss(out, batch[1])
             total = objective + reg(head) if reg is not None else objective
@@ -246,6 +252,21 @@ class Setup:
         if not plain:
             self.strategy.update(batch, state, out)
         return loss
+
+    def _distributed_loss(self, out, y):
+        """(what ``step`` returns, what this rank backpropagates) in a distributed run. The objective is
+        this rank's loss sum over the global count (DDP averages the ranks' gradients: the global batch's
+        gradient). The returned value times this rank's rows, summed over the ranks, is the global batch's
+        mean loss times its rows (what one process's epoch adds up; all-reduced at the epoch's end). A loss
+        that is a mean over rows needs no message: the global rows are known from the batch cut here."""
+        part, count = self.task.loss_terms(out, y)
+        rows = y.shape[0]
+        if count is None and self._global_rows:
+            return part.detach() / max(rows, 1), part * (self.world.size / self._global_rows)
+        local = torch.stack([(torch.tensor(float(rows)) if count is None else count).detach().float().cpu(),
+                             torch.tensor(float(rows))])
+        total, global_rows = distributed.all_sum(local).tolist()
+        return part.detach() * (global_rows / total / max(rows, 1)), part * (self.world.size / total)
 
     @torch.no_grad()
     def eval_sums(self, split: str) -> dict:
@@ -389,7 +410,7 @@ def build(cfg: C.RunConfig, data: bool = True, world: distributed.World | None =
     setup.check_amp()
     if world.on:
         distributed.check_last_batch(loaders.get("train"), t.batch_size, world)
-        setup.train_model = distributed.wrap(model, device, world)
+        setup.train_model = distributed.wrap(model, device, world, synced_buffers=t.sync_bn)
         if world.rank:  # its own draws (dropout) from here on; rank 0 goes on as one process would
             seed_everything(t.seed * 1_000_003 + world.rank, t.deterministic)
     return setup

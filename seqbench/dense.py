@@ -210,17 +210,30 @@ class DenseLoader(EpochLoader):
     def __init__(self, dataset: DenseDataset, batch_size: int, shuffle: bool = False, seed: int = 0, workers: int = 0):
         super().__init__(batch_size, shuffle, seed)
         self.dataset, self.workers = dataset, workers
+        self.part = None
 
     @property
     def num_samples(self) -> int:
         return len(self.dataset)
 
+    def shard(self, rank: int, size: int, by_rows: bool) -> None:
+        """Decode only a distributed run's part (``seqbench.distributed``): rank's rows of every batch, or
+        every size-th batch (padded to the part's largest sample, as the whole batch is when sizes agree)."""
+        self.part = (rank, size, by_rows)
+
     def __iter__(self):
+        from .distributed import World, rows
+
         self.dataset.seed, self.dataset.epoch = self.seed, self.epoch  # workers get a copy with these
         order = self.order()
-        sampler = range(self.num_samples) if order is None else order.tolist()
-        loader = torch.utils.data.DataLoader(self.dataset, batch_size=self.batch_size, sampler=sampler,
-                                             num_workers=self.workers, collate_fn=pad_collate, drop_last=False)
+        idx = list(range(self.num_samples)) if order is None else order.tolist()
+        batches = [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if self.part is not None:
+            rank, size, by_rows = self.part
+            world = World(rank, size)
+            batches = [b[rows(len(b), world)] for b in batches] if by_rows else batches[rank::size]
+        loader = torch.utils.data.DataLoader(self.dataset, batch_sampler=batches, num_workers=self.workers,
+                                             collate_fn=pad_collate)
         yield from loader
 
 

@@ -3,7 +3,8 @@ launched by ``torchrun`` (its environment: RANK, WORLD_SIZE, LOCAL_RANK, TORCHEL
 
     torchrun --standalone --nproc_per_node 8 -m seqbench run --model dense-rnn --task ade20k --preset paper
 
-Without torchrun's environment (or with WORLD_SIZE 1) a run is the single process it always was.
+Without torchrun's environment a run is the single process it always was (under torchrun with one
+process it goes through the same distributed code, a group of one: how the GPU check exercises NCCL).
 Conventions: ``batch_size`` is the global batch, divided among the ranks (it must divide by the world
 size); each rank trains on its rows of the same seeded global batches, so the batches of an N-process
 run are those of one process; evaluation gives each rank whole batches (round robin) and adds up the
@@ -37,15 +38,16 @@ class World:
 
     @property
     def on(self) -> bool:
-        return self.size > 1
+        """Whether a process group trains the run (of one process, under torchrun --nproc_per_node 1)."""
+        return self.backend is not None
 
 
 SINGLE = World()
 
 
 def launched() -> bool:
-    """Whether torchrun (or another launcher setting its variables) started this process as one of several."""
-    return int(os.environ.get("WORLD_SIZE", "1")) > 1
+    """Whether torchrun (or another launcher setting its variables) started this process."""
+    return "WORLD_SIZE" in os.environ and "RANK" in os.environ
 
 
 def env_rank() -> int:
@@ -150,6 +152,14 @@ def all_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
+def mean(total: torch.Tensor, n: int, world: World) -> float:
+    """``total / n`` over every rank's (each rank gets the same value: one decision for all, e.g. to stop)."""
+    if not world.on:
+        return total.item() / max(n, 1)
+    both = all_sum(torch.stack([total.detach().float().cpu(), torch.tensor(float(n))])).tolist()
+    return both[0] / max(both[1], 1)
+
+
 def broadcast_object(obj, world: World):
     """Rank 0's ``obj`` on every rank."""
     if not world.on:
@@ -217,13 +227,16 @@ class StatSum:
         return out
 
 
-def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
-    """``model`` in DistributedDataParallel (gradients averaged over the ranks in the backward pass)."""
+def wrap(model: nn.Module, device: torch.device, world: World, synced_buffers: bool = False) -> nn.Module:
+    """``model`` in DistributedDataParallel (gradients averaged over the ranks in the backward pass).
+    ``synced_buffers``: the buffers are equal on every rank by construction (SyncBatchNorm's running
+    statistics), so rank 0's are not broadcast before every forward (DDP's default)."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     unused = getattr(model, "unused_parameters", False)
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused,
+                                   broadcast_buffers=not synced_buffers)
 
 
 def check_last_batch(loader, batch_size: int, world: World) -> None:

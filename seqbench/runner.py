@@ -174,15 +174,13 @@ class Runner:
             n += bs
             faults.point("train:step")
             if (i + 1) % t.log_every == 0:  # one host sync every log_every steps, not every step
-                mean = loss_sum.item() / n
+                mean = distributed.mean(loss_sum, n, self.world)
                 if not math.isfinite(mean):
                     raise NonFiniteLoss(f"non-finite training loss at epoch {epoch}, step {i + 1}")
                 bar.set_postfix(loss=f"{mean:.4f}")
         setup.strategy.end(train=True)
-        if self.world.on:
-            total = distributed.all_sum(torch.stack([loss_sum, torch.tensor(float(n), device=loss_sum.device)]))
-            loss_sum, n = total[0], int(total[1].item())
-        mean = loss_sum.item() / max(n, 1)  # also waits for queued GPU work: the time below is real
+        mean = distributed.mean(loss_sum, n, self.world)  # also waits for queued GPU work: the time below is real
+        n = int(distributed.all_sum(torch.tensor(float(n))).item()) if self.world.on else n
         elapsed = time.perf_counter() - start
         if not math.isfinite(mean):
             raise NonFiniteLoss(f"non-finite training loss in epoch {epoch}")

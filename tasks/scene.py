@@ -56,7 +56,7 @@ CAMVID_PRESETS = {
     # 0.01, momentum 0.9, weight decay 1e-4, poly 0.9; full resolution.
     "paper": {"task.size": "360x480", "task.class_weights": "median_freq", "epochs": 100, "batch_size": 8,
               "eval_batch_size": 8, "optimizer": "sgd", "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4,
-              "schedule": "poly", "poly_power": 0.9},
+              "schedule": "poly", "poly_power": 0.9, "sync_bn": True},  # sync_bn: distributed runs (torchrun)
 }
 
 
@@ -214,7 +214,8 @@ ADE20K_PRESETS = {
     # 0.01, momentum 0.9, wd 1e-4, poly 0.9, batch 16, crop 512, random scale 0.5-2, 120 epochs; the
     # dense-RNN paper's own training schedule is not known (no public code; see models/scene.py).
     "paper": {"task.crop": "512x512", "epochs": 120, "batch_size": 16, "eval_batch_size": 1, "optimizer": "sgd",
-              "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "poly_power": 0.9},
+              "lr": 0.01, "momentum": 0.9, "weight_decay": 1e-4, "schedule": "poly", "poly_power": 0.9,
+              "sync_bn": True},  # the batch of 16 is split among GPUs (torchrun): global batch-norm statistics
 }
 
 

@@ -144,11 +144,12 @@ def test_a_run_resumes_at_another_world_size(runs, tmp_path, monkeypatch, capsys
 
 
 def test_bad_input_is_one_line_from_rank_0_and_nothing_written(runs, tmp_path):
-    """A strategy that cannot be split, a global batch the world does not divide: one line from rank 0,
-    every rank exits 2, nothing written."""
+    """A strategy that cannot be split, a global batch the world does not divide, CUDA (NCCL) on a machine
+    without it: one line from rank 0, every rank exits 2, nothing written."""
     e = {**os.environ, "OMP_NUM_THREADS": "1", **runs["env"]}
     for args, says in ((["--model", "mptt", "--task", "climate-melbourne"], "cannot train distributed"),
-                       (["--model", "lstm", "--task", "pmnist", "--batch-size", "33"], "does not divide among 2")):
+                       (["--model", "lstm", "--task", "pmnist", "--batch-size", "33"], "does not divide among 2"),
+                       (["--model", "lstm", "--task", "pmnist", "--device", "cuda"], "no CUDA device")):
         res = tmp_path / args[1]
         out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", *args, "--preset", "tiny", "--results", str(res)],
                              capture_output=True, text=True, env=e, timeout=300)
