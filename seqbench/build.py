@@ -271,7 +271,9 @@ class Setup:
     @torch.no_grad()
     def eval_sums(self, split: str) -> dict:
         """The task's ``eval_stats`` summed over the whole split (float64, on the CPU; in a distributed
-        run over every rank's part, as one process sums them: ``distributed.StatSum``)."""
+        run over every rank's part, as one process sums them: ``distributed.StatSum``; the ranks' buffers
+        averaged first, so every rank evaluates the same model)."""
+        distributed.average_buffers(self.model, self.world)
         self.model.eval()
         self.strategy.start(train=False)
         sums = distributed.StatSum(self.world)
@@ -410,7 +412,7 @@ def build(cfg: C.RunConfig, data: bool = True, world: distributed.World | None =
     setup.check_amp()
     if world.on:
         distributed.check_last_batch(loaders.get("train"), t.batch_size, world)
-        setup.train_model = distributed.wrap(model, device, world, synced_buffers=t.sync_bn)
+        setup.train_model = distributed.wrap(model, device, world)
         if world.rank:  # its own draws (dropout) from here on; rank 0 goes on as one process would
             seed_everything(t.seed * 1_000_003 + world.rank, t.deterministic)
     return setup

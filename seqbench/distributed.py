@@ -227,16 +227,25 @@ class StatSum:
         return out
 
 
-def wrap(model: nn.Module, device: torch.device, world: World, synced_buffers: bool = False) -> nn.Module:
-    """``model`` in DistributedDataParallel (gradients averaged over the ranks in the backward pass).
-    ``synced_buffers``: the buffers are equal on every rank by construction (SyncBatchNorm's running
-    statistics), so rank 0's are not broadcast before every forward (DDP's default)."""
+def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
+    """``model`` in DistributedDataParallel (gradients averaged over the ranks in the backward pass). Its
+    buffers (batch-norm running statistics) are not broadcast before every forward (DDP's default, a
+    message per step): ``average_buffers`` makes them equal before each evaluation (timm's distribute_bn)."""
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [device.index] if device.type == "cuda" else None
     unused = getattr(model, "unused_parameters", False)
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused,
-                                   broadcast_buffers=not synced_buffers)
+    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=False)
+
+
+def average_buffers(model: nn.Module, world: World) -> None:
+    """Every floating buffer of ``model`` (running statistics) averaged over the ranks: equal everywhere
+    (already equal under SyncBatchNorm, where the average changes nothing)."""
+    if world.on:
+        with torch.no_grad():
+            for b in model.buffers():
+                if b.is_floating_point():
+                    b.copy_(all_sum(b.detach().clone()) / world.size)
 
 
 def check_last_batch(loader, batch_size: int, world: World) -> None:
