@@ -51,7 +51,7 @@ def fingerprint(rec: dict) -> dict:
         meas["pruning"] = {k: v for k, v in meas["pruning"].items() if k != "file"}
     metrics = dict(rec["metrics"])
     return {
-        "status": rec["status"], "config_hash": rec["config_hash"], "config": rec["config"],
+        "status": rec["status"], "config_hash": rec["config_hash"],  # the identity: new keys at their default drop out
         "metrics": metrics,
         "history": [{k: v for k, v in row.items() if k not in DROP_HISTORY} for row in rec["history"]],
         "task_info": rec["task_info"], "measure": meas, "strategy": rec["strategy"],
@@ -59,11 +59,14 @@ def fingerprint(rec: dict) -> dict:
 
 
 def normalise(fp: dict) -> dict:
-    """A fingerprint of an older schema read as the current one (``records.upgrade``)."""
+    """A fingerprint of an older schema read as the current one (``records.upgrade``); its config is
+    compared through ``config_hash`` (a setting added since, at its default, changes nothing)."""
+    config = fp.get("config") or {}
+    fp = {k: v for k, v in fp.items() if k != "config"}
     if "best_epoch" not in fp["metrics"]:
         return fp
     rec = {"schema": 1, "metrics": fp["metrics"], "timing": {"epochs": len(fp["history"])}, "history": fp["history"],
-           "config": fp["config"], "strategy": fp["strategy"], "model": fp["config"]["model"], "measure": fp["measure"]}
+           "config": config, "strategy": fp["strategy"], "model": config.get("model"), "measure": fp["measure"]}
     up = records.upgrade(rec)
     return {**fp, "metrics": up["metrics"], "measure": up["measure"]}
 
@@ -114,7 +117,7 @@ def main() -> int:
         return 0
     with open(a.compare) as f:
         before = json.load(f)
-    d = diff({k: normalise(v) for k, v in before.items()}, got)
+    d = diff({k: normalise(v) for k, v in before.items()}, {k: normalise(v) for k, v in got.items()})
     for line in d:
         print(line)
     print(f"{len(got)} runs, {len(d)} differences")
