@@ -181,6 +181,7 @@ class BiDAF(nn.Module):
     def __init__(self, d_input: int, p: BiDAFParams):
         super().__init__()
         self.p, self.d_word, self.char_dim = p, d_input, p.char_dim
+        self.init_args = (d_input, p)
         d = p.hidden
         self.sizes = p.widths()
         k0f, k0b, k1f, k1b, k2f, k2b = self.sizes

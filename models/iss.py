@@ -105,7 +105,7 @@ class ISSLSTM(RecurrentBackbone):
 
     def __init__(self, d_input: int, p: ISSParams):
         super().__init__()
-        self.p = p
+        self.p, self.init_args = p, (d_input, p)
         self.d_input = d_input
         self.sizes = layer_sizes(p)
         self.d_output = self.sizes[-1]

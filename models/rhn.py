@@ -93,6 +93,7 @@ class RHN(RecurrentBackbone):
             raise SeqbenchError(f"rhn model.tied_groups needs the input width ({d_input}) to equal model.hidden "
                                 f"({p.hidden}): a tied embedding of the state's width")
         self.p, self.d_input, self.w, self.d_output = p, d_input, p.hidden, p.hidden
+        self.init_args = (d_input, p)
         w = p.hidden
         self.W = nn.Linear(d_input, 2 * w, bias=False)
         self.R = nn.ModuleList(nn.Linear(w, 2 * w) for _ in range(p.depth))

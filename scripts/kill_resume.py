@@ -140,7 +140,7 @@ def _epoch(path: Path) -> int | str:
     try:
         import torch
 
-        return torch.load(path, map_location="cpu", weights_only=False)["epoch"]
+        return torch.load(path, map_location="cpu", weights_only=True)["epoch"]
     except Exception:
         return "?"
 

@@ -21,7 +21,9 @@ backbone's output (an nn.Linear; every wrapper names it ``head``), or None:
                                    and saves it in place of the trained one
                                    (``install_pruned``); a backbone whose pruning may drop input
                                    features says so (``prunes_inputs``) and sets ``kept_inputs``
-                                   on the small one: the wrapper then needs ``keep_inputs(idx)``
+                                   on the small one: the wrapper then needs ``keep_inputs(idx)``.
+                                   Such a backbone keeps ``init_args`` = (d_input, Params): a
+                                   pruned model's file is plain data (``pruned_payload``)
     optimizer_groups(lr) -> list   optimiser param groups for some of its parameters, each a dict
                                    with "params" and its own "lr" (the rest get the base lr)
 """
@@ -85,6 +87,38 @@ def prune_in_place(model: nn.Module) -> bool:
         return False
     install_pruned(model, *small)
     return True
+
+
+def pruned_payload(model: nn.Module, epoch) -> dict:
+    """What ``pruned.pt`` holds of a pruned model: its weights and the widths to rebuild it (plain data,
+    loadable with ``torch.load(weights_only=True)``), not the pickled module."""
+    import dataclasses
+
+    d_input, p = model.backbone.init_args
+    head = getattr(model, "head", None)
+    kept = getattr(model.backbone, "kept_inputs", None)
+    return {"state": model.state_dict(), "epoch": epoch,
+            "backbone": {"d_input": int(d_input), "params": dataclasses.asdict(p)},
+            "head": None if head is None else {"in": head.in_features, "out": head.out_features,
+                                               "bias": head.bias is not None},
+            "kept_inputs": None if kept is None else [int(i) for i in kept]}
+
+
+def load_pruned(model: nn.Module, payload: dict) -> None:
+    """``model`` (built from the run's config) made the pruned model ``pruned_payload`` describes."""
+    bb = model.backbone
+    d_input, params = payload["backbone"]["d_input"], type(bb.p)(**payload["backbone"]["params"])
+    ref = next(model.parameters())
+    new = type(bb)(d_input, params).to(ref)
+    h = payload["head"]
+    new_head = None if h is None else nn.Linear(h["in"], h["out"], bias=h["bias"]).to(ref)
+    if payload["kept_inputs"] is not None:
+        new.kept_inputs = torch.tensor(payload["kept_inputs"])
+        if getattr(model, "tie", False):  # a tied head is the kept embedding columns (``keep_inputs`` checks)
+            with torch.no_grad():
+                new_head.weight.copy_(model.embedding.weight[:, new.kept_inputs.to(ref.device)])
+    install_pruned(model, new, new_head)
+    model.load_state_dict(payload["state"])
 
 
 def fit_problems(model: nn.Module, state: dict) -> list[str]:

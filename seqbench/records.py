@@ -132,12 +132,13 @@ def check_writable(results) -> None:
     """Before a run trains: its results folder (records and checkpoints) can be written. A folder
     that is a file, read-only, or on a read-only file system is one line now, not a traceback
     after an epoch of training."""
-    res = Path(results)
+    res, made = Path(results), []
     try:
         for sub in ("runs", "checkpoints"):
             folder = res / sub
             if folder.exists() and not folder.is_dir():
                 raise SeqbenchError(f"results folder {res}: {folder} is a file, not a folder")
+            made += [p for p in reversed([folder, *folder.parents]) if not p.exists()]
             folder.mkdir(parents=True, exist_ok=True)
             probe = folder / f".probe-{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
             probe.write_bytes(b"")
@@ -145,6 +146,12 @@ def check_writable(results) -> None:
     except OSError as e:
         raise SeqbenchError(f"results folder {res} cannot be written ({e.strerror or type(e).__name__}: "
                             f"{e.filename or res}); choose another with --results") from None
+    finally:  # the folders made to probe go again: a refused run leaves nothing (the writes make them)
+        for p in reversed(made):
+            try:
+                p.rmdir()
+            except OSError:
+                pass
 
 
 def new_run_id(model: str, task: str, preset: str, seed: int) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import secrets
 import socket
 from pathlib import Path
@@ -38,6 +39,44 @@ def lock_owner(path: Path) -> str | None:
     return f"process {pid} on {host}"
 
 
+# A numpy array (the numpy random state of checkpoints written before it was saved as a tensor) is data:
+# allowed to the weights-only unpickler, as torch's documentation shows for numpy arrays.
+_NUMPY_GLOBALS = ("numpy._core.multiarray._reconstruct", "numpy.core.multiarray._reconstruct", "numpy.ndarray",
+                  "numpy.dtype", "numpy.dtypes.UInt32DType")
+
+
+def _numpy_globals() -> list:
+    import importlib
+
+    out = []
+    for name in _NUMPY_GLOBALS:
+        mod, _, attr = name.rpartition(".")
+        try:
+            out.append(getattr(importlib.import_module(mod), attr))
+        except (ImportError, AttributeError):
+            pass
+    return out
+
+
+def safe_load(path, map_location="cpu", what: str = "checkpoint"):
+    """``torch.load(weights_only=True)``: tensors and plain data, never code. A file that would need
+    code to load (a pickled object: crafted, or a pre-2026-12 ``pruned.pt``) is refused in one line
+    naming what it asks for, without running it; a truncated or foreign file likewise."""
+    path = Path(path)
+    try:
+        with torch.serialization.safe_globals(_numpy_globals()):
+            return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError:
+        try:
+            wants = ", ".join(torch.serialization.get_unsafe_globals_in_checkpoint(path))[:120]
+        except Exception:
+            wants = "objects"
+        raise SeqbenchError(f"{what} {clip(str(path), 200)} is not plain data (loading it would build {wants}); "
+                            f"seqbench reads checkpoints as tensors and plain data only") from None
+    except Exception as e:
+        raise SeqbenchError(f"{what} {clip(str(path), 200)} is unreadable ({type(e).__name__})") from None
+
+
 class RunDir:
     def __init__(self, results, run_id: str):
         self.run_id = run_id
@@ -59,7 +98,9 @@ class RunDir:
 
     @contextlib.contextmanager
     def lock(self):
-        """Hold the run's lock inside the block (a stale lock is taken over)."""
+        """Hold the run's lock inside the block (a stale lock is taken over). The folders it made are
+        removed after it when still empty (a run refused or failed before its first checkpoint)."""
+        made = [p for p in reversed([self.path, *self.path.parents]) if not p.exists()]
         self.path.mkdir(parents=True, exist_ok=True)
         path, token = self.path / "lock", secrets.token_hex(8)
         for _ in range(2):
@@ -82,6 +123,11 @@ class RunDir:
                     path.unlink()
             except (OSError, IndexError):
                 pass
+            for p in [self.path, *(q for q in reversed(made) if q != self.path)]:
+                try:
+                    p.rmdir()  # only when empty
+                except OSError:
+                    pass
 
     # ----------------------------------------------------------------- files
     def save(self, name: str, payload) -> Path:
@@ -90,12 +136,8 @@ class RunDir:
         return atomic_write(self.path / name, lambda tmp: torch.save(payload, tmp), fault=f"save:{name}")
 
     def load(self, name: str, map_location="cpu", what: str = "checkpoint") -> dict:
-        """A checkpoint file; an unreadable one (truncated, foreign) is one line naming it."""
-        path = self.path / name
-        try:
-            return torch.load(path, map_location=map_location, weights_only=False)
-        except Exception as e:
-            raise SeqbenchError(f"{what} {clip(str(path), 200)} is unreadable ({type(e).__name__})") from None
+        """A checkpoint file, read as data (``safe_load``); one line naming it when it cannot be."""
+        return safe_load(self.path / name, map_location, what)
 
     def resumable(self) -> dict:
         """``last.pt`` of a run that can resume: one that has a checkpoint and no record, that no live

@@ -23,7 +23,7 @@ from . import config as C
 from . import distributed, faults, measure, records, registry
 from .build import build
 from .errors import SeqbenchError
-from .model import load_fitting, prune_in_place
+from .model import load_fitting, prune_in_place, pruned_payload
 from .progress import Progress, write
 from .records import Selection
 from .rundir import RunDir
@@ -97,6 +97,8 @@ class Runner:
         return None after that many epochs of this call; ``stop_after_minutes``: before an epoch
         that would end later (the checkpoint stays for ``resume``). A non-finite loss ends the run
         with a record of status 'failed'."""
+        if self.state.epoch == 0 and self.cfg.train.init_from:  # refused now: nothing written yet
+            self._init_from(self.cfg.train.init_from)
         with distributed.on_main_held(self.dir.lock(), self.world):
             return self._fit(stop_after_epochs, stop_after_minutes)
 
@@ -104,8 +106,6 @@ class Runner:
         t, s = self.cfg.train, self.state
         measure.reset_peak_memory(self.setup.device)
         done, began, longest = 0, time.monotonic(), 0.0
-        if s.epoch == 0 and t.init_from:
-            self._init_from(t.init_from)
         try:
             epochs = Progress(range(s.epoch + 1, t.epochs + 1), total=t.epochs - s.epoch, desc=self.run_id,
                               quiet=self.quiet, unit="epochs", every=float("inf"))
@@ -244,7 +244,7 @@ class Runner:
         model.to(self.setup.device)
         path = self.dir / "pruned.pt"
         if self.world.main:
-            self.dir.save("pruned.pt", {"model": model, "epoch": self.state.best["epoch"]})
+            self.dir.save("pruned.pt", pruned_payload(model, self.state.best["epoch"]))
         return {"before": before, "file": str(path)}
 
     def selection(self) -> Selection:

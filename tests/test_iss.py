@@ -287,5 +287,33 @@ def test_runner_prunes_tests_and_saves_the_small_model(env):
     st, meas = rec["measure"]["structure"], rec["measure"]
     assert st["sizes"] == [1, 1] and st["pruned_from"] == [16, 16]
     assert meas["pruning"]["before"]["params"]["total"] > meas["params"]["total"]
-    small = torch.load(meas["pruning"]["file"], weights_only=False)["model"]
-    assert small.backbone.sizes == [1, 1] and small.head.in_features == 1
+    small = torch.load(meas["pruning"]["file"], weights_only=True)  # plain data: weights and widths
+    assert small["backbone"]["params"]["sizes"] == "1,1" and small["head"]["in"] == 1
+
+
+@pytest.mark.parametrize("model,task,over", [
+    ("iss-lstm", "ptb", {}),
+    ("rhn", "ptb", {"model.tied_groups": "true", "model.hidden": "16", "task.emb": "16", "task.tie": "true"}),
+    ("bidaf", "squad", {}),
+])
+def test_pruned_file_is_plain_data_that_rebuilds_the_pruned_model(env, model, task, over):
+    """pruned.pt holds weights and widths (torch.load weights_only=True); ``load_pruned`` turns a model
+    built from the run's config into the pruned model the run tested: the same outputs."""
+    from conftest import QUICK
+    from seqbench.build import build
+    from seqbench.model import load_pruned
+    from seqbench.runner import Runner
+
+    cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny",
+                         {**QUICK, **over, "model.threshold": "1.0"})
+    r = Runner(cfg, quiet=True)
+    rec = r.fit()
+    assert rec["status"] == "completed" and rec["measure"]["pruning"], rec["failure"]
+    payload = torch.load(rec["measure"]["pruning"]["file"], weights_only=True)
+    setup = build(cfg, data=False)
+    load_pruned(setup.model, payload)
+    x = setup.task.example_batch(3)[0]
+    with torch.no_grad():
+        want, got = r.setup.model.eval()(x)[0], setup.model.eval()(x)[0]
+    assert torch.equal(want, got)
+    assert sum(p.numel() for p in setup.model.parameters()) == rec["measure"]["params"]["total"]
