@@ -146,13 +146,14 @@ class _Diagonals:
         # [zero, diagonal k-2, diagonal k-1] (0 = outside the grid: contributes zero).
         pos = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(r[order].tolist(), c[order].tolist()))}
         self.pred = []
+        rows, cols = r[order].tolist(), c[order].tolist()  # on the CPU: the device may be "meta" (memory estimate)
         for k, (s, e) in enumerate(self.bounds):
             s2 = self.bounds[k - 2][0] if k >= 2 else 0
             n2 = (self.bounds[k - 2][1] - s2) if k >= 2 else 0
             s1 = self.bounds[k - 1][0] if k >= 1 else 0
             idx = []
             for i in range(s, e):
-                a, b = int(self.rows[i]), int(self.cols[i])
+                a, b = rows[i], cols[i]
                 row = []
                 for (pa, pb), off, base in (((a - 1, b), 1 + n2, s1), ((a, b - 1), 1 + n2, s1),
                                             ((a - 1, b - 1), 1, s2)):

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import config as C
-from . import distributed, registry
+from . import distributed, memory, registry
 from .data import data_root
 from .ema import WeightEMA
 from .errors import SeqbenchError
@@ -174,6 +174,7 @@ class Setup:
         self.optimizer, self.scheduler, self.scaler = optimizer, scheduler, scaler
         self.strategy, self.ema = strategy, ema
         self.per_step_schedule = cfg.train.schedule in C.PER_STEP_SCHEDULES  # stepped every batch, not every epoch
+        self.memory: dict | None = None  # the training step's memory estimate (seqbench.memory.check)
         self.monitor = spec.metric(spec.monitor)  # the Metric that picks the best epoch
 
     @property
@@ -415,6 +416,8 @@ def build(cfg: C.RunConfig, data: bool = True, world: distributed.World | None =
     scaler = torch.amp.GradScaler(device.type, enabled=t.amp == "fp16")
     setup = Setup(cfg, device, threads, task, spec, loaders, model, optimizer, scheduler, scaler, strategy, ema, world)
     setup.check_amp()
+    if data:  # before training: a step that would not fit is one line, not the OOM killer (bench: its own batch)
+        setup.memory = memory.check(setup)
     if world.on:
         distributed.check_last_batch(loaders.get("train"), t.batch_size, world)
         setup.train_model = distributed.wrap(model, device, world)

@@ -196,13 +196,17 @@ def _cmd_run(a) -> int:
     from . import config, distributed, registry
     from .runner import Runner
 
-    if a.resume:
-        given = [f for f in ("model", "task", "preset", "init_from", *SHORTCUTS) if getattr(a, f) is not None]
-        given += ["set"] if a.sets else []
+    if a.resume:  # the run's own config; only this machine's settings (threads, device, ...) may change
+        given = [f for f in ("model", "task", "preset", "init_from", *SHORTCUTS)
+                 if getattr(a, f) is not None and SHORTCUTS.get(f) not in config.BOOKKEEPING]
         if given:
             raise SeqbenchError(f"--resume takes the run's own config; drop --{', --'.join(given)}")
-        distributed.init()
-        runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet)
+        machine = {SHORTCUTS[k]: getattr(a, k) for k in SHORTCUTS if getattr(a, k) is not None}
+        machine.update(config.machine_settings(config.parse_set(a.sets)))
+        if a.deterministic:
+            machine["deterministic"] = "true"
+        distributed.init(machine.get("device", "auto"))
+        runner = Runner.resume(a.resume, results=a.results, quiet=a.quiet, machine=machine)
         _say(f"resuming {a.resume} after epoch {runner.epoch}")
     else:
         if not a.model or not a.task:

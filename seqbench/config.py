@@ -361,6 +361,21 @@ def validate(cfg: RunConfig) -> None:
             fn()
 
 
+def machine_settings(overrides: dict) -> dict:
+    """``overrides`` if they are all settings of the machine (``BOOKKEEPING``: a resumed run may change
+    them), else one line naming the others."""
+    other = [k for k in overrides if k not in BOOKKEEPING]
+    if other:
+        raise SeqbenchError(f"--resume takes the run's own config; only this machine's settings "
+                            f"({', '.join(BOOKKEEPING)}) may change, not {', '.join(map(repr, other))}")
+    return overrides
+
+
+def entries(flat: dict) -> tuple:
+    """The registry entries of a flat config's model and task."""
+    return registry.get_model(flat["model"]), registry.get_task(flat["task"])
+
+
 def from_flat(flat: dict, model_entry, task_entry) -> RunConfig:
     """Rebuild a RunConfig from a record's or checkpoint's flat config (used by --resume)."""
     cfg = RunConfig(

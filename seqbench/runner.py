@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import config as C
-from . import distributed, faults, measure, records, registry
+from . import distributed, faults, measure, memory, records
 from .build import build
 from .errors import SeqbenchError
 from .model import load_fitting, prune_in_place, pruned_payload
@@ -74,11 +74,12 @@ class Runner:
         return self.state.epoch
 
     @classmethod
-    def resume(cls, run_id: str, results=None, quiet: bool = False, write_record: bool = True) -> "Runner":
-        """The run ``run_id`` as its last checkpoint left it (at any world size)."""
+    def resume(cls, run_id: str, results=None, quiet: bool = False, write_record: bool = True,
+               machine: dict | None = None) -> "Runner":
+        """The run ``run_id`` as its last checkpoint left it (at any world size); ``machine``: settings of
+        this machine for it (``config.BOOKKEEPING``: threads, device, ...), never its identity."""
         ck = distributed.on_main(RunDir(records.results_dir(results), run_id).resumable, distributed.current())
-        flat = ck["config"]
-        cfg = C.from_flat(flat, registry.get_model(flat["model"]), registry.get_task(flat["task"]))
+        cfg = C.from_flat({**ck["config"], **C.machine_settings(machine or {})}, *C.entries(ck["config"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.setup.load_state_dict(ck)
         distributed.restore_rng(ck["rng"], self.world, cfg.train.seed, ck["epoch"])
@@ -93,10 +94,9 @@ class Runner:
 
     # ---------------------------------------------------------------- fit
     def fit(self, stop_after_epochs: int | None = None, stop_after_minutes: float | None = None) -> dict | None:
-        """Train to the configured number of epochs, then test and record. ``stop_after_epochs``:
-        return None after that many epochs of this call; ``stop_after_minutes``: before an epoch
-        that would end later (the checkpoint stays for ``resume``). A non-finite loss ends the run
-        with a record of status 'failed'."""
+        """Train to the configured number of epochs, then test and record. ``stop_after_epochs``: return None
+        after that many epochs of this call; ``stop_after_minutes``: before an epoch that would end later (the
+        checkpoint stays for ``resume``). A non-finite loss ends the run with a record of status 'failed'."""
         if self.state.epoch == 0 and self.cfg.train.init_from:  # refused now: nothing written yet
             self._init_from(self.cfg.train.init_from)
         with distributed.on_main_held(self.dir.lock(), self.world):
@@ -126,6 +126,12 @@ class Runner:
                           f"{key} {row[key]:.4f}  ({row['train_s']:.1f}s train)")
         except NonFiniteLoss as e:
             return self._record("failed", failure=str(e))
+        except (RuntimeError, MemoryError) as e:  # an allocation that failed all the same: one line, a record
+            why = memory.oom_failure(e, self.setup)
+            if why is None:
+                raise
+            rec = self._record("failed", failure=why)
+            raise SeqbenchError(f"{why}: run recorded as failed ({rec.get('path', 'no record written')})") from None
         return self._finish()
 
     def _epoch(self, epoch: int) -> tuple[dict, str]:
@@ -139,7 +145,8 @@ class Runner:
         key = f"{split}_{sel}"
         with setup.evaluated_weights():  # the moving average, when the run keeps one
             row.update({f"{split}_{k}": v for k, v in setup.evaluate(split).items()})
-            if split == "val" and (self.cfg.train.select == "last" or self._improves(row[key], s.best["value"])):
+            chosen = self.cfg.train.select == "last" or setup.monitor.improves(row[key], s.best["value"])
+            if split == "val" and chosen:
                 val = {k[4:]: v for k, v in row.items() if k.startswith("val_")}
                 s.best = {"epoch": epoch, "value": row[key], "val": val}
                 if self.world.main:
@@ -149,7 +156,7 @@ class Runner:
             setup.scheduler.step()
         s.history.append(row)
         prev = s.best.get("test_best")
-        if split == "test" and self._improves(row[key], prev and prev[sel]):
+        if split == "test" and setup.monitor.improves(row[key], prev and prev[sel]):
             s.best["test_best"] = {"epoch": epoch, sel: row[key]}  # reported apart, never selects
         s.epoch = epoch
         self.checkpoint()
@@ -187,11 +194,6 @@ class Runner:
         self.state.train_time += elapsed
         self.state.train_samples += n
         return {"train_loss": mean, "train_samples": n, "train_s": elapsed}
-
-    def _improves(self, value: float, best: float | None) -> bool:
-        if best is None:
-            return math.isfinite(value)
-        return value > best if self.setup.monitor.higher_is_better else value < best
 
     def _init_from(self, run_id: str) -> None:
         """Another run's selected weights (best.pt, else last.pt) before the first epoch; weights that

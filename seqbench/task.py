@@ -25,6 +25,7 @@ after every epoch and its last epoch's weights are the ones recorded (the CIFAR 
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -36,6 +37,12 @@ import torch.nn.functional as F
 class Metric:
     name: str
     higher_is_better: bool
+
+    def improves(self, value: float, best: float | None) -> bool:
+        """Whether ``value`` beats ``best`` (None: no value yet, then any finite one does)."""
+        if best is None:
+            return math.isfinite(value)
+        return value > best if self.higher_is_better else value < best
 
 
 @dataclass

@@ -72,3 +72,13 @@ def test_a_refused_or_failed_start_leaves_nothing(env, capsys):
     one_line(capsys, ["run", "--model", "fcn", "--task", "camvid", "--preset", "tiny", "--results", str(res)],
              "unreadable")
     assert not res.exists()
+
+
+def test_a_resumed_run_takes_this_machine_s_settings_not_new_config(env, capsys):
+    """Threads, device and the log settings are the machine's: accepted on resume; anything else is refused."""
+    run = _run(env, epochs=2)
+    assert run.fit(stop_after_epochs=1) is None
+    res = ["--results", str(env["results"])]
+    one_line(capsys, ["run", "--resume", run.run_id, *res, "--set", "lr=0.5"], "only this machine's settings")
+    assert main(["run", "--resume", run.run_id, *res, "--threads", "1", "--set", "log_every=5", "--quiet"]) == 0
+    assert "completed" in capsys.readouterr().out
