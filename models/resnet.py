@@ -24,7 +24,8 @@ import torch.nn as nn
 
 from seqbench.config import POSITIVE, Domain, choice, setting
 from seqbench.registry import IMAGE, register_model
-from seqbench.resnet import ResNetTrunk, cifar_layers
+from seqbench.errors import SeqbenchError
+from seqbench.resnet import EXPANSION, ResNetTrunk, cifar_layers
 
 
 def _dia_cells() -> list[str]:
@@ -51,15 +52,31 @@ class ResNetParams:
         cifar_layers(self.depth, self.block)
 
 
+def check_reduction(p) -> None:
+    """The attention's bottleneck C/r keeps at least one channel in the narrowest stage (C = width x expansion)."""
+    c = p.width * EXPANSION[p.block]
+    if c // p.reduction < 1:
+        raise SeqbenchError(f"bad value {p.reduction} for 'model.reduction': the first stage has {c} channels, so C/r "
+                            f"would be 0; expected at most {c} (or a larger model.width)")
+
+
 @dataclass
 class SEParams(ResNetParams):
-    reduction: int = setting(16, POSITIVE, "SE bottleneck: C -> C/r -> C")
+    reduction: int = setting(16, POSITIVE, "SE bottleneck: C -> C/r -> C (at least one channel)")
+
+    def validate(self):
+        super().validate()
+        check_reduction(self)
 
 
 @dataclass
 class DIAParams(ResNetParams):
-    reduction: int = setting(4, POSITIVE, "DIA bottleneck MLPs: C -> C/r -> 4C (the DIANet README's r = 4)")
+    reduction: int = setting(4, POSITIVE, "DIA bottleneck MLPs: C -> C/r -> 4C (DIANet's r = 4; C/r >= 1)")
     dia_cell: str = setting("dia-lstm", DIA_CELL, "the DIA unit: dia-lstm, or a registered recurrent model")
+
+    def validate(self):
+        super().validate()
+        check_reduction(self)
 
 
 _DEEP = {"model.depth": 164, "model.block": "bottleneck"}
@@ -99,6 +116,7 @@ class ResNet(CIFARResNet):
 @register_model("se-resnet")
 class SEResNet(CIFARResNet):
     Params = SEParams
+    presets = {**RESNET_PRESETS, "tiny": {**RESNET_PRESETS["tiny"], "model.reduction": 4}}  # 4 channels: C/r = 1
     attn = "se"
 
 
