@@ -399,6 +399,7 @@ def build(cfg: C.RunConfig, data: bool = True, world: distributed.World | None =
     task = make_task(cfg)
     spec = task.spec()
     loaders = task.loaders(t.batch_size, t.eval_batch_size, t.seed) if data else {}
+    memory.check_size(lambda: task.wrap(model_entry.cls(spec.d_input, cfg.model_params)), t, device)
     backbone = model_entry.cls(spec.d_input, cfg.model_params)
     model = task.wrap(backbone).to(device)
     if world.on and t.sync_bn:

@@ -86,6 +86,29 @@ def _meta(t, batch: int):
     return t
 
 
+def check_size(make, train, device: torch.device) -> None:
+    """Before a model is built: ``make()`` run on the meta device (no memory) gives its parameters; when
+    they, their gradients and the optimiser's state would not fit, one line (a model that cannot be made
+    there is let through: the step estimate after it still applies)."""
+    from .build import rng_state, set_rng_state
+    from .errors import SeqbenchError
+
+    rng = rng_state()
+    try:
+        with torch.device("meta"):
+            params = list(make().parameters())
+    except Exception:
+        return
+    finally:
+        set_rng_state(rng)
+    need, free = sum(_nbytes(p) for p in params) * (2 + _moments(train)), available(device)
+    if need > HEADROOM * free:
+        n = sum(p.numel() for p in params)
+        raise SeqbenchError(f"the model's {n:,} parameters need about {gib(need)} with their gradients and the "
+                            f"optimiser's state, more than the {gib(free)} this process may use on {device}; "
+                            f"make the model smaller (model.hidden, model.width, ...)")
+
+
 SMALL_SAMPLE = 100_000  # input elements per sample up to which one real sample is probed
 
 
@@ -103,10 +126,14 @@ def step_estimate(setup, batch: int | None = None) -> dict:
             acts = None
     if acts is None:
         acts = _probe(setup, x1, y1) * b
-    t = setup.cfg.train
     p = sum(_nbytes(q) for q in setup.model.parameters())
-    opt = {"adam": 2, "adamw": 2, "sgd": 1 if t.momentum else 0, "rmsprop": 2 if t.momentum else 1}[t.optimizer]
-    return {"activations": acts, "state": p * (2 + opt), "batch": (_nbytes(x1) + _nbytes(y1)) * b, "how": how}
+    return {"activations": acts, "state": p * (2 + _moments(setup.cfg.train)), "batch": (_nbytes(x1) + _nbytes(y1)) * b,
+            "how": how}
+
+
+def _moments(t) -> int:
+    """Tensors of the parameters' size the optimiser keeps (Adam's two moments, SGD's momentum, ...)."""
+    return {"adam": 2, "adamw": 2, "sgd": 1 if t.momentum else 0, "rmsprop": 2 if t.momentum else 1}[t.optimizer]
 
 
 def _probe(setup, x1, y1) -> int:
