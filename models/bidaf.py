@@ -288,9 +288,15 @@ class BiDAF(nn.Module):
             for reader, offset in reads:
                 mod = self.get_submodule(reader)
                 w = mod.weight if isinstance(mod, nn.Linear) else mod.weight_ih_l0
-                g.add(f"{reader}.{'weight' if isinstance(mod, nn.Linear) else 'weight_ih_l0'}", w, 1, offset=offset)
+                name_ = f"{reader}.{'weight' if isinstance(mod, nn.Linear) else 'weight_ih_l0'}"
+                g.add(name_, w, 1, offset=offset, reads=True)
             groups.append(g)
         return groups
+
+    def coordinate(self, head=None) -> list[int]:
+        """The reference's structure coordinator before the test (``iss.coordinate_``): per group, the units
+        read by nobody whose incoming weights it zeroed."""
+        return iss.coordinate_(self.iss_groups())
 
     def regularization(self, head=None) -> torch.Tensor:
         """Group Lasso ``lam`` * sum over the 6 groups of sqrt(||w_k||^2 + 1e-8), added to the task loss. The

@@ -162,11 +162,11 @@ class ISSLSTM(RecurrentBackbone):
         for i, (m, h) in enumerate(zip(self.lstms, self.sizes)):
             g = iss.lstm_unit_slices(iss.Group(f"lstms.{i}", h), f"lstms.{i}.", m)
             if i + 1 < len(self.lstms):
-                g.add(f"lstms.{i + 1}.weight_ih_l0", self.lstms[i + 1].weight_ih_l0, 1)
+                g.add(f"lstms.{i + 1}.weight_ih_l0", self.lstms[i + 1].weight_ih_l0, 1, reads=True)
             elif head is not None:
                 if head.in_features != h:
                     raise ValueError(f"head reads {head.in_features} features, the last layer has {h}")
-                g.add("head.weight", head.weight, 1)
+                g.add("head.weight", head.weight, 1, reads=True)
             else:
                 g.complete = False
             groups.append(g)
@@ -179,6 +179,11 @@ class ISSLSTM(RecurrentBackbone):
     def group_sq_norms(self, head: nn.Linear | None = None) -> list[torch.Tensor]:
         """Per layer, the squared L2 norm of every component's group: a [H_l] tensor."""
         return iss.sq_norms(self.iss_groups(head))
+
+    def coordinate(self, head=None) -> list[int]:
+        """The reference's structure coordinator before the test (``iss.coordinate_``): per group, the units
+        read by nobody whose incoming weights it zeroed."""
+        return iss.coordinate_(self.iss_groups(head))
 
     def regularization(self, head: nn.Linear | None = None) -> torch.Tensor:
         """Group Lasso (paper eq. 2, reference ``add_structure_grouplasso``):

@@ -147,15 +147,20 @@ class RHN(RecurrentBackbone):
             g.add("W.weight", self.W.weight, 1)  # the reference's first-layer input row k
         for i, lin in enumerate(self.R):
             g.add(f"R.{i}.weight", lin.weight, 0, 2, stride=w)
-            g.add(f"R.{i}.weight", lin.weight, 1)
+            g.add(f"R.{i}.weight", lin.weight, 1, reads=True)
             g.add(f"R.{i}.bias", lin.bias, 0, 2, penalised=False, stride=w)
         if head is not None:
-            g.add("head.weight", head.weight, 1)
+            g.add("head.weight", head.weight, 1, reads=True)
         return [g]
 
     def group_sq_norms(self, head=None) -> torch.Tensor:
         """[w]: every unit's squared group norm (``iss_groups``)."""
         return iss.sq_norms(self.iss_groups(head))[0]
+
+    def coordinate(self, head=None) -> list[int]:
+        """The reference's structure coordinator before the test (``iss.coordinate_``): per group, the units
+        read by nobody whose incoming weights it zeroed."""
+        return iss.coordinate_(self.iss_groups(head))
 
     def regularization(self, head=None) -> torch.Tensor:
         if self.p.lam == 0:

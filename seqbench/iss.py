@@ -28,7 +28,8 @@ class Slice(NamedTuple):
     at some place of its input ``Slice(consumer, dim=1, offset=place)``. A slice is ``penalised`` (a
     weight: in the group Lasso and in the zero check) or only carried (a bias: removed with its
     component, outside both, as the reference's groups, which take the cells' ``weights`` and never their
-    ``biases``)."""
+    ``biases``). A slice ``reads`` the component's output (a recurrent column, a consumer's column) or
+    writes it (its gate rows): ``coordinate_`` tells them apart."""
 
     name: str  # the tensor's name in the model ("lstms.0.weight_ih_l0", "head.weight")
     tensor: torch.Tensor
@@ -38,6 +39,7 @@ class Slice(NamedTuple):
     penalised: bool  # a weight (Lasso and zero check); False: carried with its component (a bias)
     offset: int = 0
     stride: int = 0
+    reads: bool = False  # the weights that read the component's output (its outgoing weights)
 
     def index(self, ks) -> torch.Tensor:
         """Positions along ``dim`` owned by components ``ks`` (block-major: all of block 0, then 1, ...)."""
@@ -76,9 +78,9 @@ class Group:
     complete: bool = True  # every reader of the components' output is among the slices
 
     def add(self, name: str, tensor: torch.Tensor, dim: int, blocks: int = 1, penalised: bool = True,
-            offset: int = 0, stride: int = 0) -> "Group":
+            offset: int = 0, stride: int = 0, reads: bool = False) -> "Group":
         if tensor is not None:
-            self.slices.append(Slice(name, tensor, dim, blocks, self.size, penalised, offset, stride))
+            self.slices.append(Slice(name, tensor, dim, blocks, self.size, penalised, offset, stride, reads))
         return self
 
 
@@ -89,7 +91,7 @@ def lstm_unit_slices(group: Group, prefix: str, lstm: nn.LSTM) -> Group:
     assert group.size == H and lstm.num_layers == 1 and not lstm.bidirectional
     group.add(prefix + "weight_ih_l0", lstm.weight_ih_l0, 0, 4, stride=H)
     group.add(prefix + "weight_hh_l0", lstm.weight_hh_l0, 0, 4, stride=H)
-    group.add(prefix + "weight_hh_l0", lstm.weight_hh_l0, 1)
+    group.add(prefix + "weight_hh_l0", lstm.weight_hh_l0, 1, reads=True)
     if lstm.bias:
         group.add(prefix + "bias_ih_l0", lstm.bias_ih_l0, 0, 4, penalised=False, stride=H)
         group.add(prefix + "bias_hh_l0", lstm.bias_hh_l0, 0, 4, penalised=False, stride=H)
@@ -125,6 +127,31 @@ def zero_components(groups: list[Group]) -> list[torch.Tensor]:
         mx = [s.max_abs() for s in g.slices if s.penalised]
         z = torch.stack(mx).amax(0) == 0 if mx else torch.zeros(g.size, dtype=torch.bool)
         out.append(z if g.complete else torch.zeros_like(z))
+    return out
+
+
+@torch.no_grad()
+def coordinate_(groups: list[Group]) -> list[int]:
+    """The reference's structure coordinator (wenwei202/iss-rnns ``bidaf/basic/model.py``
+    ``_build_structure_coordinator``, run before the test in ``main.py``): a component whose outgoing
+    weights (the slices that ``read`` its output) are all zero is read by nobody, so its incoming weights
+    are zeroed too (in place) and the zero check then removes it; the model's output does not change.
+    Per group, the number of components this zeroed. A group without outgoing slices, or incomplete, is
+    left alone."""
+    out = []
+    for g in groups:
+        reads = [s.max_abs() for s in g.slices if s.reads and s.penalised]
+        if not reads or not g.complete:
+            out.append(0)
+            continue
+        silent = torch.stack(reads).amax(0) == 0
+        ks = torch.nonzero(silent).reshape(-1)
+        writes = [s for s in g.slices if not s.reads and s.penalised]
+        before = zero_components([g])[0]
+        for s in writes:
+            if ks.numel():
+                s.tensor.index_fill_(s.dim, s.index(ks), 0.0)
+        out.append(int((zero_components([g])[0] & ~before).sum()))
     return out
 
 

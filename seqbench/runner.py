@@ -234,20 +234,20 @@ class Runner:
                             examples=examples or None, pruning=pruning)
 
     def _prune(self) -> dict | None:
-        """A backbone with ``pruned(head)`` (ISS) is replaced by the physically smaller model (on every
-        rank: the same weights prune alike); the test and every measurement then see it; rank 0 saves it
-        whole as ``pruned.pt``."""
-        model = self.setup.model
+        """ISS: the backbone's ``coordinate`` zeroes what writes units nobody reads (the reference's structure
+        coordinator); then a backbone with ``pruned(head)`` is replaced by the physically smaller model (on
+        every rank alike), which the test and every measurement see; rank 0 saves it as ``pruned.pt``."""
+        model, coordinate = self.setup.model, self.setup.hook("coordinate")
+        coordinated = coordinate(self.setup.head) if coordinate else None
         if self.setup.hook("pruned") is None:
             return None
         before = {"params": measure.params(model), "flops_per_sample": measure.flops_per_sample(model)}
         if not prune_in_place(model):
             return None
         model.to(self.setup.device)
-        path = self.dir / "pruned.pt"
         if self.world.main:
             self.dir.save("pruned.pt", pruned_payload(model, self.state.best["epoch"]))
-        return {"before": before, "file": str(path)}
+        return {"before": before, "file": str(self.dir / "pruned.pt"), "coordinated": coordinated}
 
     def selection(self) -> Selection:
         s, last = self.state, self.state.epoch

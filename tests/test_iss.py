@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench import config, registry
+from seqbench import config, iss, registry
 from seqbench.models.iss import EPS, ISSLSTM, ISSParams
 from seqbench.task import PerStepHead
 
@@ -317,3 +317,41 @@ def test_pruned_file_is_plain_data_that_rebuilds_the_pruned_model(env, model, ta
         want, got = r.setup.model.eval()(x)[0], setup.model.eval()(x)[0]
     assert torch.equal(want, got)
     assert sum(p.numel() for p in setup.model.parameters()) == rec["measure"]["params"]["total"]
+
+
+@pytest.mark.parametrize("model,task,over", [
+    ("iss-lstm", "ptb", {}),
+    ("rhn", "ptb", {"model.tied_groups": "true", "model.hidden": "16", "task.emb": "16", "task.tie": "true"}),
+    ("rhn", "ptb", {}),
+    ("bidaf", "squad", {}),
+])
+def test_coordinator_removes_units_nobody_reads_and_changes_no_output(env, model, task, over):
+    """The reference's structure coordinator: a unit whose outgoing weights are all zero but whose incoming
+    ones are not is kept by the zero check; ``coordinate`` zeroes its incoming weights, the output stays
+    the same (bitwise), the unit is removed, and the pruned model computes what the masked one does."""
+    from conftest import QUICK
+    from seqbench.build import build
+    from seqbench.model import prune_in_place
+
+    cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", {**QUICK, **over})
+    setup = build(cfg, data=False)
+    bb, head = setup.backbone, setup.head
+    groups = bb.iss_groups(head)
+    with torch.no_grad():
+        for g in groups:
+            for s in g.slices:
+                if s.reads:
+                    s.tensor.index_fill_(s.dim, s.index([1]), 0.0)  # unit 1 of every group: read by nobody
+    assert not any(bool(z[1]) for z in iss.zero_components(bb.iss_groups(head)))  # its incoming weights live
+    x = setup.task.example_batch(3)[0]
+    setup.model.eval()
+    with torch.no_grad():
+        before = setup.model(x)[0]
+        counts = bb.coordinate(head)
+        after = setup.model(x)[0]
+    assert torch.equal(before, after) and sum(counts) >= 1
+    assert all(bool(z[1]) for z in iss.zero_components(bb.iss_groups(head)) if z.numel() > 1)
+    if bb.p.prune and prune_in_place(setup.model):
+        with torch.no_grad():
+            small = setup.model.eval()(x)[0]
+        assert torch.allclose(small, after, atol=1e-6)
