@@ -235,6 +235,10 @@ def _cmd_run(a) -> int:
             _say(f"run {runner.run_id} on {runner.setup.device}{procs}, {runner.setup.threads} thread(s)")
     try:
         rec = runner.fit(stop_after_epochs=a.stop_after_epochs, stop_after_minutes=a.stop_after_minutes)
+    except SeqbenchError:
+        if not a.resume and runner.epoch == 0:
+            job.forget()
+        raise
     except KeyboardInterrupt:
         print(f"\ninterrupted after epoch {runner.epoch}; {_resume_hint(runner)}", file=sys.stderr)
         return 130
@@ -264,24 +268,33 @@ def _cmd_report(a) -> int:
     return 0
 
 
+def _cmd_bench(a) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(a)
+
+
+def _cmd_sweep(a) -> int:
+    from .sweep import command
+
+    return command(a)
+
+
+_COMMANDS = {"run": _cmd_run, "list": lambda a: _cmd_list(), "bench": _cmd_bench, "sweep": _cmd_sweep,
+             "report": _cmd_report}
+
+
 def main(argv=None) -> int:
+    ended = False  # a rank that raised leaves without waiting for the others (the launcher stops them)
     try:
         a = _parser().parse_args(argv)
-        if a.cmd == "run":
-            return _cmd_run(a)
-        if a.cmd == "list":
-            return _cmd_list()
-        if a.cmd == "bench":
-            from .bench import main as bench_main
-
-            return bench_main(a)
-        if a.cmd == "sweep":
-            from .sweep import command
-            return command(a)
-        return _cmd_report(a)
+        code = _COMMANDS[a.cmd](a)
+        ended = True
+        return code
     except SeqbenchError as e:
         from .distributed import env_rank
 
+        ended = True
         if env_rank() == 0:  # every rank of a distributed run refuses alike; rank 0 says so
             print(f"seqbench: error: {e}", file=sys.stderr)
         return e.code
@@ -292,7 +305,7 @@ def main(argv=None) -> int:
         if "torch.distributed" in sys.modules:
             from .distributed import finish
 
-            finish()
+            finish(wait=ended)
 
 
 def entry() -> None:

@@ -92,12 +92,14 @@ def init(device: str = "auto") -> World:
     return current()
 
 
-def finish() -> None:
-    """Leave the process group: every rank reaches this point first (a rank tearing it down while
-    another still talks to it aborts)."""
+def finish(wait: bool = True) -> None:
+    """Leave the process group: after a normal end every rank reaches this point first (a rank tearing it
+    down while another still talks to it aborts); a rank that raised (``wait=False``) leaves at once, so
+    its traceback is printed and the launcher stops the group instead of every rank hanging."""
     if dist.is_available() and dist.is_initialized():
         try:
-            dist.barrier()
+            if wait:
+                dist.barrier()
             dist.destroy_process_group()
         except RuntimeError:  # a rank died: the launcher restarts the group or reports it
             pass
@@ -389,9 +391,13 @@ class Job:
         if self.marker is not None and self.world.main:
             from .files import atomic_write
 
+            self.marker.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(self.marker, run_id + "\n")
 
     def forget(self) -> None:
-        """The run has its record: a later restart of this job has nothing to resume."""
+        """The run has its record (or was refused): a later restart of this job has nothing to resume;
+        a checkpoints folder left empty goes too."""
         if self.marker is not None and self.world.main:
             self.marker.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                self.marker.parent.rmdir()

@@ -10,6 +10,7 @@ among the ranks: its float sums are added per rank (relative difference under 1e
 """
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -66,7 +67,9 @@ def runs(tmp_path_factory, fake_data):
     """The one-process runs (in this process) and the same runs by a 2-process group, with the group's
     evaluation of the one-process runs' selected weights."""
     tmp = tmp_path_factory.mktemp("dist")
-    env = {"SEQBENCH_DATA": str(fake_data), "SEQBENCH_VERIFY": "0", "SEQBENCH_DOWNLOAD": "0"}
+    data = tmp / "data"  # a copy: runs write caches (SQuAD's) beside the data; the session's folder stays as made
+    shutil.copytree(fake_data, data)
+    env = {"SEQBENCH_DATA": str(data), "SEQBENCH_VERIFY": "0", "SEQBENCH_DOWNLOAD": "0"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     try:

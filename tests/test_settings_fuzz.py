@@ -6,7 +6,9 @@ import dataclasses
 import io
 import math
 import os
+import shutil
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -73,12 +75,21 @@ def draws(draw):
 EXAMPLES = int(os.environ.get("SEQBENCH_FUZZ_EXAMPLES", "40"))  # more for a deeper search (400: 2 minutes here)
 
 
+@pytest.fixture(scope="module")
+def data(fake_data, tmp_path_factory):
+    """A copy of the session's generated data that the draws may write caches into (the SQuAD HF cache):
+    the session's folder is never touched (conftest)."""
+    out = tmp_path_factory.mktemp("fuzz-data") / "data"
+    shutil.copytree(fake_data, out)
+    return out
+
+
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(draws())
-def test_every_setting_in_and_around_its_domain_runs_or_is_one_line(fake_data, tmp_path_factory, draw):
+def test_every_setting_in_and_around_its_domain_runs_or_is_one_line(data, tmp_path_factory, draw):
     model, task, key, value = draw
     res = tmp_path_factory.mktemp("fuzz")
-    env = {"SEQBENCH_DATA": str(fake_data), "SEQBENCH_VERIFY": "0", "SEQBENCH_DOWNLOAD": "0"}
+    env = {"SEQBENCH_DATA": str(data), "SEQBENCH_VERIFY": "0", "SEQBENCH_DOWNLOAD": "0"}
     old = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     err = io.StringIO()
