@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import os
 import stat
+import sys
 import tempfile
 from pathlib import Path
 
@@ -41,6 +42,43 @@ def writable_dir(d: Path) -> bool:
     except OSError:
         return False
     return p.is_dir() and os.access(p, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+_WARNED: set = set()
+
+
+def warn_once(msg: str) -> None:
+    """``seqbench: warning: <msg>`` on stderr, once per process and message (rank 0 only in a distributed run)."""
+    if msg in _WARNED or os.environ.get("RANK", "0") != "0":
+        return
+    _WARNED.add(msg)
+    print(f"seqbench: warning: {msg}", file=sys.stderr, flush=True)
+
+
+def subset_size(asked: int | None, available: int, key: str, split: str, unit: str, notes: dict) -> int:
+    """How many of the ``available`` items (``unit``: "images") of ``split`` the subset setting ``key``
+    (``asked``; None or 0: all) takes. Asking for more than there are takes them all; that is kept in
+    ``notes[split]`` (key, asked, available: for the record's task info) and said once on stderr."""
+    if not asked:
+        return available
+    if asked > available:
+        notes[split] = {"key": key, "asked": int(asked), "available": int(available)}
+        warn_once(f"{key}={asked} asks for more than the {count(available, unit)} of the {split} split: all "
+                  f"{available} are used")
+    return min(int(asked), available)
+
+
+def check_training_part(n: int, batch_size: int, what: str, cause: str) -> None:
+    """A training part must hold at least one full batch: ``n`` (``what``: "images") fewer than
+    ``batch_size`` refuses the run in one line naming ``cause`` (the setting that left so few)."""
+    if n < batch_size:
+        raise SeqbenchError(f"{cause} leaves {count(n, what)} for training, fewer than one batch ({batch_size}); "
+                            f"a training part must hold at least one batch")
+
+
+def count(n: int, unit: str) -> str:
+    """``n`` and its plural ``unit`` ("images"), singular for one: "1 image", "0 images"."""
+    return f"{n} {unit[:-1] if n == 1 and unit.endswith('s') else unit}"
 
 
 def verify_enabled() -> bool:

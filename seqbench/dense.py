@@ -9,6 +9,7 @@ implementation of the metrics for every dense task (``confusion``, ``confusion_m
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -18,8 +19,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import NONNEGATIVE, POSITIVE, pattern, reals, setting
-from .data import EpochLoader, epoch_key
+from .config import NONNEGATIVE, POSITIVE, Domain, reals, setting
+from .data import EpochLoader, check_training_part, epoch_key, subset_size, warn_once
 from .errors import SeqbenchError
 from .measure import count_flops
 from .registry import DENSE
@@ -28,8 +29,25 @@ from .task import Metric, Task, TaskSpec
 IGNORE = 255
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 N_EXAMPLES = 3
-SIZE = pattern(r"[1-9][0-9]*x[1-9][0-9]*", "a size HxW in pixels, e.g. 180x240", "180by240")
-SIZE_OR_EMPTY = pattern(r"|[1-9][0-9]*x[1-9][0-9]*", "a size HxW in pixels, e.g. 180x240 (or empty)", "180by240")
+# The smallest side a dense trunk takes: more than its output stride (8 at the finest), so that its
+# feature map is at least 2x2. Measured (seqbench.models.scene, ResNet-18 trunks, training mode): at
+# output stride s a side of s gives a 1x1 map, and batch norm refuses a batch of one such sample
+# (the last partial batch can be one); s + 1 runs at any batch size. ``DenseTask.wrap`` checks the
+# sizes against the model's own output stride.
+MIN_SIDE = 9
+_SIZE_RE = re.compile(r"([1-9][0-9]*)x([1-9][0-9]*)")
+
+
+def _size_domain(empty: bool) -> Domain:
+    def ok(v):
+        m = _SIZE_RE.fullmatch(v)
+        return (empty and v == "") or (m is not None and min(int(m[1]), int(m[2])) >= MIN_SIDE)
+
+    text = f"a size HxW in pixels, each side at least {MIN_SIDE}, e.g. 180x240{' (or empty)' if empty else ''}"
+    return Domain(text, ok, "180by240")
+
+
+SIZE, SIZE_OR_EMPTY = _size_domain(False), _size_domain(True)
 SCALE = reals(0.0, 10.0, lo_open=True)
 
 
@@ -73,9 +91,8 @@ def read_image(path: Path) -> torch.Tensor:
     return torch.from_numpy(a.copy()).permute(2, 0, 1).contiguous()
 
 
-def read_label(path: Path, lut: torch.Tensor) -> torch.Tensor:
-    """A label map file (one value per pixel, PNG mode L or P) as uint8 [H, W] of class indices,
-    through ``lut`` (256 entries: dataset value -> class index, or 255 = ignored)."""
+def label_values(path: Path) -> np.ndarray:
+    """A label map file (one value per pixel, PNG mode L or P) as its values, int64 [H, W] in 0..255."""
     from PIL import Image
 
     try:
@@ -85,9 +102,15 @@ def read_label(path: Path, lut: torch.Tensor) -> torch.Tensor:
             a = np.asarray(im, dtype=np.int64)
     except (OSError, ValueError) as e:
         raise SeqbenchError(f"label map {path} is unreadable: {type(e).__name__}: {e}") from None
-    if a.min() < 0 or a.max() > 255:
+    if a.size and (a.min() < 0 or a.max() > 255):
         raise SeqbenchError(f"label map {path}: values outside 0..255")
-    return lut[torch.from_numpy(a)]
+    return a
+
+
+def read_label(path: Path, lut: torch.Tensor) -> torch.Tensor:
+    """A label map file as uint8 [H, W] of class indices, through ``lut`` (256 entries: dataset value
+    -> class index, or 255 = ignored)."""
+    return lut[torch.from_numpy(label_values(path))]
 
 
 def resize_image(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -301,12 +324,18 @@ class DenseTask(Task):
     ``metrics`` gives mIoU (selects the checkpoint), pixel accuracy and mean class accuracy,
     ``per_class`` the per-class IoU and accuracy the runner stores in the record. Latency is measured at
     ``latency_batches`` (1, 8) on inputs of ``latency_shape()`` (the evaluation size, or the training
-    crop where images vary in size)."""
+    crop where images vary in size).
+
+    What is refused or reported before training: a training part of fewer images than one batch, input
+    sizes a trunk at the model's output stride cannot take (``wrap``), and, in the record and once on
+    stderr, label pixels whose value is neither a class nor one of ``void_values`` (``check_labels``:
+    they are ignored like void) and subsets larger than their split (all of it is used)."""
 
     kind = DENSE
     num_classes: int
     class_names: list
     palette: list
+    void_values: tuple = ()  # the dataset's label values that mean "no class" (ignored)
     latency_batches = (1, 8)  # the runner's latency batch sizes for this kind
     reference_model = "fcn"  # the backbone without the RNN: the report's gains are over it
 
@@ -332,16 +361,39 @@ class DenseTask(Task):
     def class_weights(self) -> torch.Tensor | None:
         return None
 
+    def uses_class_weights(self) -> bool:
+        """Whether the loss is class-weighted (by ``class_weights()``)."""
+        return False
+
+    def loss_weights(self) -> torch.Tensor | None:
+        """The loss's class weights: ``class_weights()``, computed when the loss first needs them; before
+        any loader is built (``seqbench bench``: no data files) weights of 1 in their place, the same
+        computation without reading a file."""
+        if not self.uses_class_weights():
+            return None
+        if getattr(self, "_datasets", None) is None:
+            return torch.ones(self.num_classes)
+        return self.class_weights()
+
     # ------------------------------------------------------------------ data
-    def datasets(self, seed: int) -> dict:
+    def training_cause(self, n: int) -> str:
+        """What left ``n`` training images (for the one-line refusal of a training part below one batch)."""
+        return f"the training split of {self.name}"
+
+    def datasets(self, seed: int, batch_size: int = 1) -> dict:
+        """The splits' datasets (subsets taken); a training split of fewer images than ``batch_size`` is
+        refused in one line."""
         p = self.params
-        subsets = {"train": p.train_subset, "val": p.val_subset, "test": p.test_subset}
-        out = {}
+        out, self._available, self._subsets = {}, {}, {}
         for split in ("train", "val", "test"):
             pairs = self.pairs(split)
             if pairs is None:
                 continue
-            pairs = pairs[: subsets[split]]
+            self._available[split] = len(pairs)
+            if split == "train":
+                check_training_part(len(pairs), batch_size, "images", self.training_cause(len(pairs)))
+            asked = getattr(p, f"{split}_subset")
+            pairs = pairs[: subset_size(asked, len(pairs), f"task.{split}_subset", split, "images", self._subsets)]
             train = split == "train"
             out[split] = DenseDataset(pairs, self.lut(), size=self.size(), train=train, augment=p.augment,
                                       crop=self.crop() if train else None, scale=(p.scale_min, p.scale_max),
@@ -349,8 +401,9 @@ class DenseTask(Task):
         return out
 
     def loaders(self, batch_size: int, eval_batch_size: int, seed: int):
-        self._datasets = self.datasets(seed)
+        self._datasets = self.datasets(seed, batch_size)
         self._counts = {s: len(d) for s, d in self._datasets.items()}
+        self._outside = self.check_labels()
         w = self.params.workers
         return {s: DenseLoader(d, batch_size if s == "train" else eval_batch_size, shuffle=s == "train", seed=seed,
                                workers=w) for s, d in self._datasets.items()}
@@ -371,18 +424,56 @@ class DenseTask(Task):
         x = F.pad(x, (0, w - x.shape[-1], 0, h - x.shape[-2]))
         return super().example_input(x, batch_size)
 
+    def check_labels(self) -> dict:
+        """Every label file of the loaders read once (its values): pixels whose value is neither a class
+        (``lut``) nor one of ``void_values`` are counted per split. The loss and the metrics ignore them
+        like void; the counts go to the record (``info``) and, when there are any, one line to stderr."""
+        known = (self.lut() != IGNORE).numpy()
+        known[list(self.void_values)] = True
+        pixels, maps, total_maps, values = {}, 0, 0, set()
+        for split, ds in self._datasets.items():
+            pixels[split] = 0
+            for _, lab in ds.pairs:
+                v = label_values(lab)
+                bad = ~known[v]
+                total_maps += 1
+                if bad.any():
+                    pixels[split] += int(bad.sum())
+                    maps += 1
+                    values.update(np.unique(v[bad]).tolist())
+        if maps:
+            shown = ", ".join(map(str, sorted(values)[:6])) + (", ..." if len(values) > 6 else "")
+            void = ", ".join(map(str, self.void_values)) or "none"
+            warn_once(f"{self.name}: {sum(pixels.values()):,} label pixels in {maps} of {total_maps} label maps have "
+                      f"values that are neither a class nor void ({void}): {shown}; ignored like void")
+        return {"pixels": pixels, "label_maps": maps, "values": sorted(values)}
+
     # ---------------------------------------------------------------- model
+    def check_input_size(self, stride: int | None) -> None:
+        """The training crop and the input size must be larger than the trunk's output stride ``stride`` on
+        each side (a feature map of at least 2x2; see ``MIN_SIDE``): one line otherwise."""
+        if not stride:
+            return
+        crop_key = "task.crop" if self.params.crop else "task.size"
+        for key, hw in ((crop_key, self.crop()), ("task.size", self.size())):
+            if hw is not None and min(hw) <= stride:
+                raise SeqbenchError(f"{key} {hw[0]}x{hw[1]} is too small for a trunk at output stride {stride} "
+                                    f"(model.output_stride): each side must be more than {stride} pixels, for a "
+                                    f"feature map of at least 2x2")
+
     def wrap(self, backbone):
+        trunk = getattr(backbone, "trunk", backbone)
+        self.check_input_size(getattr(trunk, "output_stride", None))
         return SegmentationModel(backbone, self.num_classes, self.spec().input_shape)
 
     def loss(self, out, y):
-        w = self.class_weights()
+        w = self.loss_weights()
         return F.cross_entropy(out.float(), y, weight=None if w is None else w.to(out.device),
                                ignore_index=IGNORE)
 
     def loss_terms(self, out, y):
         """The (class-weighted) loss summed over the valid pixels, and the weights' sum over them."""
-        w = self.class_weights()
+        w = self.loss_weights()
         w = w.to(out.device) if w is not None else None
         total = F.cross_entropy(out.float(), y, weight=w, ignore_index=IGNORE, reduction="sum")
         valid = y[y != IGNORE]
@@ -428,8 +519,10 @@ class DenseTask(Task):
 
     def info(self) -> dict:
         out = {"classes": list(self.class_names), "palette": [list(c) for c in self.palette], "ignore_index": IGNORE,
-               "images_used": getattr(self, "_counts", None), "eval_resolution": "the label files' own",
-               "latency_shape": list(self.latency_shape())}
+               "void_values": list(self.void_values), "images_used": getattr(self, "_counts", None),
+               "subset_larger_than_split": getattr(self, "_subsets", None) or None,
+               "labels_outside_classes": getattr(self, "_outside", None),
+               "eval_resolution": "the label files' own", "latency_shape": list(self.latency_shape())}
         w = self.class_weights()
         if w is not None:
             out["class_weights"] = [round(float(v), 6) for v in w]

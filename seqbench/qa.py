@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .config import NONNEGATIVE, POSITIVE, Domain, setting
-from .data import EpochLoader
+from .data import EpochLoader, check_training_part, subset_size
 from .errors import SeqbenchError
 from .registry import QA
 from .task import Metric, Task, TaskSpec
@@ -361,15 +361,24 @@ class QATask(Task):
         p = self.params
         return p.max_context, p.max_question, p.max_word_len
 
+    def training_cause(self, n: int) -> str:
+        """What left ``n`` training questions (for the one-line refusal of a training part below one batch)."""
+        return f"the training split of {self.name} (after the training filter)"
+
     def loaders(self, batch_size: int, eval_batch_size: int, seed: int):
         d, p = self.data(), self.params
-        out = {}
+        out, subsets, n = {}, {}, len(d.splits["train"])
+        check_training_part(n, batch_size, "questions", self.training_cause(n))
         for split, idx in d.splits.items():
-            if split == "train":
-                idx = idx[: p.train_subset or None]
+            train = split == "train"
+            asked, key = (p.train_subset, "task.train_subset") if train else (p.eval_subset, "task.eval_subset")
+            idx = idx[: subset_size(asked, len(idx), key, split, "questions", subsets)]
+            if train:
                 out[split] = QALoader(d, idx, batch_size, True, seed, p.max_context, p.cluster, self.train_widths())
             else:
-                out[split] = QALoader(d, idx[: p.eval_subset or None], eval_batch_size, False, seed, None)
+                out[split] = QALoader(d, idx, eval_batch_size, False, seed, None)
+        self._notes["questions_used"] = {s: ld.num_samples for s, ld in out.items()}
+        self._notes["subset_larger_than_split"] = subsets or None
         return out
 
     def spec(self) -> TaskSpec:

@@ -70,11 +70,22 @@ def window_starts(n: int, window: int, stride: int) -> np.ndarray:
 
 
 class SeriesTask(Task):
+    """Base of the series tasks. A subclass gives ``load_frame``; it declares its drivers and targets
+    (``features``, ``targets``, or ``declared()``) when it can, so that ``spec()`` reads no data (a
+    listing, a bench); the frame it loads must match them. Every part of the record (train, val, test)
+    must hold at least one window: fewer steps refuse the run in one line."""
+
     kind = SERIES
     Params = SeriesParams
+    features: tuple = ()  # the drivers' names, as the frame has them
+    targets: tuple = ()  # the targets' names
 
     def load_frame(self) -> SeriesFrame:
         raise NotImplementedError
+
+    def declared(self) -> tuple[list, list] | None:
+        """(feature names, target names) as declared, or None when only the data knows them."""
+        return (list(self.features), list(self.targets)) if self.features and self.targets else None
 
     # ------------------------------------------------------------- strategy
     def use_strategy(self, strategy_cls) -> None:
@@ -100,9 +111,18 @@ class SeriesTask(Task):
             raise SeqbenchError(f"task '{self.name}': drivers {x.shape} and targets {y.shape} do not line up")
         if not (np.isfinite(x).all() and np.isfinite(y).all()):
             raise SeqbenchError(f"task '{self.name}': the record has missing or non-finite values")
+        dec = self.declared()
+        if dec is not None and (list(f.feature_names), list(f.target_names)) != dec:
+            raise SeqbenchError(f"task '{self.name}': the data has drivers {f.feature_names} and targets "
+                                f"{f.target_names}, the task declares {dec[0]} and {dec[1]}")
         n = len(x)
         a, b = int(n * p.train_frac), int(n * p.train_frac) + int(n * p.val_frac)
         bounds = {"train": (0, a), "val": (a, b), "test": (b, n)}
+        for split, (lo, hi) in bounds.items():
+            if hi - lo < p.window:
+                raise SeqbenchError(f"task.train_frac {p.train_frac:g} and task.val_frac {p.val_frac:g} of {n} steps "
+                                    f"leave {hi - lo} for the {split} part, fewer than one window (task.window "
+                                    f"{p.window}): every part must hold a window")
         xm, xs = x[:a].mean(0), x[:a].std(0)
         ym, ys = y[:a].mean(0), y[:a].std(0)
         xs[xs == 0], ys[ys == 0] = 1.0, 1.0  # a constant channel stays 0 (as sklearn's StandardScaler)
@@ -170,9 +190,16 @@ class SeriesTask(Task):
 
     # ------------------------------------------------------------ contract
     def spec(self) -> TaskSpec:
-        x, y = self._data()["splits"]["train"]
+        """Shapes from the declared drivers and targets (plus the strategy's extra input), without reading
+        data; from the data for a task that declares none."""
+        dec = self.declared()
+        if dec is not None:
+            d_input, d_output = len(dec[0]) + (self._strategy().extra_input is not None), len(dec[1])
+        else:
+            x, y = self._data()["splits"]["train"]
+            d_input, d_output = x.shape[1], y.shape[1]
         return TaskSpec(
-            kind=SERIES, d_input=x.shape[1], d_output=y.shape[1], seq_len=self.params.window, loss="mse",
+            kind=SERIES, d_input=d_input, d_output=d_output, seq_len=self.params.window, loss="mse",
             metrics=[Metric("rmse", False), Metric("nse", True), Metric("loss", False)], monitor="rmse",
         )
 

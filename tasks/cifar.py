@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from seqbench.config import POSITIVE, choice, reals, setting
-from seqbench.data import ensure_archive, ensure_files, verify_enabled
+from seqbench.data import check_training_part, ensure_archive, ensure_files, subset_size, verify_enabled
 from seqbench.errors import SeqbenchError
 from seqbench.image import ImageLoader, ImageTask, normalize, random_crop_flip, split_indices
 from seqbench.registry import SEQUENCE, register_task
@@ -162,12 +162,17 @@ class CIFARData:
         test metrics of the last epoch and, separately named, the best test accuracy over epochs (what
         DIANet reports, "best acc" of its ``cifar.py``, mean of 5 runs)."""
         p, a = self.params, self.arrays()
-        tr, va = split_indices(len(a["train_x"]), p.val_fraction)
-        tr, va = tr[: p.train_subset], va[: p.val_subset]
-        te = torch.arange(len(a["test_x"]))[: p.test_subset]
+        n = len(a["train_x"])
+        tr, va = split_indices(n, p.val_fraction)
+        check_training_part(len(tr), batch_size, "images", f"task.val_fraction {p.val_fraction:g} of {n} images")
+        parts, self._subsets = {"train": tr, "val": va, "test": torch.arange(len(a["test_x"]))}, {}
+        for s, idx in parts.items():
+            parts[s] = idx[: subset_size(getattr(p, f"{s}_subset"), len(idx), f"task.{s}_subset", s, "images",
+                                         self._subsets)]
+        tr, va, te = parts["train"], parts["val"], parts["test"]
         x_train, y_train = torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"])
         x_test, y_test = torch.from_numpy(a["test_x"]), torch.from_numpy(a["test_y"])
-        self._counts = {"train": len(tr), "val": len(va), "test": len(te)}
+        self._counts = {s: len(idx) for s, idx in parts.items()}
         out = {"train": ImageLoader(x_train[tr], y_train[tr], batch_size, self.train_transform, shuffle=True,
                                     seed=seed),
                "test": ImageLoader(x_test[te], y_test[te], eval_batch_size, self.eval_transform)}
@@ -181,6 +186,7 @@ class CIFARData:
         src = dict(getattr(self, "_source_info", {"source": self.params.source}))
         counts = getattr(self, "_counts", None)
         out = {"data_source": src, "images_used": counts, "val_split_seed": 42,
+               "subset_larger_than_split": getattr(self, "_subsets", None) or None,
                "protocol": "validation split" if self.params.val_fraction > 0 else
                "no validation (the papers' protocol): last-epoch test metrics, best test over epochs recorded apart"}
         if src.get("source") == "subset" and counts:

@@ -23,15 +23,18 @@ import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 
 from seqbench.config import POSITIVE, SEED, choice, setting
 from seqbench.data import ensure_files, file_digest, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_task
 from seqbench.series import SeriesFrame, SeriesParams, SeriesTask
+
+if TYPE_CHECKING:  # pandas is imported where it is used: importing it takes 0.3 s
+    import pandas as pd
 
 # ----------------------------------------------------------------------------- sources
 JB_COMMIT = "d20fcb6402ae34e653d4513b00f39257bb37ed7f"
@@ -64,6 +67,8 @@ def bent_doy(doy) -> np.ndarray:
 
 
 def _fmt_range(dates: np.ndarray) -> str:
+    import pandas as pd
+
     return f"{pd.Timestamp(dates[0]).date()}..{pd.Timestamp(dates[-1]).date()}"
 
 
@@ -136,6 +141,8 @@ def read_daily_series(path, what: str) -> tuple[pd.Series, dict]:
     line (the checksummed ones have neither): strips ``?`` markers (value kept), drops rows whose date
     does not parse, interpolates missing days and unparseable values linearly in time (runs of at most
     MAX_GAP_DAYS, at most MAX_BAD_FRACTION of the days; more is an error). The counts go to ``info()``."""
+    import pandas as pd
+
     try:
         raw = pd.read_csv(path, dtype=str, keep_default_na=False, header=0)
     except (OSError, ValueError, pd.errors.ParserError) as e:
@@ -196,6 +203,7 @@ class MelbourneTemperature(_ClimateTask):
         stride: int = 183
 
     presets = _presets({"task.window": 32, "task.stride": 16}, fast_epochs=200)
+    features, targets = ("doy_bent", "temp_max"), ("temp_min",)
     folder = "climate/jbrownlee"
     files = MELBOURNE_FILES
     urls = {n: [JB_URL + n] for n in MELBOURNE_FILES}
@@ -224,6 +232,8 @@ class MelbourneTemperature(_ClimateTask):
     def write_fake_data(cls, root, seed: int = 0) -> None:
         """Two years (1981-1982) in the files' layout (CRLF, quoted dates), with one day missing and
         one ``?``-marked value, as some copies have."""
+        import pandas as pd
+
         folder = Path(root) / cls.folder
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
@@ -243,6 +253,8 @@ class MelbourneTemperature(_ClimateTask):
 # ----------------------------------------------------------------------------- Seattle
 def read_seattle(path) -> pd.DataFrame:
     """vega_datasets' seattle-weather.csv -> DataFrame indexed by date (complete daily calendar)."""
+    import pandas as pd
+
     try:
         df = pd.read_csv(path)
         df["date"] = pd.to_datetime(df["date"], format="%Y/%m/%d")
@@ -279,6 +291,7 @@ class SeattleWeather(_ClimateTask):
         stride: int = 60
 
     presets = _presets({"task.window": 32, "task.stride": 16}, fast_epochs=200)
+    features, targets = ("doy_bent", "precipitation", "temp_max", "wind"), ("temp_min",)
     folder = "climate/vega"
     files = SEATTLE_FILES
     urls = {n: [u + n for u in VEGA_URLS] for n in SEATTLE_FILES}
@@ -303,6 +316,8 @@ class SeattleWeather(_ClimateTask):
 
 def write_fake_seattle(path: Path, seed: int = 0) -> None:
     """Two Seattle-like years (2012-2013) in vega's layout: wet winters, dry summers, 0.1 precision."""
+    import pandas as pd
+
     path.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     dates = pd.date_range("2012-01-01", "2013-12-31", freq="D")
@@ -346,6 +361,7 @@ class MaunaLoaCO2(_ClimateTask):
         stride: int = 52
 
     presets = _presets({"task.window": 16, "task.stride": 8}, fast_epochs=200)
+    features, targets = ("year_sin", "year_cos", "years_since_start"), ("co2",)
     folder = "climate/statsmodels"
     files = CO2_FILES
     urls = {n: [u + "co2/" + n for u in SM_URLS] for n in CO2_FILES}
@@ -353,6 +369,8 @@ class MaunaLoaCO2(_ClimateTask):
     source = "Keeling & Whorf (SIO), Mauna Loa weekly CO2, via statsmodels.datasets.co2"
 
     def _build(self) -> SeriesFrame:
+        import pandas as pd
+
         path = self._paths()["co2.csv"]
         try:
             df = pd.read_csv(path)
@@ -382,6 +400,8 @@ class MaunaLoaCO2(_ClimateTask):
 
     @classmethod
     def write_fake_data(cls, root, seed: int = 0) -> None:
+        import pandas as pd
+
         folder = Path(root) / cls.folder
         folder.mkdir(parents=True, exist_ok=True)
         rng = np.random.default_rng(seed)
@@ -415,6 +435,7 @@ class ElNinoSST(_ClimateTask):
         stride: int = 12
 
     presets = _presets({"task.window": 12, "task.stride": 6}, fast_epochs=200)
+    features, targets = ("month_sin", "month_cos", "years_since_start"), ("sst",)
     folder = "climate/statsmodels"
     files = ELNINO_FILES
     urls = {n: [u + "elnino/" + n for u in SM_URLS] for n in ELNINO_FILES}
@@ -422,6 +443,8 @@ class ElNinoSST(_ClimateTask):
     source = "NOAA ERSST v3b, Nino 1+2 monthly SST, via statsmodels.datasets.elnino"
 
     def _build(self) -> SeriesFrame:
+        import pandas as pd
+
         path = self._paths()["elnino.csv"]
         try:
             df = pd.read_csv(path)
@@ -451,7 +474,7 @@ class ElNinoSST(_ClimateTask):
         rng = np.random.default_rng(seed + 1)
         lines = ['"YEAR",' + ",".join(f'"{m}"' for m in MONTHS)]
         anom = 0.0
-        for y in range(1950, 1970):
+        for y in range(1950, 1980):  # 360 months: every part holds a window of 32
             vals = []
             for m in range(12):
                 anom = 0.8 * anom + rng.normal(0, 0.5)
@@ -724,6 +747,8 @@ def hydro_digest(sim: dict, decimals: int = 6) -> str:
 
 def hydro_csv_text(sim: dict) -> str:
     """The cache's body: a CSV of HYDRO_COLUMNS, values to 4 decimals."""
+    import pandas as pd
+
     df = pd.DataFrame({c: sim[c] for c in HYDRO_COLUMNS})
     buf = io.StringIO()
     df.to_csv(buf, index=False, float_format="%.4f", lineterminator="\n")
@@ -795,6 +820,9 @@ class HydroStandIn(_ClimateTask):
     dataset = "Seattle weather (climate-hydro generator input)"
     source = "generated: a weather generator fitted to vega_datasets seattle-weather.csv and a bucket model"
 
+    def declared(self) -> tuple[list, list]:
+        return list(HYDRO_FEATURES), [self.params.target]
+
     def cache_name(self) -> str:
         p = self.params
         return f"hydro_{p.years}y_seed{p.gen_seed}_v{HYDRO_VERSION}.csv"
@@ -809,6 +837,8 @@ class HydroStandIn(_ClimateTask):
                 f"spinup_years={SPINUP_YEARS} seattle_sha256={seattle_sha}\n")
 
     def _read_cache(self, path: Path, header: str):
+        import pandas as pd
+
         try:
             text = path.read_text()
         except OSError:
@@ -834,6 +864,8 @@ class HydroStandIn(_ClimateTask):
         seed and the sha256 of the Seattle file fitted; a cache whose first line or rows differ is
         regenerated. Year and day are the first two columns; values to 4 decimals, and the frame is always
         read back from that text, so a fresh series and a cached one are identical."""
+        import pandas as pd
+
         p = self.params
         seattle_path = self._paths()["seattle-weather.csv"]
         header = self._header(file_digest(seattle_path, "sha256"))

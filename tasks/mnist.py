@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from seqbench.config import FRACTION, POSITIVE, SEED, choice, setting
-from seqbench.data import TensorLoader, ensure_files
+from seqbench.data import TensorLoader, check_training_part, ensure_files, subset_size
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
 from seqbench.task import ClassificationTask, TaskSpec
@@ -118,6 +118,7 @@ class SequentialMNIST(ClassificationTask):
     def __init__(self, params, data_root):
         super().__init__(params, data_root)
         self.perm = make_permutation(params.permutation, self.seq_len, params.perm_seed)
+        self._counts, self._subsets = None, {}
 
     def spec(self) -> TaskSpec:
         return TaskSpec(
@@ -130,6 +131,8 @@ class SequentialMNIST(ClassificationTask):
             "permutation": self.params.permutation,
             "permutation_indices": None if self.perm is None else self.perm.tolist(),
             "val_split_seed": SPLIT_SEED,
+            "images_used": self._counts,
+            "subset_larger_than_split": self._subsets or None,
         }
 
     @classmethod
@@ -166,10 +169,17 @@ class SequentialMNIST(ClassificationTask):
         a = self._arrays()
         n = len(a["train_x"])
         n_val = int(round(n * p.val_fraction))
+        check_training_part(n - n_val, batch_size, "images", f"task.val_fraction {p.val_fraction:g} of {n} images")
         order = torch.randperm(n, generator=torch.Generator().manual_seed(SPLIT_SEED)).numpy()
         tr, va = order[: n - n_val], order[n - n_val :]
-        tr, va = tr[: p.train_subset], va[: p.val_subset]
-        te = np.arange(len(a["test_x"]))[: p.test_subset]
+        if n_val == 0:
+            raise SeqbenchError(f"task.val_fraction {p.val_fraction:g} of {n} images leaves no validation image")
+        parts, self._subsets = {"train": tr, "val": va, "test": np.arange(len(a["test_x"]))}, {}
+        for s, idx in parts.items():
+            parts[s] = idx[: subset_size(getattr(p, f"{s}_subset"), len(idx), f"task.{s}_subset", s, "images",
+                                         self._subsets)]
+        tr, va, te = parts["train"], parts["val"], parts["test"]
+        self._counts = {s: len(idx) for s, idx in parts.items()}
 
         def part(xs, ys, idx):
             return self._to_seq(xs[idx]), torch.from_numpy(ys[idx].astype(np.int64))

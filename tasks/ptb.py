@@ -23,7 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from seqbench.data import download_enabled, fetch_archive, fetch_files, verify_enabled, writable_dir
+from seqbench.data import download_enabled, fetch_archive, fetch_files, subset_size, verify_enabled, writable_dir
 from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, ints, setting
 from seqbench.errors import SeqbenchError
 from seqbench.model import variational_mask
@@ -370,13 +370,17 @@ class PTB(Task):
 
     def __init__(self, params, data_root):
         super().__init__(params, data_root)
-        self._data = None
+        self._data, self._subsets = None, {}
 
     # data
     def vocab_size(self) -> int:
-        """The corpus's vocabulary; when the files are absent (``seqbench bench``, ``seqbench list``),
-        the size of Mikolov's published one (``VOCAB``), which the tests check on the real files."""
-        if self._data is None and any(_path(Path(self.data_root) / "ptb", n) is None for n in self.md5):
+        """The vocabulary's size, read from no file where it is declared: Mikolov's files, which the
+        checksums pin (``SEQBENCH_VERIFY`` on), have ``VOCAB`` types (the tests check it on the real
+        files), and a bench or a listing without the files uses that size too. Other files (checks off:
+        generated ones) are read for theirs."""
+        if self._data is not None:
+            return len(self._data["vocab"])
+        if verify_enabled() or any(_path(Path(self.data_root) / "ptb", n) is None for n in self.md5):
             return self.VOCAB
         return len(self.corpus()["vocab"])
 
@@ -396,11 +400,14 @@ class PTB(Task):
         return self._data
 
     def loaders(self, batch_size: int, eval_batch_size: int, seed: int):
-        p, st = self.params, self.corpus()["streams"]
+        p, st, self._subsets, used = self.params, self.corpus()["streams"], {}, {}
+        for s in ("train", "val", "test"):
+            asked, key = (p.train_tokens, "task.train_tokens") if s == "train" else (p.eval_tokens, "task.eval_tokens")
+            used[s] = st[s][: subset_size(asked, len(st[s]), key, s, "tokens", self._subsets)]
         return {
-            "train": batchify_train(st["train"][: p.train_tokens], batch_size, p.bptt),
-            "val": batchify_eval(st["val"][: p.eval_tokens], eval_batch_size, p.bptt),
-            "test": batchify_eval(st["test"][: p.eval_tokens], eval_batch_size, p.bptt),
+            "train": batchify_train(used["train"], batch_size, p.bptt),
+            "val": batchify_eval(used["val"], eval_batch_size, p.bptt),
+            "test": batchify_eval(used["test"], eval_batch_size, p.bptt),
         }
 
     # contract
@@ -445,6 +452,7 @@ class PTB(Task):
                             "val": len(c["streams"]["val"][: p.eval_tokens]),
                             "test": len(c["streams"]["test"][: p.eval_tokens])},
             "md5_checked": c["md5"] or None,  # None: SEQBENCH_VERIFY=0
+            "subset_larger_than_split": self._subsets or None,
         }
 
     @classmethod

@@ -80,6 +80,7 @@ class CamVid(DenseTask):
     Params = CamVidParams
     presets = CAMVID_PRESETS
     num_classes = 11
+    void_values = (11,)
     class_names = CAMVID_CLASSES
     palette = CAMVID_PALETTE
 
@@ -112,18 +113,20 @@ class CamVid(DenseTask):
             raise SeqbenchError(f"CamVid {split}: {len(out)} images listed, expected {CAMVID_COUNTS[split]}")
         return out
 
+    def uses_class_weights(self) -> bool:
+        return self.params.class_weights == "median_freq"
+
     def class_weights(self):
-        if self.params.class_weights != "median_freq":
+        """The median-frequency weights of the training labels (the ones the loaders use), computed on the
+        first call (the loss's first step): building a model or timing it reads no label; None when
+        ``task.class_weights`` is none."""
+        if not self.uses_class_weights():
             return None
         if getattr(self, "_weights", None) is None:
             lut = self.lut()
             pairs = self.pairs("train")[: self.params.train_subset]
             self._weights = median_frequency_weights((read_label(lab, lut) for _, lab in pairs), self.num_classes)
         return self._weights
-
-    def loaders(self, batch_size, eval_batch_size, seed):
-        self.class_weights()  # computed before training (one pass over the training labels)
-        return super().loaders(batch_size, eval_batch_size, seed)
 
     def info(self) -> dict:
         return {**super().info(),
@@ -239,6 +242,7 @@ class ADE20K(DenseTask):
     Params = ADE20KParams
     presets = ADE20K_PRESETS
     num_classes = 150
+    void_values = (0,)
     palette = ADE20K_PALETTE
 
     def folder(self) -> Path:
@@ -267,6 +271,9 @@ class ADE20K(DenseTask):
             raise SeqbenchError(f"ADE20K {which}: {len(pairs)} images in {folder / 'images' / which}, expected "
                                 f"{ADE20K_COUNTS[which]} (an incomplete copy? delete it to download again)")
         return pairs
+
+    def training_cause(self, n: int) -> str:
+        return f"task.val_fraction {self.params.val_fraction:g} of {len(self._split('training'))} training images"
 
     def pairs(self, split: str):
         if split == "test":

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ import numpy as np
 import torch
 
 from seqbench.config import FRACTION, SEED, choice, check_split, setting
-from seqbench.data import ensure_files, verify_enabled, writable_dir
+from seqbench.data import ensure_files, verify_enabled, warn_once, writable_dir
 from seqbench.errors import SeqbenchError
 from seqbench.qa import (QAParams, QATask, char_span_to_tokens, normalize_answer, normalize_quotes,
                          tokenize)
@@ -44,9 +45,12 @@ class SquadParams(QAParams):
 
 _ADAM = {"optimizer": "adam", "lr": 1e-3, "ema": 0.999, "task.cluster": True}  # the README's --len_opt --cluster
 SQUAD_PRESETS = {
-    # seconds: the generated files (contexts of about 20 tokens), tiny vectors, every word and char kept
+    # seconds, whatever the files: tiny vectors, every word and char kept, the first 48 training and 8
+    # validation and test questions (the generated files hold 54 / 9 / 9 in dev-holdout; the real
+    # dev-holdout 7.9k training questions would take 30 s to 5 min)
     "tiny": {"epochs": 1, "batch_size": 8, "eval_batch_size": 16, "latency_time": 0.05, "task.split": "dev-holdout",
-             "task.emb": 8, "task.word_count_min": 0, "task.char_count_min": 0},
+             "task.emb": 8, "task.word_count_min": 0, "task.char_count_min": 0, "task.train_subset": 48,
+             "task.eval_subset": 8},
     # the real dev file split by article (see SQuAD, dev-holdout); the model's fast preset sets its
     # width (bidaf: d = 32). Measured at --threads 1 on this project's 2-core CPU under load (12 steps):
     # 2.35 s of CPU (3.6 s wall) per step of 60, 137 steps per epoch: 6 epochs ~ 35 min of one core.
@@ -68,8 +72,20 @@ def _fallback_cache_dir() -> Path:
     return Path(base) / "seqbench" / "squad" / "hf-cache"
 
 
+class _NotSquad(Exception):
+    """The source JSON parses, but not into SQuAD's articles / paragraphs / qas."""
+
+
 def _flatten(batch, indices):
-    """Articles -> one row per question (a batched Dataset.map)."""
+    """Articles -> one row per question (a batched Dataset.map); a batch not in SQuAD's layout raises
+    ``_NotSquad``."""
+    try:
+        return _flatten_articles(batch, indices)
+    except (KeyError, TypeError, AttributeError, IndexError, ValueError) as e:
+        raise _NotSquad(f"{type(e).__name__}: {e}") from None
+
+
+def _flatten_articles(batch, indices):
     out = {k: [] for k in ("id", "article", "para", "qi", "title", "context", "question", "answers", "answer_starts")}
     for a, title, paragraphs in zip(indices, batch["title"], batch["paragraphs"]):
         for pi, para in enumerate(paragraphs):
@@ -111,6 +127,47 @@ def _tokenize(batch):
         out["spans"].append(spans)
         out["span_ok"].append(ok)
     return out
+
+
+COLUMNS = ["id", "article", "para", "title", "context", "c_tokens", "c_starts", "c_ends", "q_tokens", "answers",
+           "spans", "span_ok"]
+
+
+def _read_errors() -> tuple:
+    """What reading a source or a cache through HF ``datasets`` raises for bad files (not bugs)."""
+    try:
+        import pyarrow as pa
+        from datasets.exceptions import DatasetGenerationError
+    except ImportError:
+        return ValueError, KeyError, TypeError, OSError, EOFError, _NotSquad
+    return ValueError, KeyError, TypeError, OSError, EOFError, _NotSquad, pa.ArrowException, DatasetGenerationError
+
+
+def _blames_source(e: Exception) -> bool:
+    """Whether a failure is the source's: not SQuAD's layout (``_NotSquad``), or the JSON builder failing to
+    generate the Arrow copy for a reason other than the file system (a parse error, a truncated file)."""
+    if isinstance(e, _NotSquad):
+        return True
+    if type(e).__name__ == "DatasetGenerationError":
+        cause = e.__cause__ or e.__context__
+        return not (isinstance(cause, OSError) and cause.errno is not None)
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    """``Type: first line`` of an exception, the cause's when it is only a wrapper (DatasetGenerationError)."""
+    if type(e).__name__ == "DatasetGenerationError" and (e.__cause__ or e.__context__) is not None:
+        e = e.__cause__ or e.__context__
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
+
+
+def _read_error(path: Path, cache: Path, e: Exception, cache_failed: str) -> SeqbenchError:
+    """The one-line error of a failed read: the source's when it is to blame, else the cache folder's."""
+    if _blames_source(e):
+        return SeqbenchError(f"SQuAD file {path} could not be read as SQuAD JSON: {_first_line(e)}")
+    return SeqbenchError(f"SQuAD cache {cache} {cache_failed} {path} ({_first_line(e)}); it is derived data: "
+                         f"delete that folder, or set XDG_CACHE_HOME or SEQBENCH_DATA elsewhere")
 
 
 def read_json_text(path: Path) -> bytes:
@@ -185,28 +242,53 @@ class SQuAD(QATask):
                 return d
         return Path(tempfile.mkdtemp(prefix="seqbench-squad-"))  # nowhere to keep it: this run only
 
-    def questions(self, name: str, path: Path, cache: Path):
-        """The tokenised question rows of one file (a ``datasets.Dataset``, cached): the local JSON through
-        the ``json`` builder (``field="data"``: one row per article; offline), flattened with
-        ``Dataset.map`` to one row per question (``_flatten``), then tokenised and span-mapped with a
-        second ``Dataset.map`` (``_tokenize``). Both maps are cached beside the Arrow copy
-        (``cache_dir``); a second run reads them in well under a second."""
+    def questions(self, name: str, path: Path, cache: Path) -> dict:
+        """The tokenised question rows of one file as columns ({column: list}), through HF ``datasets``
+        (``table``), cached under ``cache``. The cache is derived data: when it cannot be read (a
+        truncated or garbage Arrow file), it is removed and rebuilt once from the source, said in one
+        line on stderr; a rebuild that fails too is one error naming the cache folder. A source that is
+        not SQuAD JSON is one error naming the source (also with ``SEQBENCH_VERIFY=0``)."""
         try:
             import datasets
         except ImportError as e:
             raise SeqbenchError(f"task squad needs the 'datasets' package (pip install datasets): {e}") from None
         datasets.disable_progress_bars()
         datasets.logging.set_verbosity_error()
+        created = not cache.exists()
         try:
-            raw = datasets.load_dataset("json", data_files=str(path), field="data", split="train", cache_dir=str(cache))
-            tag = name.split("-")[0]
-            flat = raw.map(_flatten, batched=True, with_indices=True, remove_columns=raw.column_names,
-                           new_fingerprint=f"seqbench-squad-{tag}-flat-v{PREPRO_VERSION}")
-            return flat.map(_tokenize, batched=True, new_fingerprint=f"seqbench-squad-{tag}-tokens-v{PREPRO_VERSION}")
-        except (ValueError, KeyError, TypeError, OSError) as e:
-            first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-            raise SeqbenchError(
-                f"SQuAD file {path} could not be read as SQuAD JSON: {type(e).__name__}: {first}") from None
+            builder = datasets.load_dataset_builder("json", data_files=str(path), field="data", cache_dir=str(cache))
+        except _read_errors() as e:
+            raise SeqbenchError(f"SQuAD cache {cache} cannot be used for {path}: {_first_line(e)}") from None
+        folder = Path(builder.cache_dir)  # this file's Arrow copy and maps
+        reused = folder.is_dir()
+        try:
+            return self.table(builder, name)
+        except _read_errors() as e:
+            if _blames_source(e) or not reused:
+                if created:  # a refused run leaves no cache folder behind
+                    shutil.rmtree(cache, ignore_errors=True)
+                raise _read_error(path, cache, e, "could not be written for") from None
+            warn_once(f"SQuAD cache {folder} is unreadable ({_first_line(e)}); rebuilding it from {path}")
+        shutil.rmtree(folder, ignore_errors=True)
+        try:
+            return self.table(builder, name)
+        except _read_errors() as e:
+            raise _read_error(path, cache, e, "is unreadable and could not be rebuilt from") from None
+
+    @staticmethod
+    def table(builder, name: str) -> dict:
+        """The local JSON through the ``json`` builder (``field="data"``: one row per article; offline), its
+        Arrow copy in the builder's cache folder, flattened with ``Dataset.map`` to one row per question
+        (``_flatten``), then tokenised and span-mapped with a second ``Dataset.map`` (``_tokenize``); both
+        maps are cached beside the Arrow copy (a second run reads them in well under a second). Returns
+        the columns the task uses, read whole (so a damaged cache fails here)."""
+        builder.download_and_prepare()
+        raw = builder.as_dataset(split="train")
+        tag = name.split("-")[0]
+        flat = raw.map(_flatten, batched=True, with_indices=True, remove_columns=raw.column_names,
+                       new_fingerprint=f"seqbench-squad-{tag}-flat-v{PREPRO_VERSION}")
+        tokens = flat.map(_tokenize, batched=True, new_fingerprint=f"seqbench-squad-{tag}-tokens-v{PREPRO_VERSION}")
+        return tokens.select_columns(COLUMNS).to_dict()
 
     def rows(self):
         files = self.files()
@@ -215,11 +297,8 @@ class SQuAD(QATask):
         p = self.params
         tables = {n: self.questions(n, files[n], cache) for n in files}
         paras, by_file = {}, {}
-        cols = ["id", "article", "para", "title", "context", "c_tokens", "c_starts", "c_ends", "q_tokens", "answers",
-                "spans", "span_ok"]
         ok = []
-        for n, ds in tables.items():
-            d = ds.select_columns(cols).to_dict()
+        for n, d in tables.items():
             rows = []
             for i in range(len(d["id"])):
                 key = (n, d["article"][i], d["para"][i])

@@ -120,13 +120,13 @@ def test_run_list_report_end_to_end(env, capsys):
 
 
 def test_list_without_data_still_lists(tmp_path, monkeypatch, capsys):
-    """A fresh install with no data: list names every task (shape unknown where it needs the files)
-    and every strategy, and exits 0."""
+    """A fresh install with no data: list names every task with its declared shapes (no task needs its
+    files for them) and every strategy, and exits 0."""
     monkeypatch.setenv("SEQBENCH_DATA", str(tmp_path / "empty"))
     monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     lines = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("  ")}
-    assert "shape unknown: Melbourne daily temperatures data not found" in lines["climate-melbourne"]
+    assert "input 365x2 " in lines["climate-melbourne"] and "shape unknown" not in out
     assert "d_output 10000" in lines["ptb"]  # Mikolov's vocabulary: the shape needs no files
     assert "mptt " in out and "series tasks" in out and "copy " in out

@@ -14,7 +14,7 @@ REAL = {
     "climate-melbourne": (C.MelbourneTemperature, 730, 2),
     "climate-seattle": (C.SeattleWeather, 731, 4),
     "climate-co2": (C.MaunaLoaCO2, 320, 3),
-    "climate-elnino": (C.ElNinoSST, 240, 3),
+    "climate-elnino": (C.ElNinoSST, 360, 3),
 }
 # sha256 of the generator's output (hydro_digest: drivers and targets rounded to 6 decimals) for 3
 # years, gen_seed 0, fitted to write_fake_seattle(seed=0). A change of the weather generator, the
@@ -97,7 +97,7 @@ def test_checksum_match_passes_and_missing_file_is_one_line(env, monkeypatch):
     path = env["data"] / "climate" / "statsmodels" / "elnino.csv"
     digest = C.file_digest(path, "sha256")
     monkeypatch.setattr(C.ElNinoSST, "files", {"elnino.csv": digest})
-    assert _task(C.ElNinoSST, env["data"]).load_frame().y.shape == (240, 1)
+    assert _task(C.ElNinoSST, env["data"]).load_frame().y.shape == (360, 1)
     path.unlink()
     with pytest.raises(SeqbenchError) as e:
         _task(C.ElNinoSST, env["data"]).load_frame()

@@ -414,3 +414,84 @@ def test_bench_script_runs_at_a_tiny_size(tmp_path, capsys):
     res = json.loads(next(tmp_path.glob("dense_rnn_loop-*.json")).read_text())
     assert [r["model"] for r in res["rows"]] == ["dense", "dag"]
     assert all(r["max_abs_diff"] < 1e-5 and r["loop_over_wavefront"] > 0 for r in res["rows"])
+
+
+# ------------------------------------------------------- what is refused, reported, or read lazily
+def test_sizes_a_trunk_cannot_take_are_refused_in_one_line(env, capsys, tmp_path):
+    """Sides of at most the trunk's output stride give a 1x1 feature map, which batch norm refuses
+    for a batch of one: below 9 by declaration, up to the model's own stride when the model is built."""
+    res = tmp_path / "res"
+    for sets, needle in ((["task.size=8x8"], "'task.size': expected a size HxW in pixels, each side at least 9"),
+                         (["task.size=16x16", "model.output_stride=16"], "task.size 16x16 is too small for a trunk "
+                                                                         "at output stride 16"),
+                         (["task.crop=32x32", "model.output_stride=32"], "task.crop 32x32 is too small")):
+        argv = ["run", "--model", "fcn", "--task", "camvid", "--preset", "tiny", "--results", str(res)]
+        assert main(argv + [a for s in sets for a in ("--set", s)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and needle in err[0], err
+        assert not res.exists()
+    # the smallest taken size trains, a batch of one included
+    over = {**QUICK, "task.size": "9x9", "task.train_subset": 1, "batch_size": 1}
+    rec = Runner(config.resolve(registry.get_model("fcn"), registry.get_task("camvid"), "tiny", over), quiet=True).fit()
+    assert rec["status"] == "completed"
+
+
+def test_a_training_part_below_one_batch_is_refused_in_one_line(env, capsys, tmp_path):
+    res = tmp_path / "res"
+    assert main(["run", "--model", "fcn", "--task", "ade20k", "--preset", "tiny", "--results", str(res),
+                 "--set", "task.val_fraction=0.9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == ["seqbench: error: task.val_fraction 0.9 of 14 training images leaves 1 image for training, fewer "
+                   "than one batch (4); a training part must hold at least one batch"]
+    assert not res.exists()
+
+
+def test_labels_outside_the_classes_and_large_subsets_are_in_the_record_and_said_once(env, capsys):
+    from PIL import Image
+
+    lab = sorted((env["data"] / "camvid" / "trainannot").glob("*.png"))[0]
+    a = np.asarray(Image.open(lab)).copy()
+    a[:2, :5], a[2, :3] = 200, 12  # 13 pixels that are neither a class (0..10) nor void (11)
+    Image.fromarray(a).save(lab)
+    over = {**QUICK, "task.train_subset": 100}  # the generated split has 12
+    rec = Runner(config.resolve(registry.get_model("fcn"), registry.get_task("camvid"), "tiny", over), quiet=True).fit()
+    warnings = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("seqbench: warning:")]
+    assert warnings == [
+        "seqbench: warning: task.train_subset=100 asks for more than the 12 images of the train split: all 12 are used",
+        "seqbench: warning: camvid: 13 label pixels in 1 of 20 label maps have values that are neither a class nor "
+        "void (11): 12, 200; ignored like void"], warnings
+    ti = rec["task_info"]
+    assert ti["labels_outside_classes"] == {"pixels": {"train": 13, "val": 0, "test": 0}, "label_maps": 1,
+                                            "values": [12, 200]}
+    assert ti["subset_larger_than_split"] == {"train": {"key": "task.train_subset", "asked": 100, "available": 12}}
+    assert ti["images_used"] == {"train": 12, "val": 4, "test": 4} and ti["void_values"] == [11]
+
+
+def test_class_weights_are_computed_when_the_loss_first_needs_them(env, tmp_path, monkeypatch, capsys):
+    """Building the model and timing it read no label (a bench without data: weights of 1 stand in,
+    the same computation); a run computes them at its first training step."""
+    import seqbench.dense as D
+    from seqbench.build import build
+
+    t = task("camvid", env["data"], class_weights="median_freq")
+    t.loaders(4, 4, 0)
+    assert getattr(t, "_weights", None) is None  # loaders built, the weights not yet
+    x, y = t.example_batch(2)
+    t.loss(torch.randn(2, 11, *y.shape[1:]), y)
+    assert t._weights is not None and t.info()["class_weights"] == pytest.approx(t._weights.tolist(), abs=1e-5)
+    cfg = config.resolve(registry.get_model("fcn"), registry.get_task("camvid"), "tiny",
+                         {**QUICK, "task.class_weights": "median_freq"})
+
+    def no_reading(*a, **k):
+        raise AssertionError("a label file was read")
+
+    monkeypatch.setattr(D, "label_values", no_reading)
+    monkeypatch.setenv("SEQBENCH_DATA", str(tmp_path / "nothing"))
+    setup = build(cfg, data=False)
+    x, y = setup.task.example_batch(2)
+    assert torch.isfinite(setup.step((x, y))) and setup.task.loss_weights().tolist() == [1.0] * 11
+    out = tmp_path / "bench"
+    assert main(["bench", "--task", "camvid", "--models", "fcn", "--preset", "tiny", "--set",
+                 "task.class_weights=median_freq", "--batch-size", "2", "--out", str(out), "--rounds", "1",
+                 "--min-run-time", "0.01", "--threads", "1"]) == 0
+    assert not (tmp_path / "nothing").exists()

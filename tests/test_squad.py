@@ -1,17 +1,22 @@
 """The qa kind and SQuAD: official EM/F1 by hand, tokens and answer spans (also on the real dev file
 when ../shared/data is here), decoding, packing, the HF-datasets pipeline and its cache, splits,
 GloVe; BiDAF: parameter count, ISS groups by hand, pruned = masked, the runner with ISS."""
+import errno
+import gzip
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
 from seqbench import config, iss, registry
+from seqbench.build import build
 from seqbench.cli import main
 from seqbench.errors import SeqbenchError
+from seqbench.model import load_pruned
 from seqbench.qa import (best_spans, best_over_truths, char_span_to_tokens, exact_match, f1_score, normalize_answer,
                          normalize_quotes, pack, tokenize, trim, unpack)
 from seqbench.runner import Runner
@@ -66,22 +71,36 @@ def test_tokenizer_splits_as_the_reference_and_keeps_offsets():
 
 def test_real_dev_file_answers_map_to_spans_and_split_by_article(tmp_path, monkeypatch, capsys):
     """The real dev-v1.1 (when this checkout has ../shared/data beside it): md5, counts, the
-    fraction of answers whose mapped token span normalises to the answer, the article split."""
-    root = Path(__file__).resolve().parents[2] / "shared" / "data"
-    if not (root / "squad" / "dev-v1.1.json.gz").is_file():
+    fraction of answers whose mapped token span normalises to the answer, the article split. Read
+    from two copies this test makes, whatever the shared folder's own permission bits: one marked
+    read-only (the cache goes to ${XDG_CACHE_HOME}), one writable (the cache goes beside the file)."""
+    src = Path(__file__).resolve().parents[2] / "shared" / "data" / "squad" / "dev-v1.1.json.gz"
+    if not src.is_file():
         pytest.skip("no ../shared/data/squad here")
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))  # the shared data root is read-only
+    xdg = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(xdg))
     monkeypatch.setenv("SEQBENCH_VERIFY", "1")
-    t = task(root=root, split="dev-holdout")
-    d = t.data()
-    notes = t.info()
+    ro, rw = tmp_path / "ro", tmp_path / "rw"
+    for root in (ro, rw):
+        (root / "squad").mkdir(parents=True)
+        shutil.copy(src, root / "squad" / src.name)
+    for d in (ro / "squad", ro):
+        os.chmod(d, 0o555)
+    try:
+        t = task(root=ro, split="dev-holdout")
+        d = t.data()
+        notes = t.info()
+    finally:
+        for d_ in (ro, ro / "squad"):
+            os.chmod(d_, 0o755)
+    assert notes["cache"] == str(xdg / "seqbench" / "squad" / "hf-cache")  # not under the read-only root
+    assert not (ro / "squad" / "hf-cache").exists()
     mapped = notes["answers_mapped_exactly"]
     with capsys.disabled():
         print(f"\nSQuAD dev-v1.1: {mapped['fraction']:.4%} of {mapped['answers']} answers map to a token span whose "
               f"text normalises to the answer")
     assert mapped["answers"] == 34726 and mapped["fraction"] > 0.99
     assert notes["md5_checked"] == {"dev-v1.1.json": "3e85deb501d4e538b6bc56f786231552"}
-    assert notes["cache"].startswith(str(tmp_path))  # not under the read-only data root
     split = notes["split"]
     assert {k: len(v) for k, v in split["articles"].items()} == {"train": 36, "val": 6, "test": 6}
     assert sum(split["questions"].values()) == 10570 and not split["comparable_with_published"]
@@ -89,6 +108,12 @@ def test_real_dev_file_answers_map_to_spans_and_split_by_article(tmp_path, monke
     # evaluation keeps every question; training drops only the reference's filter
     assert len(d.splits["val"]) == split["questions"]["val"] and len(d.splits["test"]) == split["questions"]["test"]
     assert split["questions"]["train"] - len(d.splits["train"]) == sum(notes["dropped_from_training"].values())
+    # the writable copy keeps its cache beside the file, and reads the same questions
+    t2 = task(root=rw, split="dev-holdout")
+    d2 = t2.data()
+    assert t2.info()["cache"] == str(rw / "squad" / "hf-cache")
+    assert any((rw / "squad" / "hf-cache").rglob("cache-*tokens*.arrow"))
+    assert d2.ex_ids == d.ex_ids
 
 
 # ------------------------------------------------------------------------------------- decoding
@@ -185,6 +210,55 @@ def test_hf_cache_is_reused_and_a_read_only_root_falls_back(env, tmp_path, monke
         assert not (ro / "squad" / "hf-cache").exists()
     finally:
         os.chmod(ro / "squad", 0o755)
+
+
+def test_an_unreadable_hf_cache_is_rebuilt_once_from_the_source(env, capsys):
+    """A truncated Arrow copy, then a garbage map cache: each time the cache is rebuilt from the intact
+    source, said in one line on stderr, and the questions are the same."""
+    want = tiny(env).data().ex_ids
+    capsys.readouterr()
+    cache = env["data"] / "squad" / "hf-cache"
+    for name, damage in (("json-train.arrow", lambda b: b[:1000]), ("cache-*tokens*.arrow", lambda b: b"x" * 5000)):
+        path = next(cache.rglob(name))
+        path.write_bytes(damage(path.read_bytes()))
+        t = tiny(env)
+        assert t.data().ex_ids == want
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("seqbench: warning: SQuAD cache ") and "is unreadable" in err[0], err
+        assert str(cache) in err[0] and "rebuilding it from" in err[0] and "dev-v1.1.json.gz" in err[0]
+        assert t.info()["cache"] == str(cache)
+        tiny(env).data()  # rebuilt: read back silently
+        assert capsys.readouterr().err == ""
+
+
+def test_a_cache_that_cannot_be_rebuilt_is_one_line_naming_its_folder(env, monkeypatch):
+    tiny(env).data()
+    cache = env["data"] / "squad" / "hf-cache"
+
+    def full_disk(builder, name):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(SQuAD, "table", staticmethod(full_disk))
+    with pytest.raises(SeqbenchError, match="SQuAD cache .* could not be rebuilt from .*derived data") as e:
+        tiny(env).data()
+    assert str(cache) in str(e.value) and "\n" not in str(e.value) and "No space left" in str(e.value)
+
+
+def test_a_truncated_source_without_verification_is_one_line_and_leaves_no_cache(env, tmp_path, capsys, monkeypatch):
+    """SEQBENCH_VERIFY=0 (the env fixture): the JSON builder's error is one line naming the source file."""
+    root = tmp_path / "cut"
+    (root / "squad").mkdir(parents=True)
+    with gzip.open(env["data"] / "squad" / "dev-v1.1.json.gz") as f:
+        text = f.read()
+    (root / "squad" / "dev-v1.1.json").write_bytes(text[: len(text) // 2])
+    monkeypatch.setenv("SEQBENCH_DATA", str(root))
+    res = tmp_path / "res"
+    assert main(["run", "--model", "bidaf", "--task", "squad", "--preset", "tiny", "--results", str(res)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0], err
+    assert err[0].startswith(f"seqbench: error: SQuAD file {root / 'squad' / 'dev-v1.1.json'} could not be read as "
+                             f"SQuAD JSON: ")
+    assert sorted(p.name for p in (root / "squad").iterdir()) == ["dev-v1.1.json"] and not res.exists()
 
 
 def test_official_split_tests_dev_every_epoch_without_validation(env):
@@ -407,14 +481,15 @@ def test_runner_with_iss_prunes_records_kept_components_and_saves(env):
     """Threshold 1 zeroes every grouped weight after the first step: one unit per direction
     survives; the record keeps the kept counts, pruned.pt the small model, EMA included."""
     over = {**QUICK, "model.lam": "0.01", "model.threshold": "1.0", "ema": "0.9"}
-    rec = Runner(config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over),
-                 quiet=True).fit()
+    cfg = config.resolve(registry.get_model("bidaf"), registry.get_task("squad"), "tiny", over)
+    rec = Runner(cfg, quiet=True).fit()
     assert rec["status"] == "completed", rec["failure"]
     st, meas = rec["measure"]["structure"], rec["measure"]
     assert st["sizes"] == [1] * 6 and st["pruned_from"] == [4] * 6
     assert meas["pruning"]["before"]["params"]["total"] > meas["params"]["total"]
     assert meas["pruning"]["before"]["flops_per_sample"] > meas["flops_per_sample"]
-    small = torch.load(meas["pruning"]["file"], weights_only=False)["model"]
+    small = build(cfg, data=False).model  # pruned.pt holds weights and widths (plain data), not the module
+    load_pruned(small, torch.load(meas["pruning"]["file"], weights_only=True))
     assert small.backbone.sizes == [1] * 6
     assert rec["task_info"]["split"]["comparable_with_published"] is False
     assert set(rec["metrics"]["test"]) == {"f1", "em", "loss"}
