@@ -14,20 +14,22 @@ task's shapes and dtypes). A contender is a model name, optionally with settings
 - ``--mode train``: one call = ``Setup.step`` (forward, loss + regulariser, backward, clipping,
   optimiser step, after-step hook) at ``--batch-size``.
 - ``--mode infer``: one call = a forward in eval mode without autograd, at batch 1 and at
-  ``--batch-size``. Default: both.
+  ``--batch-size``; no training step is ever taken (nor a training batch made). Default: both.
 
 Timing (``measure.interleaved``): warm-up calls first (lazy initialisation, cuDNN plans, HiPPO's
 tables), then ``--rounds`` rounds; in each round every contender is timed once with
 torch.utils.benchmark's ``blocked_autorange`` (CUDA synchronised by the Timer), the order reversed
 every other round so drift hits all alike. Per contender: min / median / IQR of the round medians,
-and the ratio to the baseline (``--baseline``, default the first contender) as the median of the
-per-round ratios. Also: peak memory (CUDA: the most allocated during two calls above what was
-allocated before them, i.e. the call's own activations and gradients, not the contenders' resident
-weights; CPU: the process's
-resident-set growth from before the contender was built to after one call of each kind — what
-building and first running it took, not a per-call peak), analytic FLOPs (the wrapper's
-``flops_per_sample`` times the batch; a training step counted as 3 forward passes, the usual
-convention) and the achieved FLOP/s.
+and two ratios to the baseline (``--baseline``, default the first contender): ``ratio`` (the
+markdown's ``ratio_paired``), the median of the per-round ratios, which drift in the machine's speed
+does not move, and ``ratio_of_medians``, median_ms over the baseline's; far apart, the speed drifted.
+Also: memory (CUDA: the most allocated during two calls above what was allocated before them, i.e.
+the call's own activations and gradients, not the contenders' resident weights; CPU,
+``rss_delta_mb``: the resident-set growth from before the contender was built to after one call of
+each measured kind, each contender in a fresh process warmed up first (``fresh_rss``) — what building
+and first running it took, not a per-call peak), analytic FLOPs (the wrapper's ``flops_per_sample``
+times the batch; a training step counted as 3 forward passes, the usual convention) and the achieved
+FLOP/s.
 
 The table is printed as Markdown and saved with every number as JSON in
 ``results/benchmarks/bench-<task>-<time>.json``; ``seqbench report`` shows the latest of each.
@@ -38,12 +40,13 @@ import copy
 import json
 import os
 import statistics
+import sys
 import time
 from pathlib import Path
 
 import torch
 
-from . import config, measure, records, registry
+from . import config, measure, memory, records, registry
 from .build import Setup, build, pick_device, set_threads
 from .errors import SeqbenchError, clip
 from .model import fit_problems, prune_in_place
@@ -56,13 +59,12 @@ def parse_contenders(text: str) -> list[str]:
     out: list[str] = []
     for piece in (p.strip() for p in text.split(",")):
         if not piece:
-            continue
+            raise SeqbenchError(f"--models {clip(repr(text))}: an empty name (a comma too many); "
+                                f"e.g. --models lstm,gru")
         if out and piece[0].isdigit() and "=" in out[-1]:
             out[-1] += "," + piece
         else:
             out.append(piece)
-    if not out:
-        raise SeqbenchError("--models needs at least one model")
     return out
 
 
@@ -96,16 +98,21 @@ class Contender:
     def __init__(self, label: str, setup: Setup, batch_size: int, model=None):
         self.label, self.setup, self.batch_size = label, setup, batch_size
         self.model = model if model is not None else setup.model
-        dev = setup.device
-        self.train_batch = tuple(t.to(dev) for t in setup.task.example_batch(batch_size))
-        self.infer_x = {b: setup.task.example_batch(b)[0].to(dev) for b in sorted({1, batch_size})}
+        self._train_batch = None  # made on the first training call: --mode infer never makes one
+        self.infer_x = {b: setup.task.example_batch(b)[0].to(setup.device) for b in sorted({1, batch_size})}
         self.flops = int(self.model.flops_per_sample())
         self.params = sum(p.numel() for p in self.model.parameters())
         self.seq_len = setup.spec.seq_len
 
+    @property
+    def train_batch(self) -> tuple:
+        if self._train_batch is None:
+            self._train_batch = tuple(t.to(self.setup.device) for t in self.setup.task.example_batch(self.batch_size))
+        return self._train_batch
+
     def warm(self, rss_before: float, modes=("train", "infer")) -> None:
-        """One call of each kind right after building: lazy state is made, and the resident-set
-        growth from before the build to now is this contender's (CPU memory column)."""
+        """One call of each kind timed (only those: no training step for --mode infer) right after
+        building: lazy state is made; ``rss_delta_mb``: the resident-set growth since ``rss_before``."""
         for mode in modes:
             self.call(mode, self.batch_size)()
         self.rss_delta_mb = _rss_mb() - rss_before
@@ -113,9 +120,11 @@ class Contender:
     def call(self, mode: str, batch: int):
         setup, model = self.setup, self.model
         if mode == "train":
+            batch_ = self.train_batch
+
             def fn():
                 model.train()
-                setup.step(self.train_batch, plain=True)
+                setup.step(batch_, plain=True)
         else:
             x = self.infer_x[batch]
 
@@ -126,17 +135,72 @@ class Contender:
         return fn
 
 
-def build_contenders(specs, task, preset, overrides, batch_size) -> dict[str, Contender]:
-    out = {}
-    for spec in specs:
-        if spec in out:
+def build_contenders(specs, task, preset, overrides, batch_size, modes=("train", "infer")) -> dict[str, Contender]:
+    """Each contender built and warmed by one call of each of ``modes`` (no training step without "train")."""
+    out, cfgs = {}, {}
+    for spec in specs:  # every config checked before anything is built
+        if spec in cfgs:
             raise SeqbenchError(f"contender {clip(repr(spec))} given twice")
-        cfg = contender_config(spec, task, preset, overrides)
+        cfgs[spec] = contender_config(spec, task, preset, overrides)
+    for spec, cfg in cfgs.items():
         before = _rss_mb()
-        c = Contender(spec, build(cfg, data=False), batch_size)
-        c.warm(before)
+        setup = build(cfg, data=False)
+        if "train" in modes:  # a training step at --batch-size that would not fit: one line, as for a run
+            memory.check(setup, batch_size)
+        c = Contender(spec, setup, batch_size)
+        c.warm(before, modes)
         out[spec] = c
     return out
+
+
+def _warm_process() -> None:
+    """What any first model costs the process, done before one is measured: torch's first optimiser
+    imports torch._dynamo (about 150 MB), the first backward starts autograd's engine."""
+    p = torch.nn.Parameter(torch.ones(8))
+    opt = torch.optim.Adam([p], lr=1e-3)
+    (p * p).sum().backward()
+    opt.step()
+    with torch.no_grad():
+        torch.nn.functional.linear(torch.ones(2, 8), torch.ones(4, 8))
+
+
+_PROBE = "from seqbench.bench import _rss_probe; _rss_probe()"
+
+
+def _rss_probe() -> None:
+    """In a fresh process (``fresh_rss``): the job on stdin, the contenders' ``rss_delta_mb`` on stdout."""
+    job = json.loads(sys.stdin.read())
+    set_threads(job["threads"])
+    torch.manual_seed(0)
+    _warm_process()
+    if job.get("run"):
+        got = from_run(job["run"], job["results"], job["batch_size"], "cpu")
+    else:
+        got = build_contenders([job["spec"]], job["task"], job["preset"], job["overrides"], job["batch_size"],
+                               job["modes"])
+    print(json.dumps({n: c.rss_delta_mb for n, c in got.items()}))
+
+
+def fresh_rss(contenders: dict[str, Contender], job: dict) -> None:
+    """The CPU memory column, each contender measured in a process of its own (a ``--run`` pair in one:
+    the pruned model is made from the trained one), after ``_warm_process``: measured in this process,
+    the first contender was charged with the process's warm-up, and later ones reused memory that
+    earlier ones freed. ``job``: what the probe needs to build them again (``_rss_probe``)."""
+    import subprocess
+
+    groups = [[n] for n in contenders] if not job.get("run") else [list(contenders)]
+    for names in groups:
+        one = {**job, "spec": names[0]}
+        p = subprocess.run([sys.executable, "-c", _PROBE], input=json.dumps(one), capture_output=True, text=True,
+                           env={**os.environ, "OMP_NUM_THREADS": str(job["threads"])})
+        try:
+            got = json.loads(p.stdout.strip().splitlines()[-1])
+        except (ValueError, IndexError):
+            first = (p.stderr.strip().splitlines() or [f"exit code {p.returncode}"])[-1]
+            raise SeqbenchError(f"measuring the memory of {', '.join(names)} in a fresh process failed: "
+                                f"{clip(first, 200)}") from None
+        for n in names:
+            contenders[n].rss_delta_mb = got[n]
 
 
 def from_run(run_id: str, results=None, batch_size: int = 1, device: str | None = None) -> dict[str, Contender]:
@@ -160,10 +224,10 @@ def from_run(run_id: str, results=None, batch_size: int = 1, device: str | None 
     setup.model.load_state_dict(state)
     out = {"trained": Contender("trained", setup, batch_size)}
     out["trained"].warm(before, modes=("infer",))
+    before = _rss_mb()
     small = copy.deepcopy(setup.model) if setup.hook("pruned") else None
     if small is not None and prune_in_place(small):
         small.to(setup.device)
-        before = _rss_mb()
         out["pruned"] = Contender("pruned", setup, batch_size, model=small)
         out["pruned"].warm(before, modes=("infer",))
         x = out["trained"].infer_x[1]
@@ -199,13 +263,15 @@ def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, bas
                     mem[n] = {"rss_delta_mb": contenders[n].rss_delta_mb}
             times = measure.interleaved(fns, rounds=rounds, min_run_time=min_run_time)
             rows = []
+            base_median = statistics.median(times[base])
             for n, c in contenders.items():
                 s = measure.summarize(times[n])
                 ratios = [a / b for a, b in zip(times[n], times[base])]
                 flops = c.flops * batch * (3 if mode == "train" else 1)
                 row = {"contender": n, "mode": mode, "batch": batch, "params": c.params,
                        "min_ms": s["min"] * 1e3, "median_ms": s["median"] * 1e3, "iqr_ms": s["iqr"] * 1e3,
-                       "ratio": statistics.median(ratios), "flops": flops,
+                       "ratio": statistics.median(ratios), "ratio_of_medians": s["median"] / base_median,
+                       "flops": flops,
                        "gflop_per_s": flops / s["median"] / 1e9 if s["median"] > 0 else None, **mem[n]}
                 if c.seq_len:
                     row["ms_per_step"] = s["median"] * 1e3 / c.seq_len
@@ -216,15 +282,23 @@ def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, bas
     return {"baseline": base, "tables": tables}
 
 
+# the markdown's names of two columns (the JSON keeps ``ratio`` and ``ratio_of_medians``)
+HEADERS = {"ratio": "ratio_paired", "ratio_of_medians": "ratio_of_medians"}
+
+
 def markdown(result: dict) -> str:
-    lines = []
+    base = result["baseline"]
+    rss = any("rss_delta_mb" in r for t in result["tables"] for r in t["rows"])
+    lines = [f"\nratio_paired: the median over {result['rounds']} interleaved rounds of the time / {base}'s in the "
+             f"same round (drift cancels); ratio_of_medians: median_ms / {base}'s (far apart: the speed drifted)"
+             + ("; rss_delta_mb: resident-set growth from building it to one call of each mode, each contender in a "
+                "fresh, warmed-up process" if rss else "")]
     for t in result["tables"]:
-        lines.append(f"\n{t['mode']}, batch {t['batch']} (ratio: time / {result['baseline']}'s, median of "
-                     f"{result['rounds']} interleaved rounds)\n")
-        cols = ["contender", "median_ms", "iqr_ms", "min_ms", "ratio", "ms_per_step", "params", "flops", "gflop_per_s",
-                "peak_cuda_mb", "rss_delta_mb"]
+        lines.append(f"\n{t['mode']}, batch {t['batch']}\n")
+        cols = ["contender", "median_ms", "iqr_ms", "min_ms", "ratio", "ratio_of_medians", "ms_per_step", "params",
+                "flops", "gflop_per_s", "peak_cuda_mb", "rss_delta_mb"]
         cols = [c for c in cols if any(c in r and r[c] is not None for r in t["rows"])]
-        lines.append("| " + " | ".join(cols) + " |")
+        lines.append("| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |")
         lines.append("|" + "|".join("---" for _ in cols) + "|")
         for r in t["rows"]:
             lines.append("| " + " | ".join(_fmt(c, r.get(c)) for c in cols) + " |")
@@ -236,7 +310,7 @@ def _fmt(col: str, v) -> str:
         return "–"
     if col in ("params", "flops"):
         return f"{int(v):,}"
-    if col == "ratio":
+    if col in HEADERS:
         return f"{v:.2f}"
     if isinstance(v, float):
         return f"{v:.3f}" if abs(v) < 1000 else f"{v:,.0f}"
@@ -260,12 +334,16 @@ def main(a) -> int:
         contenders = from_run(a.run, a.results, a.batch_size, a.device)
         task = next(iter(contenders.values())).setup.cfg.task
         modes = ["infer"]
+        job = {"run": a.run, "results": str(records.results_dir(a.results).resolve())}
     else:
         if not a.task or not a.models:
             raise SeqbenchError("bench needs --task and --models (or --run RUN_ID); see 'seqbench list'")
         task = a.task
-        contenders = build_contenders(parse_contenders(a.models), task, a.preset, overrides, a.batch_size)
+        contenders = build_contenders(parse_contenders(a.models), task, a.preset, overrides, a.batch_size, modes)
+        job = {"task": task, "preset": a.preset, "overrides": overrides, "modes": modes}
     dev = next(iter(contenders.values())).setup.device
+    if dev.type != "cuda":
+        fresh_rss(contenders, {**job, "batch_size": a.batch_size, "threads": threads})
     print(f"bench on {task}: {', '.join(contenders)}; {dev} ({records.environment(dev)['device_name']}), "
           f"{threads} thread(s), torch {torch.__version__}", flush=True)
     result = run(contenders, modes, a.batch_size, a.baseline, a.rounds, a.min_run_time)

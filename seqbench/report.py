@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -88,7 +89,8 @@ def _row(rec: dict, skip: set[str]) -> dict:
         })
         for b, d in lat.items():
             row[f"lat_{b}_ms"] = d.get("median_ms")
-            row[f"lat_{b}_iqr_ms"] = d.get("iqr_ms")
+            # one timing run: torch.utils.benchmark measured no spread (its 0 is not a spread of 0)
+            row[f"lat_{b}_iqr_ms"] = None if (d.get("runs") or 2) < 2 else d.get("iqr_ms")
     return row
 
 
@@ -171,11 +173,25 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         row = dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]))
         for b in _latency_batches(g):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
             row[f"{b}_ms"] = _pm(g[f"lat_{b}_ms"], ".3f")
-            row[f"{b}_iqr_ms"] = _pm(g[f"lat_{b}_iqr_ms"], ".3f")
+            row[f"{b}_iqr_ms"] = _iqr_cell(g[f"lat_{b}_ms"], g[f"lat_{b}_iqr_ms"])
         row.update(train_samples_per_s=_pm(g["throughput"], ".1f"),
                    mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f"))
         lat.append(row)
     return {"accuracy": acc, "sparsity": spa, "latency": lat}
+
+
+def _unknown_iqr(df: pd.DataFrame) -> bool:
+    """Whether a completed run has a latency without its IQR (one timing run)."""
+    ok = df[df.status == "completed"]
+    return any((ok[c].notna() & ok[f"lat_{c[4:-3]}_iqr_ms"].isna()).any() for c in ok.columns
+               if c.startswith("lat_b") and c.endswith("_ms") and not c.endswith("_iqr_ms"))
+
+
+def _iqr_cell(lat: pd.Series, iqr: pd.Series) -> str:
+    """An IQR cell: unknown (one timing run) is –; over the runs that measured one, said so when not all did."""
+    known, measured = int(iqr.notna().sum()), int(lat.notna().sum())
+    cell = _pm(iqr, ".3f")
+    return cell if known in (0, measured) else f"{cell} ({known} of {measured} runs)"
 
 
 def _latency_batches(g: pd.DataFrame) -> list[str]:
@@ -459,7 +475,13 @@ def structure_plots(recs: list[dict], folder: Path) -> list[Path]:
     return out
 
 
-def build(results=None) -> dict:
+# the report's own plots (``structure_plots`` adds ``<method>_*`` for the methods of the records): a file of
+# these names in plots/ that a report run did not write is a plot of a group no longer in the records
+PLOT_PATTERNS = ("acc_vs_latency_*.png", "curves_*.png", "examples_*.png", "iss_*.png")
+
+
+def build(results=None, out=None) -> dict:
+    """Write the report of every record in ``results``; a line on ``out`` (stdout) names the stale plots removed."""
     res = records.results_dir(results)
     if not res.exists():
         raise SeqbenchError(f"results folder {res} does not exist "
@@ -468,10 +490,25 @@ def build(results=None) -> dict:
         raise SeqbenchError(f"results folder {res} is not a folder")
     recs = records.load_all(res)
     try:
-        return _write(res, recs)
+        built = _write(res, recs)
+        built["removed"] = _remove_stale_plots(res / "plots", built["plots"], recs)
     except OSError as e:
         raise SeqbenchError(f"cannot write the report into {res} ({e.strerror or type(e).__name__}: "
                             f"{e.filename or res}); every file there is either as it was or wholly replaced") from None
+    if built["removed"]:
+        print(f"report: removed {len(built['removed'])} plot(s) of groups no longer in the records from "
+              f"{res / 'plots'}: {', '.join(p.name for p in built['removed'])}", file=out or sys.stdout)
+    return built
+
+
+def _remove_stale_plots(folder: Path, written: list[Path], recs: list[dict]) -> list[Path]:
+    methods = {((r.get("measure") or {}).get("structure") or {}).get("method_label") for r in recs}
+    patterns = {*PLOT_PATTERNS, *(f"{m.lower()}_*.png" for m in methods if isinstance(m, str) and m)}
+    keep = {p.name for p in written}
+    stale = sorted({p for pat in patterns for p in folder.glob(pat) if p.is_file() and p.name not in keep})
+    for p in stale:
+        p.unlink()
+    return stale
 
 
 def _write(res: Path, recs: list[dict]) -> dict:
@@ -512,6 +549,8 @@ def _write(res: Path, recs: list[dict]) -> dict:
         _md(tabs["sparsity"]),
         "## Latency (forward pass, eval mode; torch.utils.benchmark median and IQR) and training throughput",
         "",
+        *(["An IQR of – : one timing run, no spread measured; (k of n runs): the IQR over the runs that "
+           "measured one.", ""] if len(df) and _unknown_iqr(df) else []),
         _md(tabs["latency"]),
     ]
     lines += bench_section(res / "benchmarks")

@@ -38,7 +38,9 @@ import itertools
 import json
 import math
 import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -312,15 +314,119 @@ def _ray():
     return ray
 
 
-def _connect(ray, address: str | None, num_cpus: int | None) -> bool:
-    """Start a local Ray (or join ``address``) unless this process already has one; True if started."""
+# The local Ray's head, run by a helper process in a session of its own: the session holds every
+# process of this Ray instance (Ray's workers get process groups of their own, not sessions) and
+# nothing else. The helper reads the driver's end of a pipe: at EOF (the driver ended, or died, even
+# by kill -9) it kills every process of its session at once (Linux: found in /proc). Without it,
+# after a kill -9 of the driver Ray's DashboardAgent and RuntimeEnvAgent outlived it by about a minute.
+# Not started: the log monitor (log_to_driver is off) and the autoscaler's monitor (a fixed local node);
+# ray.init has no option for these, so RayParams' defaults are changed, here only. Ray 2.60's raylet
+# refuses to start without its two agents, so they stay.
+_HEAD = """# seqbench sweep: its local Ray (seqbench/sweep.py, _HEAD)
+import json, os, signal, sys
+try:
+    from ray._private import parameter
+    _params = parameter.RayParams.__init__
+    def _lean(self, *a, **k):
+        k.setdefault("include_log_monitor", False)
+        k.setdefault("no_monitor", True)
+        _params(self, *a, **k)
+    parameter.RayParams.__init__ = _lean
+except Exception:
+    pass
+import ray
+out = os.fdopen(int(sys.argv[2]), "w")
+try:
+    ray.init(address="local", num_cpus=int(sys.argv[1]), include_dashboard=False, log_to_driver=False,
+             logging_level="ERROR")
+    out.write(json.dumps({"address": ray.get_runtime_context().gcs_address}) + "\\n")
+except BaseException as e:
+    out.write(json.dumps({"error": (str(e).strip().splitlines() or [type(e).__name__])[0]}) + "\\n")
+out.close()
+sys.stdin.buffer.read()
+import time
+me, sid = os.getpid(), os.getsid(0)
+for _ in range(250):  # Ray's workers have process groups of their own, in this session: the session is killed
+    alive = []
+    for d in os.listdir("/proc"):
+        try:
+            st = open(f"/proc/{d}/stat").read().rsplit(")", 1)[1].split()
+            if int(d) != me and int(st[3]) == sid and st[0] != "Z":
+                alive.append(int(d))
+        except (OSError, ValueError, IndexError):
+            pass
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+    if not alive:
+        break
+    time.sleep(0.02)
+os._exit(0)
+"""
+
+
+class _LocalHead:
+    """A local Ray instance that dies with this process (see ``_HEAD``); it starts in the background."""
+
+    def __init__(self, num_cpus: int):
+        read, write = os.pipe()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-c", _HEAD, str(num_cpus), str(write)],
+                                         stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, pass_fds=(write,),
+                                         start_new_session=True)
+        finally:
+            os.close(write)
+        self._reply = os.fdopen(read)
+
+    def address(self) -> str:
+        """The head's GCS address, once it has started; its error line if it could not."""
+        line = self._reply.readline()
+        self._reply.close()
+        try:
+            reply = json.loads(line)
+        except ValueError:
+            reply = {"error": f"its process ended (exit code {self.proc.wait()})"}
+        if "address" not in reply:
+            raise SeqbenchError(f"cannot start a local Ray instance: {clip(reply['error'], 200)}")
+        return reply["address"]
+
+    def stop(self) -> None:
+        """Every process of the instance killed (EOF on the helper's stdin), waited for."""
+        if not self._reply.closed:
+            self._reply.close()
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # a helper that does not end: its group killed from here
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+
+def _start_head(ray, address: str | None, num_cpus: int | None) -> _LocalHead | None:
+    """The sweep's own local Ray, started now (its start overlaps the data checks), where one is needed."""
+    if address is not None or ray.is_initialized() or not os.path.isdir("/proc"):
+        return None
+    # one mode for every process of this local instance (Ray >= 2.5x turns token auth on once a
+    # token file exists: see README), and no usage report from an offline machine
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    from .build import cores_available
+
+    return _LocalHead(num_cpus or cores_available())
+
+
+def _connect(ray, address: str | None, num_cpus: int | None, head: _LocalHead | None = None) -> bool:
+    """Join ``head``'s Ray, or ``address``, or start a local Ray in this process (no /proc), unless this
+    process already has one; True if this process connected."""
     if ray.is_initialized():
         return False
     kw = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    if head is not None:
+        address, kw = head.address(), dict(log_to_driver=False, logging_level="ERROR")
     try:
-        if address is None:
-            # one mode for every process of this local instance (Ray >= 2.5x turns token auth on
-            # once a token file exists: see README), and no usage report from an offline machine
+        if address is None:  # the settings of _start_head
             os.environ.setdefault("RAY_AUTH_MODE", "disabled")
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
             from .build import cores_available
@@ -346,29 +452,93 @@ def _check_resources(ray, cpus: float, gpus: float) -> None:
         raise SeqbenchError(f"--gpus-per-run {gpus:g}: no Ray node has that many GPUs (the largest has {most_gpu:g})")
 
 
-class _Status:
-    """Counts, ETA, and one line per finished run; a bar on a terminal."""
+def estimate_eta(pending: list[tuple], done: list[tuple], slots: int, running_for=()) -> tuple[float, bool] | None:
+    """Seconds until the last pending run ends, and whether that is only a lower bound; None before a
+    finished run to go by.
 
-    def __init__(self, total: int, slots, out):
+    ``pending``: the unfinished runs' keys ``(setting, family)`` in the order Ray starts them (submitted);
+    ``done``: ``(setting, family, seconds)`` of finished runs; ``running_for``: how long each of the first
+    pending runs (those in flight) has run. A run costs the mean of the finished runs of its setting (its
+    config but the seed), else of its family (model, task, preset). A run of neither is counted at the
+    shortest finished run, and a run in flight longer than its estimate as ending now: the result is then
+    a lower bound. The runs are laid in order on ``slots`` slots, each on the first one free."""
+    import heapq
+
+    if not done:
+        return None
+    by: dict = {}
+    for setting, family, sec in done:
+        by.setdefault(("s", setting), []).append(sec)
+        by.setdefault(("f", family), []).append(sec)
+    shortest = min(sec for *_, sec in done)
+    lower = False
+
+    def cost(key) -> float:
+        nonlocal lower
+        for level, k in (("s", key[0]), ("f", key[1])):
+            if (level, k) in by:
+                return sum(by[level, k]) / len(by[level, k])
+        lower = True
+        return shortest
+
+    slots = max(1, int(slots))
+    free = [0.0] * max(0, slots - len(running_for))
+    for key, ran in zip(pending, running_for):
+        left = cost(key) - ran
+        lower |= left < 0
+        free.append(max(left, 0.0))
+    heapq.heapify(free)
+    end = max(free, default=0.0)
+    for key in pending[len(running_for):]:
+        t = heapq.heappop(free) + cost(key)
+        end = max(end, t)
+        heapq.heappush(free, t)
+    return end, lower
+
+
+class _Status:
+    """Counts, ETA (``estimate_eta``), and one line per finished run; a bar on a terminal. Ray starts the
+    runs in the order submitted, each when a slot frees: the k-th run started at the k-th moment a
+    slot was free (the start, then every finish), which gives how long the runs in flight have run."""
+
+    def __init__(self, runs: list, slots, out):
         from .progress import interactive
 
-        self.total, self.slots, self.out = total, slots, out
+        self.total, self.slots, self.out = len(runs), slots, out
+        self.keys = [(r.label.rsplit(" seed=", 1)[0], (r.model, r.task, r.preset)) for r in runs]
+        self.index = {id(r): i for i, r in enumerate(runs)}
         self.done = self.failed = 0
         self.start = time.monotonic()
+        self.freed = [self.start] * max(1, int(slots()))  # the moments a slot was free
+        self.finished: set[int] = set()
+        self.seconds: list[tuple] = []  # (setting, family, seconds) of the finished runs
         self.bar = None
         if interactive():
             from tqdm.auto import tqdm
 
-            self.bar = tqdm(total=total, desc="sweep", unit="run", dynamic_ncols=True)
+            self.bar = tqdm(total=self.total, desc="sweep", unit="run", dynamic_ncols=True)
 
-    def line(self, text: str, ok: bool) -> None:
+    def line(self, text: str, ok: bool, run=None, seconds: float | None = None) -> None:
         self.done += ok
         self.failed += not ok
+        now = time.monotonic()
+        if run is not None:
+            i = self.index[id(run)]
+            self.finished.add(i)
+            if seconds is not None:
+                self.seconds.append((*self.keys[i], seconds))
+        self.freed.append(now)
         finished = self.done + self.failed
         left = self.total - finished
-        el = time.monotonic() - self.start
-        eta = f"ETA {_hms(el / finished * left)}" if finished and left else f"{_hms(el)}"
         running = min(left, self.slots())
+        if finished and left:
+            pending = [i for i in range(self.total) if i not in self.finished]
+            freed = sorted(self.freed)
+            flight = [now - freed[i] for i in pending[:running] if i < len(freed)]
+            est = estimate_eta([self.keys[i] for i in pending], self.seconds, running or 1, flight)
+            eta = "ETA ?" if est is None else f"ETA {'≥ ' if est[1] else ''}{_hms(est[0])}"
+        else:
+            eta = _hms(now - self.start)
         head = f"[{finished}/{self.total} | {self.failed} failed | {running} running | {eta}]"
         if self.bar is not None:
             self.bar.update(1)
@@ -406,13 +576,13 @@ def run_sweep(spec: Spec, results=None, address: str | None = None, cpus_per_run
         raise SeqbenchError(f"bad value {gpus_per_run!r} for --gpus-per-run: expected a number >= 0")
     if max_retries < 0:
         raise SeqbenchError(f"bad value {max_retries} for --max-retries: expected an integer >= 0")
-    ray = None if dry_run else _ray()  # before anything else: without Ray, one line
     results = records.results_dir(results).resolve()
     taken = set(spec.set) | {k for v in spec.variants for k in v}
     fixed = {"threads": max(1, int(cpus_per_run))} if "threads" not in taken else {}
     if gpus_per_run == 0 and "device" not in taken:
         fixed["device"] = "cpu"  # a run that reserved no GPU must not use one (Ray hides none from it)
-    runs, skipped = expand(spec, fixed)
+    runs, skipped = expand(spec, fixed)  # every run's config checked: bad input is one line, before Ray
+    ray = None if dry_run else _ray()  # then, without Ray, the line saying how to install it
     find_status(runs, results, retry_failed, clean=not dry_run)
     todo = [r for r in runs if r.status in ("todo", "resume")]
     print(f"sweep {spec.name}: {len(runs)} runs; {sum(r.status == 'done' for r in runs)} done, "
@@ -427,9 +597,15 @@ def run_sweep(spec: Spec, results=None, address: str | None = None, cpus_per_run
             print(f"  {r.status:<7} {r.label}  {extra}", file=out)
         return 0
     if todo:
-        if address is None:
-            _prepare_data(todo)
-        rc = _execute(ray, spec, todo, results, address, cpus_per_run, gpus_per_run, max_retries, num_cpus, out)
+        head = _start_head(ray, address, num_cpus)
+        try:
+            if address is None:
+                _prepare_data(todo)
+            rc = _execute(ray, spec, todo, results, address, cpus_per_run, gpus_per_run, max_retries, num_cpus,
+                          out, head)
+        finally:
+            if head is not None:
+                head.stop()
         if rc == 130:
             return rc
         find_status(runs, results, retry_failed=False)
@@ -437,8 +613,8 @@ def run_sweep(spec: Spec, results=None, address: str | None = None, cpus_per_run
     return 0 if all(r.status == "done" for r in runs) else 1
 
 
-def _execute(ray, spec, todo, results, address, cpus, gpus, max_retries, num_cpus, out) -> int:
-    started = _connect(ray, address, num_cpus)
+def _execute(ray, spec, todo, results, address, cpus, gpus, max_retries, num_cpus, out, head=None) -> int:
+    started = _connect(ray, address, num_cpus, head)
     try:
         _check_resources(ray, cpus, gpus)
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIX) and k not in _FORWARD_SKIP}
@@ -457,7 +633,7 @@ def _execute(ray, spec, todo, results, address, cpus, gpus, max_retries, num_cpu
             n = res.get("CPU", 0) / cpus
             return int(min(n, res.get("GPU", 0) / gpus) if gpus else n)
 
-        status = _Status(len(todo), slots, out)
+        status = _Status(todo, slots, out)
         pending = list(refs)
         try:
             while pending:
@@ -484,11 +660,11 @@ def _collect(ray, ref, run: Run, spec: Spec, results: Path, status: _Status, max
     except ray.exceptions.RayTaskError as e:  # an exception in the run itself: a bug, not retried
         cause = getattr(e, "cause", None) or e
         first = (str(cause).strip().splitlines() or [""])[0]
-        status.line(f"{run.label}: error {type(cause).__name__}: {clip(first, 200)}", ok=False)
+        status.line(f"{run.label}: error {type(cause).__name__}: {clip(first, 200)}", ok=False, run=run)
         return
     except ray.exceptions.RayError as e:  # its worker died every time (kill -9, OOM, node lost)
         status.line(f"{run.label}: its worker died {max_retries + 1} times ({type(e).__name__}); its checkpoint "
-                    f"is kept: run the sweep again to resume it", ok=False)
+                    f"is kept: run the sweep again to resume it", ok=False, run=run)
         return
     rec = res.get("record")
     if rec is not None:
@@ -497,14 +673,14 @@ def _collect(ray, ref, run: Run, spec: Spec, results: Path, status: _Status, max
         try:
             rec["path"] = str(records.write(rec, results))
         except SeqbenchError as e:  # another driver wrote this run's record meanwhile
-            status.line(f"{run.label}: {e}", ok=False)
+            status.line(f"{run.label}: {e}", ok=False, run=run)
             return
     if res.get("error") and rec is None:
-        status.line(f"{run.label}: error: {res['error']}", ok=False)
+        status.line(f"{run.label}: error: {res['error']}", ok=False, run=run)
         return
     resumed = f", resumed after epoch {res['resumed_from']}" if res.get("resumed_from") is not None else ""
     status.line(f"{run.label}: {_result_text(rec)} ({res['seconds']:.0f} s{resumed}) {rec['run_id']}",
-                ok=rec["status"] == "completed")
+                ok=rec["status"] == "completed", run=run, seconds=None if resumed else res["seconds"])
 
 
 def _final(spec: Spec, runs: list[Run], results: Path, out) -> None:
@@ -512,7 +688,7 @@ def _final(spec: Spec, runs: list[Run], results: Path, out) -> None:
     from . import report
 
     try:
-        built = report.build(results)
+        built = report.build(results, out=out)
         print(f"report: {built['records']} records -> {built['report']}", file=out)
     except SeqbenchError as e:
         print(f"seqbench: warning: report not regenerated: {e}", file=sys.stderr)
@@ -538,8 +714,6 @@ def _final(spec: Spec, runs: list[Run], results: Path, out) -> None:
 
 def command(a) -> int:
     """``seqbench sweep`` from parsed arguments (seqbench/cli.py)."""
-    if not a.dry_run:
-        _ray()
     spec = build_spec(a.file, a.name, a.sets, **{axis: getattr(a, axis) for axis in AXES})
     return run_sweep(spec, results=a.results, address=a.address, cpus_per_run=a.cpus_per_run,
                      gpus_per_run=a.gpus_per_run, max_retries=a.max_retries, retry_failed=a.retry_failed,

@@ -2,11 +2,12 @@
 trained run against its pruned model. The timings themselves are not asserted (never a timing
 assertion in a unit test): the plumbing, the table, the JSON and the report section are."""
 import json
+import statistics
 from pathlib import Path
 
 import pytest
 
-from seqbench import config, registry
+from seqbench import bench, config, registry
 from seqbench.bench import parse_contenders
 from seqbench.cli import main
 from seqbench.report import build
@@ -14,6 +15,15 @@ from seqbench.runner import Runner
 from conftest import QUICK
 
 FAST = ["--rounds", "2", "--min-run-time", "0.01", "--threads", "1"]
+FRESH_RSS = bench.fresh_rss
+
+
+@pytest.fixture(autouse=True)
+def rss_in_this_process(request, monkeypatch):
+    """The CPU memory column as measured in this process: the command's fresh process per contender costs
+    ~3 s each (torch's import); the tests named *fresh_process* measure it as the command does."""
+    if "fresh_process" not in request.node.name:
+        monkeypatch.setattr(bench, "fresh_rss", lambda contenders, job: None)
 
 
 def test_contender_list_keeps_widths_together():
@@ -38,6 +48,12 @@ def test_bench_without_data_files(tmp_path, monkeypatch, capsys):
         assert set(rows) == {"lstm", "gru+hidden=8", "hippo+step=fast"}
         assert rows["lstm"]["ratio"] == 1.0 and all(r["median_ms"] > 0 and r["flops"] > 0 for r in rows.values())
         assert len(t["round_times_s"]["lstm"]) == 2
+        times = t["round_times_s"]
+        for n, r in rows.items():  # both ratios, as named: the median of the rounds' ratios, and of the medians
+            assert r["ratio"] == statistics.median(a / b for a, b in zip(times[n], times["lstm"]))
+            assert r["ratio_of_medians"] == statistics.median(times[n]) / statistics.median(times["lstm"])
+    assert "| contender | median_ms | iqr_ms | min_ms | ratio_paired | ratio_of_medians |" in printed
+    assert "ratio_paired: the median over 2 interleaved rounds of the time / lstm's" in printed
     assert res["configs"]["gru+hidden=8"]["model.hidden"] == 8
     assert res["configs"]["hippo+step=fast"]["model.step"] == "fast"
     assert res["threads"] == 1
@@ -47,6 +63,38 @@ def test_bench_without_data_files(tmp_path, monkeypatch, capsys):
                  "--mode", "infer", "--batch-size", "2", "--set", "task.emb=8", "--out", str(out), *FAST]) == 0
     ptb = json.loads(sorted(out.glob("bench-ptb-*.json"))[-1].read_text())
     assert ptb["tables"][0]["rows"][0]["ms_per_step"] > 0  # per token at batch 1
+
+
+def test_infer_mode_takes_no_training_step(tmp_path, monkeypatch):
+    """--mode infer builds, warms and times without a training step (a task whose loss needs its data
+    files, CamVid's class weights, must not be asked for them) and makes no training batch."""
+    def no_step(*a, **k):
+        raise AssertionError("a training step in --mode infer")
+
+    monkeypatch.setattr(bench.Setup, "step", no_step)
+    monkeypatch.setenv("SEQBENCH_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
+    assert main(["bench", "--task", "pmnist", "--models", "lstm,gru", "--preset", "tiny", "--mode", "infer",
+                 "--batch-size", "2", "--out", str(tmp_path / "b"), *FAST]) == 0
+    got = bench.build_contenders(["lstm"], "pmnist", "tiny", {}, 2, modes=("infer",))
+    assert got["lstm"]._train_batch is None
+    with pytest.raises(AssertionError, match="training step"):
+        bench.build_contenders(["lstm"], "pmnist", "tiny", {}, 2)  # both modes: a step
+
+
+def test_memory_column_in_a_fresh_process_is_the_same_in_any_order(tmp_path, capsys):
+    """rss_delta_mb: each contender in a process of its own, warmed up first, so the first contender is
+    not charged with the process's warm-up (it was: ~175 MB against 5-30 MB), whatever the order."""
+    got = {}
+    for order in ("lstm,gru", "gru,lstm"):
+        out = tmp_path / order.replace(",", "-")
+        assert main(["bench", "--task", "pmnist", "--models", order, "--preset", "tiny", "--mode", "infer",
+                     "--batch-size", "2", "--out", str(out), *FAST]) == 0
+        res = json.loads(next(out.glob("*.json")).read_text())
+        got[order] = {r["contender"]: r["rss_delta_mb"] for r in res["tables"][0]["rows"]}
+    assert "each contender in a fresh, warmed-up process" in capsys.readouterr().out
+    for n in ("lstm", "gru"):
+        assert abs(got["lstm,gru"][n] - got["gru,lstm"][n]) < 1.0, got  # measured: within 0.1 MB
 
 
 @pytest.mark.parametrize("model", ["iss-lstm", "rhn"])
@@ -69,6 +117,12 @@ def test_bench_a_trained_run_against_its_pruned_model(env, model, capsys):
     if model == "rhn":  # tied: the vocabulary x width matrix counted once, 15 of its 16 columns gone
         vocab = rec["task_info"]["d_output"]
         assert rows["trained"]["params"] - rows["pruned"]["params"] > 15 * vocab
+    else:  # the memory column of --run: the pair measured in one fresh process (the pruned model is the trained one's)
+        pair = bench.from_run(rec["run_id"], batch_size=3, device="cpu")
+        for c in pair.values():
+            c.rss_delta_mb = None
+        FRESH_RSS(pair, {"run": rec["run_id"], "results": str(env["results"].resolve()), "batch_size": 3, "threads": 1})
+        assert all(isinstance(c.rss_delta_mb, float) for c in pair.values())  # the probe's
 
 
 def test_report_shows_the_latest_bench_tables(env):
@@ -88,6 +142,10 @@ def test_report_shows_the_latest_bench_tables(env):
     (["--task", "pmnist", "--models", "nope"], "unknown model 'nope'"),
     (["--task", "pmnist", "--models", "resnet"], "cannot run task 'pmnist'"),
     (["--task", "pmnist", "--models", "lstm,lstm"], "given twice"),
+    (["--task", "cifar10", "--models", "resnet,,"], "an empty name"),
+    (["--task", "pmnist", "--models", ",lstm"], "an empty name"),
+    (["--task", "pmnist", "--models", "lstm, ,gru"], "an empty name"),
+    (["--task", "ptb", "--models", "iss-lstm+sizes=3,,2"], "an empty name"),
     (["--task", "pmnist", "--models", "lstm+hidden"], "expected model+key=value"),
     (["--task", "pmnist", "--models", "lstm+hidden=0"], "'model.hidden': expected an integer >= 1"),
     (["--task", "pmnist", "--models", "lstm", "--baseline", "gru"], "--baseline 'gru' is not one of"),

@@ -282,3 +282,61 @@ def test_a_key_a_record_lacks_counts_at_its_default_in_the_variant():
     new["config"] = dict(base)
     old["config"] = {k: v for k, v in base.items() if k != "select"}
     assert report.variant(new) == "" and report.variant(old) == "select=best"
+
+
+def _cells(md: str, start: str) -> dict[str, str]:
+    """The latency table's row starting with ``start``, by column."""
+    lines = md.split("## Latency", 1)[1].splitlines()
+    header = next(r for r in lines if r.startswith("| task |"))
+    row = next(r for r in lines if r.startswith(start))
+    return dict(zip([c.strip() for c in header.split("|")], [c.strip() for c in row.split("|")]))
+
+
+def test_an_iqr_of_one_timing_run_is_unknown_not_zero(tmp_path):
+    """``runs: 1`` (one timed block): no spread was measured; the report says – (and how many runs of a
+    group measured one), not 0.000; summary.csv leaves the cell empty."""
+    def rec(run_id, model, seed, b64_runs):
+        r = fake_record(run_id, model=model, seed=seed)
+        r["measure"]["latency"]["b1"]["runs"] = 12
+        r["measure"]["latency"]["b64"].update(runs=b64_runs, iqr_ms=0.0 if b64_runs == 1 else 0.5)
+        return r
+
+    for r in (rec("a0", "lstm", 0, 1), rec("a1", "lstm", 1, 1), rec("b0", "gru", 0, 1), rec("b1", "gru", 1, 4),
+              rec("c0", "hippo", 0, 3)):
+        records.write(r, tmp_path)
+    report.build(tmp_path)
+    md = (tmp_path / "report.md").read_text()
+    assert _cells(md, "| pmnist | lstm |")["b64_iqr_ms"] == "–"
+    assert _cells(md, "| pmnist | gru |")["b64_iqr_ms"] == "0.500 (1 of 2 runs)"
+    assert _cells(md, "| pmnist | hippo |")["b64_iqr_ms"] == "0.500"
+    assert _cells(md, "| pmnist | lstm |")["b1_iqr_ms"] == "0.100"
+    assert "An IQR of – : one timing run, no spread measured" in md
+    iqr = pd.read_csv(tmp_path / "summary.csv").set_index("run_id").lat_b64_iqr_ms
+    assert iqr.isna().to_dict() == {"a0": True, "a1": True, "b0": True, "b1": False, "c0": False}
+    records.write(rec("d0", "enrnn", 0, 5), tmp_path / "other")
+    report.build(tmp_path / "other")
+    assert "An IQR of –" not in (tmp_path / "other" / "report.md").read_text()  # the note only when it applies
+
+
+def test_plots_of_groups_no_longer_in_the_records_are_removed(tmp_path, capsys):
+    pruned = fake_record("i0", model="iss-lstm", task="ptb")
+    st = {"method": "iss", "sizes": [3], "sizes_pruned": [2], "lam": 1e-3}
+    pruned["measure"]["structure"] = {**st, **iss.describe(st)}
+    for r in (fake_record("p0"), fake_record("s0", task="smnist"), pruned):
+        records.write(r, tmp_path)
+    plots = tmp_path / "plots"
+    built = report.build(tmp_path)
+    assert {"acc_vs_latency_smnist.png", "curves_smnist.png", "iss_ptb.png"} <= {p.name for p in built["plots"]}
+    assert built["removed"] == [] and "removed" not in capsys.readouterr().out
+    (plots / "notes.png").write_bytes(b"mine")  # not one of the report's names: kept
+    (plots / "examples_camvid.png").write_bytes(b"old")  # a report's name, not written by this run: removed
+    for name in ("s0", "i0"):
+        (tmp_path / "runs" / f"{name}.json").unlink()
+    built = report.build(tmp_path)
+    gone = ["acc_vs_latency_ptb.png", "acc_vs_latency_smnist.png", "curves_ptb.png", "curves_smnist.png",
+            "examples_camvid.png", "iss_ptb.png"]
+    assert [p.name for p in built["removed"]] == gone
+    assert sorted(p.name for p in plots.iterdir()) == ["acc_vs_latency_pmnist.png", "curves_pmnist.png", "notes.png"]
+    out = capsys.readouterr().out.splitlines()
+    assert out == [f"report: removed 6 plot(s) of groups no longer in the records from {plots}: {', '.join(gone)}"]
+    assert "smnist" not in (tmp_path / "report.md").read_text()

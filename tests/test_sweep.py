@@ -1,9 +1,12 @@
 """``seqbench sweep``: run lists, identity, the one-line errors, and sweeps on a local Ray (2 CPUs,
 started once for the session; those tests skip only when Ray is not installed)."""
+import io
 import json
 import os
 import socket
+import subprocess
 import sys
+import time
 import types
 from pathlib import Path
 
@@ -102,6 +105,126 @@ def test_without_ray_one_line_how_to_install(env, capsys, monkeypatch):
     rc, out, err = _sweep(capsys, "--models", "lstm", "--tasks", "adding")
     assert rc == 2 and err == f"seqbench: error: {sweep.INSTALL_HINT}\n"
     assert not env["results"].exists()
+
+
+@pytest.mark.parametrize("text,says", [("models = [\n", "not valid TOML"),
+                                        ("models = ['lstm']\ntasks = ['adding']\nseed = [1]\n", "unknown key(s)"),
+                                        ("models = ['lstm']\ntasks = ['adding']\n[set]\nlr = -1\n", "for 'lr'")])
+def test_bad_sweep_file_without_ray_is_reported_as_bad(env, capsys, monkeypatch, tmp_path, text, says):
+    """The file is read and every run checked before Ray is asked for (as --dry-run does)."""
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    f = tmp_path / "s.toml"
+    f.write_text(text)
+    rc, _, err = _sweep(capsys, str(f))
+    assert rc == 2 and says in err and "needs Ray" not in err and err.count("\n") == 1, err
+
+
+# ------------------------------------------------------------------------ the ETA
+LSTM, HIPPO = ("lstm adding tiny", ("lstm", "adding", "tiny")), ("hippo adding tiny", ("hippo", "adding", "tiny"))
+
+
+def test_eta_from_finished_runs_of_the_same_setting():
+    est = sweep.estimate_eta
+    assert est([LSTM] * 4, [(*LSTM, 10.0)], slots=2) == (20.0, False)
+    assert est([LSTM] * 3, [(*LSTM, 10.0)], slots=2, running_for=[4.0, 4.0]) == (16.0, False)
+    assert est([HIPPO] * 3, [(*LSTM, 10.0)], slots=2, running_for=[4.0, 4.0]) == (16.0, True)  # unseen: a bound
+    assert est([HIPPO] * 3, [(*LSTM, 10.0), (*HIPPO, 100.0)], slots=2, running_for=[50.0, 50.0]) == (150.0, False)
+    assert est([LSTM], [(*LSTM, 10.0)], slots=2, running_for=[12.0]) == (0.0, True)  # longer than estimated
+    long = ("lstm adding tiny epochs=20", LSTM[1])  # a setting of its own, in the family of LSTM
+    assert est([long], [(*LSTM, 10.0), (*long, 30.0)], slots=1) == (30.0, False)
+    assert est([long], [(*LSTM, 10.0), (*LSTM, 20.0)], slots=1) == (15.0, False)  # its family's mean
+    assert est([LSTM], [], slots=2) is None
+
+
+def test_sweep_eta_on_a_simulated_sweep_of_unequal_runs(monkeypatch):
+    """3 runs of 10 s then 3 of 100 s on 2 slots (Ray starts them in order): the sweep ends at 210 s. Each
+    printed ETA is the true time left, or marked as a lower bound (and below it) while the 100 s runs
+    have no finished run. The former ETA (elapsed / finished x left) said 0:20 at 20 s, for 3:10 left."""
+    runs = [types.SimpleNamespace(label=f"{m} adding tiny seed={s}", model=m, task="adding", preset="tiny")
+            for m in ("lstm", "hippo") for s in range(3)]
+    cost = {"lstm": 10.0, "hippo": 100.0}
+    start, free = {}, [0.0, 0.0]
+    for r in runs:  # first in, first started, on the first free slot
+        t = min(free)
+        free[free.index(t)] = t + cost[r.model]
+        start[id(r)] = t
+    ends = sorted(runs, key=lambda r: start[id(r)] + cost[r.model])
+    now = [0.0]
+    monkeypatch.setattr(sweep, "time", types.SimpleNamespace(monotonic=lambda: now[0]))
+    out = io.StringIO()
+    status = sweep._Status(runs, lambda: 2, out)
+    for r in ends:
+        now[0] = start[id(r)] + cost[r.model]
+        status.line(r.label, ok=True, run=r, seconds=cost[r.model])
+    etas = [line.split(" | ")[3].split("]")[0] for line in out.getvalue().splitlines()]
+    assert etas == ["ETA ≥ 0:20", "ETA ≥ 0:20", "ETA ≥ 0:10", "ETA 1:40", "ETA 1:30", "3:30"], etas
+    left = [210 - start[id(r)] - cost[r.model] for r in ends]
+    assert left == [200, 200, 190, 100, 90, 0]
+
+
+# ------------------------------------------------------------------------ the local Ray dies with its driver
+DRIVER = """
+import os, sys, time
+from seqbench import sweep
+ray = sweep._ray()
+head = sweep._start_head(ray, None, 1)
+sweep._connect(ray, None, 1, head)
+assert ray.get(ray.remote(lambda: os.getpid()).remote()) > 0  # a task runs on the helper's Ray
+print(head.proc.pid, flush=True)
+if sys.argv[1] == "exit":
+    ray.shutdown()
+    head.stop()
+    print("stopped", flush=True)
+else:
+    time.sleep(300)
+"""
+
+
+def _session(sid: int) -> dict[int, str]:
+    """The processes of session ``sid`` that still run (not zombies), with their command lines."""
+    out = {}
+    for d in Path("/proc").iterdir():
+        try:
+            st = (d / "stat").read_text().rsplit(")", 1)[1].split()
+            if int(st[3]) == sid and st[0] != "Z":
+                cmd = (d / "cmdline").read_bytes().decode(errors="replace").replace("\0", " ")
+                out[int(d.name)] = " ".join(cmd.split())
+        except (OSError, ValueError, IndexError):
+            pass
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="the helper finds its processes in /proc (Linux)")
+@pytest.mark.parametrize("end", ["kill -9", "exit"])
+def test_local_ray_ends_with_its_driver(tmp_path, end):
+    """A sweep's local Ray lives in a session of its own; its driver killed (or ending), none of it is left."""
+    pytest.importorskip("ray")
+    drv = subprocess.Popen([sys.executable, "-c", DRIVER, end.split()[0]], stdout=subprocess.PIPE, text=True,
+                           cwd=tmp_path, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    sid = None
+    try:
+        sid = int(drv.stdout.readline())
+        deadline = time.monotonic() + 60
+        agents = {"ray::DashboardAgent", "ray::RuntimeEnvAgent"}
+        while not agents <= {c.split()[0] for c in _session(sid).values() if c}:
+            assert time.monotonic() < deadline, _session(sid)
+            time.sleep(0.1)
+        assert any("raylet" in c for c in _session(sid).values())
+        if end == "exit":
+            assert drv.stdout.readline() == "stopped\n" and drv.wait(timeout=60) == 0
+            assert _session(sid) == {}  # stop() returns once every process has ended
+        else:
+            drv.kill()
+            drv.wait()
+            deadline = time.monotonic() + 10  # measured: 0.1-0.2 s
+            while _session(sid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _session(sid) == {}
+    finally:
+        if drv.poll() is None:
+            drv.kill()
+        for pid in _session(sid) if sid else ():
+            os.kill(pid, 9)
 
 
 def test_dry_run_changes_nothing_and_sees_seqbench_run_records(env, capsys, one_thread):
