@@ -32,14 +32,21 @@ FILES = {
 }
 
 
-def _resources():
-    # The checksums and mirrors torchvision publishes for MNIST; we read the .gz files ourselves
-    # (torchvision's MNIST wants them unpacked next to the archives, and data roots may be read-only).
-    from torchvision.datasets import MNIST
+# The checksums and mirrors torchvision publishes for MNIST (torchvision/datasets/mnist.py, MNIST.resources
+# and .mirrors), written out: importing torchvision costs 1.8 s of every run's start (it imports torch._dynamo).
+# tests/test_data_config.py checks them against the installed torchvision. We read the .gz files ourselves
+# (torchvision's MNIST wants them unpacked next to the archives, and data roots may be read-only).
+MNIST_MD5 = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+MNIST_MIRRORS = ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/")
 
-    md5 = dict(MNIST.resources)
-    urls = {name: [m + name for m in MNIST.mirrors] for name in md5}
-    return md5, urls
+
+def _resources():
+    return dict(MNIST_MD5), {name: [m + name for m in MNIST_MIRRORS] for name in MNIST_MD5}
 
 
 def read_idx(path) -> np.ndarray:

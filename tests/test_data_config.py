@@ -170,3 +170,14 @@ def test_series_parts_must_each_hold_a_window(env):
     with pytest.raises(SeqbenchError, match=r"task.train_frac 0.5 and task.val_frac 0.01 of 730 steps leave 7 for "
                                             r"the val part, fewer than one window \(task.window 32\)"):
         t.loaders(8, 8, seed=0)
+
+
+def test_mnist_checksums_and_mirrors_are_torchvision_s():
+    """tasks/mnist.py writes out torchvision's MNIST checksums and mirrors (importing torchvision at every
+    start costs seconds): they must stay the installed torchvision's."""
+    from torchvision.datasets import MNIST
+
+    from seqbench.tasks import mnist
+
+    assert mnist.MNIST_MD5 == dict(MNIST.resources)
+    assert list(mnist.MNIST_MIRRORS) == list(MNIST.mirrors)
