@@ -355,6 +355,7 @@ def main(a) -> int:
     })
     result["markdown"] = markdown(result)
     print(result["markdown"])
-    out = records.write_benchmark(result, f"bench-{task}", Path(a.out) if a.out else None)
+    folder = Path(a.out) if a.out else records.results_dir(a.results) / "benchmarks"  # where report reads them
+    out = records.write_benchmark(result, f"bench-{task}", folder)
     print(f"written {out}")
     return 0

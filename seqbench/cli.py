@@ -91,8 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="torch threads (default: torch's, capped at the cores given)")
     b.add_argument("--rounds", type=_positive, default=5)
     b.add_argument("--min-run-time", type=_positive_real, default=0.5, help="seconds of timing per contender per round")
-    b.add_argument("--results", default=None, help="where --run finds the run (default $SEQBENCH_RESULTS or ./results)")
-    b.add_argument("--out", default=None, help="folder for the JSON (default results/benchmarks)")
+    b.add_argument("--results", default=None, help="results folder: where --run finds the run and, without "
+                   "--out, where the JSON goes (<results>/benchmarks; default $SEQBENCH_RESULTS or ./results)")
+    b.add_argument("--out", default=None, help="folder for the JSON (default <results>/benchmarks)")
     # seqbench sweep: the axes come from a sweep file and/or these flags (seqbench/sweep.py)
     s = sub.add_parser("sweep", help="a grid of runs (models x tasks x presets x strategies x seeds x settings) on Ray")
     s.add_argument("file", nargs="?", help="a sweep file (TOML, e.g. scripts/sweeps/mptt-hydro.toml)")
