@@ -169,14 +169,30 @@ def _git(*args) -> str | None:
 
 
 def cpu_name() -> str:
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id() -> str | None:
+    """The CPU's family / model / stepping (/proc/cpuinfo): VMs report one name ("AMD EPYC") for chips whose
+    kernels round differently, so a run's numbers are tied to the chip, not only to its name."""
+    info = _cpuinfo()
+    parts = [f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model", "stepping") if k in info]
+    return ", ".join(parts) or None
+
+
+def _cpuinfo() -> dict:
+    """The first processor's fields of /proc/cpuinfo ({} where there is none)."""
+    out = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break
+                k, _, v = line.partition(":")
+                out[k.strip()] = v.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return out
 
 
 def environment(device: torch.device) -> dict:
@@ -190,6 +206,8 @@ def environment(device: torch.device) -> dict:
         "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
         "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name(),
+        "cpu_id": cpu_id(),
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),  # the ISA torch's CPU kernels use (AVX2, ...)
         "cpu_count": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "platform": platform.platform(),
