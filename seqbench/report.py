@@ -170,13 +170,15 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
         acc.append(a)
         spa.append(dict(name, params=int(g["params"].iloc[0]), nonzero=_pm(g["params_nonzero"], ".0f"),
                         sparsity=_pm(g["sparsity"], ".4f"), structure=_text_or_dash(g["structure"].iloc[0])))
-        row = dict(name, device=g["device_name"].iloc[0], threads=int(g["torch_threads"].iloc[0]))
-        for b in _latency_batches(g):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
-            row[f"{b}_ms"] = _pm(g[f"lat_{b}_ms"], ".3f")
-            row[f"{b}_iqr_ms"] = _iqr_cell(g[f"lat_{b}_ms"], g[f"lat_{b}_iqr_ms"])
-        row.update(train_samples_per_s=_pm(g["throughput"], ".1f"),
-                   mflops_per_sample=_pm(g["flops_per_sample"] / 1e6, ".2f"))
-        lat.append(row)
+        # times are a machine's: one latency row per device and thread count, never a mean across them
+        for (dev, threads), h in g.groupby(["device_name", "torch_threads"], sort=True, dropna=False):
+            row = dict(name, device=dev, threads=int(threads), n=len(h))
+            for b in _latency_batches(h):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
+                row[f"{b}_ms"] = _pm(h[f"lat_{b}_ms"], ".3f")
+                row[f"{b}_iqr_ms"] = _iqr_cell(h[f"lat_{b}_ms"], h[f"lat_{b}_iqr_ms"])
+            row.update(train_samples_per_s=_pm(h["throughput"], ".1f"),
+                       mflops_per_sample=_pm(h["flops_per_sample"] / 1e6, ".2f"))
+            lat.append(row)
     return {"accuracy": acc, "sparsity": spa, "latency": lat}
 
 

@@ -340,3 +340,17 @@ def test_plots_of_groups_no_longer_in_the_records_are_removed(tmp_path, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out == [f"report: removed 6 plot(s) of groups no longer in the records from {plots}: {', '.join(gone)}"]
     assert "smnist" not in (tmp_path / "report.md").read_text()
+
+
+def test_latency_rows_split_by_machine_and_threads_accuracy_does_not():
+    """Seeds of one config on two machines and thread counts: one accuracy row over all of them, one latency
+    row per (device, threads), each the mean of its own runs only."""
+    recs = [fake_record("a", seed=0, lat=2.0), fake_record("b", seed=1, lat=4.0), fake_record("c", seed=2, lat=9.0)]
+    recs[2]["env"]["device_name"] = "AMD EPYC"
+    recs[1]["measure"]["torch_threads"] = 1
+    t = report.tables(report.frame(recs))
+    assert [r["n"] for r in t["accuracy"]] == [3]
+    lat = {(r["device"], r["threads"]): r for r in t["latency"]}
+    assert set(lat) == {("x86_64", 2), ("x86_64", 1), ("AMD EPYC", 2)}
+    assert lat["x86_64", 2]["b1_ms"] == "2.000" and lat["x86_64", 1]["b1_ms"] == "4.000"
+    assert lat["AMD EPYC", 2]["n"] == 1 and lat["AMD EPYC", 2]["b1_ms"] == "9.000"
