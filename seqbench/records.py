@@ -174,7 +174,7 @@ def cpu_name() -> str:
 
 def cpu_id() -> str | None:
     """The CPU's family / model / stepping (/proc/cpuinfo): VMs report one name ("AMD EPYC") for chips whose
-    kernels round differently, so a run's numbers are tied to the chip, not only to its name."""
+    kernels may round differently, so a run's numbers are tied to the chip, not only to its name."""
     info = _cpuinfo()
     parts = [f"{k} {info[k]}" for k in ("vendor_id", "cpu family", "model", "stepping") if k in info]
     return ", ".join(parts) or None
