@@ -72,7 +72,11 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--results", default=None, help="results folder (default $SEQBENCH_RESULTS or ./results)")
     r.add_argument("--quiet", action="store_true", help="no progress bars")
 
-    sub.add_parser("list", help="models, tasks, and which pairs are compatible")
+    ls = sub.add_parser("list", help="models, tasks, and which pairs are compatible")
+    ls.add_argument("--json", action="store_true", help="the registry as data: every entry's settings and presets")
+    sh = sub.add_parser("show", help="a model, task or strategy: what it is, its settings, presets and partners")
+    sh.add_argument("name", help="a registered name (seqbench list)")
+    sh.add_argument("--json", action="store_true", help="as data")
 
     rep = sub.add_parser("report", help="tables and plots from every record in results/")
     rep.add_argument("--results", default=None)
@@ -281,8 +285,26 @@ def _cmd_sweep(a) -> int:
     return command(a)
 
 
-_COMMANDS = {"run": _cmd_run, "list": lambda a: _cmd_list(), "bench": _cmd_bench, "sweep": _cmd_sweep,
-             "report": _cmd_report}
+def _cmd_show(a) -> int:
+    from .show import show
+
+    print(show(a.name, a.json))
+    return 0
+
+
+def _cmd_list_or_json(a) -> int:
+    if a.json:
+        import json
+
+        from .show import registry_data
+
+        print(json.dumps(registry_data(), indent=1))
+        return 0
+    return _cmd_list()
+
+
+_COMMANDS = {"run": _cmd_run, "list": _cmd_list_or_json, "show": _cmd_show, "bench": _cmd_bench,
+             "sweep": _cmd_sweep, "report": _cmd_report}
 
 
 def main(argv=None) -> int:
