@@ -146,7 +146,7 @@ def build_contenders(specs, task, preset, overrides, batch_size, modes=("train",
         before = _rss_mb()
         setup = build(cfg, data=False)
         if "train" in modes:  # a training step at --batch-size that would not fit: one line, as for a run
-            memory.check(setup, batch_size)
+            memory.check(setup, batch_size, knob="--batch-size")
         c = Contender(spec, setup, batch_size)
         c.warm(before, modes)
         out[spec] = c

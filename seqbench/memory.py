@@ -154,9 +154,9 @@ def _probe(setup, x1, y1) -> int:
         set_rng_state(rng)
 
 
-def check(setup, batch: int | None = None) -> dict:
+def check(setup, batch: int | None = None, knob: str = "batch_size") -> dict:
     """The step estimate; a step that would not fit in what this process may use is one line: the
-    estimate, the memory, the largest batch that fits."""
+    estimate, the memory, the largest batch that fits (named as the user sets it: ``knob``)."""
     from .errors import SeqbenchError
 
     e = step_estimate(setup, batch)
@@ -166,7 +166,7 @@ def check(setup, batch: int | None = None) -> dict:
     if need > HEADROOM * free:
         per = (e["activations"] + e["batch"]) / max(b, 1)
         fits = int((HEADROOM * free - e["state"]) // per) if per else 0
-        hint = f"lower batch_size to {fits * setup.world.size} or less" if fits >= 1 else \
+        hint = f"lower {knob} to {fits * setup.world.size} or less" if fits >= 1 else \
             "it does not fit even at batch 1: make the model or its input smaller"
         raise SeqbenchError(f"a training step at batch {b} needs about {gib(need)} (estimated: activations "
                             f"{gib(e['activations'])}, parameters and optimiser {gib(e['state'])}), more than the "

@@ -153,6 +153,8 @@ def test_report_shows_the_latest_bench_tables(env):
     (["--run", "no-such-run"], "no best.pt or last.pt"),
     (["--run", "x", "--task", "pmnist"], "--run takes the run's own"),
     (["--task", "pmnist", "--models", "lstm", "--device", "mps"], "'device'"),
+    (["--task", "pmnist", "--models", "lstm", "--mode", "train", "--batch-size", "10000000"],
+     "lower --batch-size to "),
 ])
 def test_bench_bad_input_is_one_line(env, capsys, args, needle):
     code = main(["bench", *args, "--preset", "tiny", *FAST])
