@@ -68,6 +68,13 @@ def subset_size(asked: int | None, available: int, key: str, split: str, unit: s
     return min(int(asked), available)
 
 
+def take_subsets(parts: dict, params, unit: str, notes: dict) -> dict:
+    """Each split's items (``parts``: {split: indices}) cut to its ``task.<split>_subset`` setting of
+    ``params`` by ``subset_size`` (what was asked beyond a split goes to ``notes``)."""
+    return {s: idx[: subset_size(getattr(params, f"{s}_subset"), len(idx), f"task.{s}_subset", s, unit, notes)]
+            for s, idx in parts.items()}
+
+
 def check_training_part(n: int, batch_size: int, what: str, cause: str) -> None:
     """A training part must hold at least one full batch: ``n`` (``what``: "images") fewer than
     ``batch_size`` refuses the run in one line naming ``cause`` (the setting that left so few)."""

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from seqbench.config import POSITIVE, choice, reals, setting
-from seqbench.data import check_training_part, ensure_archive, ensure_files, subset_size, verify_enabled
+from seqbench.data import check_training_part, ensure_archive, ensure_files, take_subsets, verify_enabled
 from seqbench.errors import SeqbenchError
 from seqbench.image import ImageLoader, ImageTask, normalize, random_crop_flip, split_indices
 from seqbench.registry import SEQUENCE, register_task
@@ -165,10 +165,9 @@ class CIFARData:
         n = len(a["train_x"])
         tr, va = split_indices(n, p.val_fraction)
         check_training_part(len(tr), batch_size, "images", f"task.val_fraction {p.val_fraction:g} of {n} images")
-        parts, self._subsets = {"train": tr, "val": va, "test": torch.arange(len(a["test_x"]))}, {}
-        for s, idx in parts.items():
-            parts[s] = idx[: subset_size(getattr(p, f"{s}_subset"), len(idx), f"task.{s}_subset", s, "images",
-                                         self._subsets)]
+        self._subsets = {}
+        parts = take_subsets({"train": tr, "val": va, "test": torch.arange(len(a["test_x"]))}, p, "images",
+                             self._subsets)
         tr, va, te = parts["train"], parts["val"], parts["test"]
         x_train, y_train = torch.from_numpy(a["train_x"]), torch.from_numpy(a["train_y"])
         x_test, y_test = torch.from_numpy(a["test_x"]), torch.from_numpy(a["test_y"])

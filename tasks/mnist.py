@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from seqbench.config import FRACTION, POSITIVE, SEED, choice, setting
-from seqbench.data import TensorLoader, check_training_part, ensure_files, subset_size
+from seqbench.data import TensorLoader, check_training_part, ensure_files, take_subsets
 from seqbench.errors import SeqbenchError
 from seqbench.registry import SEQUENCE, register_task
 from seqbench.task import ClassificationTask, TaskSpec
@@ -181,10 +181,9 @@ class SequentialMNIST(ClassificationTask):
         tr, va = order[: n - n_val], order[n - n_val :]
         if n_val == 0:
             raise SeqbenchError(f"task.val_fraction {p.val_fraction:g} of {n} images leaves no validation image")
-        parts, self._subsets = {"train": tr, "val": va, "test": np.arange(len(a["test_x"]))}, {}
-        for s, idx in parts.items():
-            parts[s] = idx[: subset_size(getattr(p, f"{s}_subset"), len(idx), f"task.{s}_subset", s, "images",
-                                         self._subsets)]
+        self._subsets = {}
+        parts = take_subsets({"train": tr, "val": va, "test": np.arange(len(a["test_x"]))}, p, "images",
+                             self._subsets)
         tr, va, te = parts["train"], parts["val"], parts["test"]
         self._counts = {s: len(idx) for s, idx in parts.items()}
 
