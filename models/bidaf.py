@@ -158,6 +158,10 @@ class BiDAF(nn.Module):
     trainable word rows (words without a GloVe vector; GloVe's fixed vectors are not variables): ~119k such
     rows is our reading of the difference, unchecked against the train-v1.1 vocabulary."""
 
+    paper = "Seo, Kembhavi, Farhadi & Hajishirzi, Bidirectional Attention Flow for Machine Comprehension, ICLR 2017"
+    paper_url = "https://arxiv.org/abs/1611.01603"
+    # bidaf/basic/model.py, the ISS paper's BiDAF (section 4.3): a fork of allenai/bi-att-flow
+    reference = "https://github.com/wenwei202/iss-rnns"
     kinds = frozenset({QA})
     Params = BiDAFParams
     describe_structure = staticmethod(iss.describe)

@@ -152,6 +152,9 @@ class ENRNN(RecurrentBackbone):
            ``relu(bias_add(abs(res), bias)) * sign(res)``, ``res = x U + recurrent``), z has no other bias.
     Every matrix is the transpose of the reference's row-vector one (``reset_parameters``)."""
 
+    paper = "Helfrich & Ye, Eigenvalue Normalized Recurrent Neural Networks for Short Term Memory, AAAI 2020"
+    paper_url = "https://arxiv.org/abs/1911.07964"
+    reference = "https://github.com/KHelfrich1/ENRNN"  # ENRNN.py, ENRNN_copying.py, ENRNN_adding.py
     Params = ENRNNParams
     presets = ENRNN_PRESETS
     ref_sign = 1.0  # sign of the reference's initial skew entries (ENRNN.py: +, scoRNN.py: -)
@@ -292,6 +295,9 @@ class ENRNN(RecurrentBackbone):
 class ScoRNN(ENRNN):
     """scoRNN: the ENRNN cell with n2 = 0, initialised as scoRNN.py (negative skew entries)."""
 
+    paper = "Helfrich, Willmott & Ye, Orthogonal Recurrent Neural Networks with Scaled Cayley Transform, ICML 2018"
+    paper_url = "https://arxiv.org/abs/1707.09520"
+    reference = "https://github.com/SpartinStuff/scoRNN"  # scoRNN.py, scoRNN_copying.py, scoRNN_adding.py
     Params = ScoRNNParams
     presets = SCORNN_PRESETS
     ref_sign = -1.0
@@ -302,6 +308,8 @@ class ScoRNN(ENRNN):
 class TanhRNN(TorchRNN):
     """Elman RNN, h_t = tanh(W_ih x_t + b_ih + W_hh h_{t-1} + b_hh) (torch's nn.RNN), stacked."""
 
+    paper = "Elman, Finding Structure in Time, Cognitive Science 1990"
+    reference = "https://pytorch.org/docs/stable/generated/torch.nn.RNN.html"  # the module it runs
     Params = RNNParams
     rnn_cls = nn.RNN
     gates = 1

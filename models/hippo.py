@@ -451,6 +451,10 @@ class HiPPOLegS(RecurrentBackbone):
     runs in the parameters' dtype with autocast off (bf16 would destroy it). Subclasses change the
     measure by overriding ``_setup_memory``, ``_memory_step`` and ``_memory_flops``."""
 
+    paper = "Gu, Dao, Ermon, Rudra & Ré, HiPPO: Recurrent Memory with Optimal Polynomial Projections, NeurIPS 2020"
+    paper_url = "https://arxiv.org/abs/2008.07669"
+    reference = "https://github.com/HazyResearch/hippo-code"  # model/memory.py, model/op.py, model/opcell.py
+    # (``hippo-legt`` inherits them: LegT is the same paper's, the LMU's measure)
     Params = HiPPOParams
     presets = HIPPO_PRESETS
 

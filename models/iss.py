@@ -97,6 +97,9 @@ class ISSLSTM(RecurrentBackbone):
     plus ``DropoutWrapper(output_keep_prob)`` per cell. The head and the embedding are initialised by the
     task."""
 
+    paper = "Wen et al., Learning Intrinsic Sparse Structures within Long Short-Term Memory, ICLR 2018"
+    paper_url = "https://arxiv.org/abs/1709.05027"
+    reference = "https://github.com/wenwei202/iss-rnns"  # ptb/ptb_word_lm.py, ptb_word_lm_heter.py (TensorFlow)
     Params = ISSParams
     presets = ISS_PRESETS
     state_batch_dim = 1  # every (h, c) is [1, B, H_l]

@@ -110,11 +110,19 @@ class CIFARResNet(nn.Module):
 
 @register_model("resnet")
 class ResNet(CIFARResNet):
-    pass
+    paper = "He, Zhang, Ren & Sun, Deep Residual Learning for Image Recognition, CVPR 2016"
+    paper_url = "https://arxiv.org/abs/1512.03385"
+    # the family's reference code (its trunks, CIFAR protocol and parameter counts; the pre-activation
+    # form also checked against bearpaw/pytorch-classification models/cifar/preresnet.py)
+    reference = "https://github.com/gbup-group/DIANet"
 
 
 @register_model("se-resnet")
 class SEResNet(CIFARResNet):
+    paper = "Hu, Shen & Sun, Squeeze-and-Excitation Networks, CVPR 2018"
+    paper_url = "https://arxiv.org/abs/1709.01507"
+    # DIANet's SE baseline on its trunks (the SE block itself as Hu et al. and imgclsmob's SE-ResNet)
+    reference = "https://github.com/gbup-group/DIANet"
     Params = SEParams
     presets = {**RESNET_PRESETS, "tiny": {**RESNET_PRESETS["tiny"], "model.reduction": 4}}  # 4 channels: C/r = 1
     attn = "se"
@@ -122,6 +130,9 @@ class SEResNet(CIFARResNet):
 
 @register_model("dia-resnet")
 class DIAResNet(CIFARResNet):
+    paper = "Huang, Liang, Liang & Yang, DIANet: Dense-and-Implicit Attention Network, AAAI 2020"
+    paper_url = "https://arxiv.org/abs/1905.10671"
+    reference = "https://github.com/gbup-group/DIANet"  # models/cifar/dia_resnet.py, dia_preresnet.py, cifar.py
     Params = DIAParams
     attn = "dia"
 

@@ -50,6 +50,9 @@ class RHN(RecurrentBackbone):
     R_l = [R_H,l; R_T,l] one [2w, w] matrix (rows k and w + k are unit k's h and gate). The transform
     gates' biases start at ``gate_bias`` (negative: start by carrying, the paper's -2 .. -4)."""
 
+    paper = "Zilly, Srivastava, Koutník & Schmidhuber, Recurrent Highway Networks, ICML 2017"
+    paper_url = "https://arxiv.org/abs/1607.03474"
+    reference = "https://github.com/wenwei202/iss-rnns"  # rhns/: the ISS paper's RHN (section 4.2)
     Params = RHNParams
     describe_structure = staticmethod(iss.describe)
     # The paper's PTB RHN (depth 10, width 830, tied embeddings; Zilly et al. Table 3, 65.4 test ppl).

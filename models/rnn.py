@@ -77,6 +77,9 @@ class LSTMParams(RNNParams):
 
 @register_model("lstm")
 class LSTM(TorchRNN):
+    paper = "Hochreiter & Schmidhuber, Long Short-Term Memory, Neural Computation 1997"
+    paper_url = "https://doi.org/10.1162/neco.1997.9.8.1735"
+    reference = "https://pytorch.org/docs/stable/generated/torch.nn.LSTM.html"  # the module it runs
     Params = LSTMParams
     presets = LSTM_PRESETS
     rnn_cls = nn.LSTM
@@ -99,6 +102,10 @@ class LSTM(TorchRNN):
 
 @register_model("gru")
 class GRU(TorchRNN):
+    paper = "Cho et al., Learning Phrase Representations using RNN Encoder-Decoder for Statistical Machine " \
+            "Translation, EMNLP 2014"
+    paper_url = "https://arxiv.org/abs/1406.1078"
+    reference = "https://pytorch.org/docs/stable/generated/torch.nn.GRU.html"  # the module it runs
     rnn_cls = nn.GRU
     gates = 3
     # 2 sigmoid + 1 tanh + r*(W_hn h + b_hn) + n = tanh(.. + ..) add + (1-z)*n + z*h (3 ops)
@@ -112,4 +119,7 @@ class MPTTGRU(GRU):
     strategy (``seqbench.strategy.MPTT``) that works with every recurrent model here; this entry is
     the "MPTT-trained RNN" of the model list. Another strategy can be chosen with ``--strategy``."""
 
+    paper = "Xu, Khandelwal, Renganathan & Kumar, Message Propagation Through Time, SDM 2024"
+    paper_url = "https://arxiv.org/abs/2309.16882"
+    reference = "https://github.com/XuShaoming/Message-Propagation-Through-Time"  # scripts/models.py
     presets = {p: {"model.hidden": 32, "strategy": "mptt"} for p in ("tiny", "fast", "paper")}

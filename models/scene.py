@@ -100,6 +100,10 @@ class FCN(DenseModel):
     """The trunk alone; the task's 1x1 head and upsampling make it an FCN (trunk → head → upsampling:
     the "same backbone without the RNN" baseline)."""
 
+    paper = "Long, Shelhamer & Darrell, Fully Convolutional Networks for Semantic Segmentation, CVPR 2015"
+    paper_url = "https://arxiv.org/abs/1411.4038"
+    reference = "https://github.com/pytorch/vision"  # torchvision models/resnet.py: the trunk's names and dilation
+
 
 class RNNModel(DenseModel):
     """Trunk features F → 1x1 reduction (BN, ReLU) to x (``model.d_in``) → four-direction 2-D RNN
@@ -382,6 +386,9 @@ class DAGRNNModel(RNNModel):
     ResNet, its class-weighted loss by the task's (``task.class_weights``). W is initialised divided
     by 3 (its three predecessors are summed)."""
 
+    paper = "Shuai, Zuo, Wang & Wang, DAG-Recurrent Neural Networks for Scene Labeling, CVPR 2016"
+    paper_url = "https://arxiv.org/abs/1509.00552"
+    reference = "none: no reference code was read; written from the paper as secondary sources state it"
     Params = DAGParams
     presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8},
                "fast": {**_FAST, "model.d_in": 128, "model.hidden": 128, "model.d_out": 128},
@@ -408,6 +415,10 @@ class DenseRNNModel(RNNModel):
     work and, for the backward pass, memory per direction; ``model.checkpoint=true`` recomputes each
     step's scores in the backward pass instead of storing them (``torch.utils.checkpoint``)."""
 
+    paper = "Fan, Chu, Latecki & Ling, Scene Parsing via Dense Recurrent Neural Networks with Attentional " \
+            "Selection, WACV 2019"
+    paper_url = "https://arxiv.org/abs/1811.04778"
+    reference = "none: no public code of the paper"
     Params = DenseRNNParams
     presets = {"tiny": {**_TINY, "model.d_in": 8, "model.hidden": 8, "model.d_out": 8, "model.att_dim": 4},
                "fast": {**_FAST, "model.d_in": 128, "model.hidden": 128, "model.d_out": 128, "model.att_dim": 32},

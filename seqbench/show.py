@@ -2,7 +2,21 @@
 
 Everything printed is read from the code: a class's docstring (its first paragraph), its ``Params``
 fields (type, default, domain or choices, help: ``config.setting`` / ``config.choice``), its presets,
-the kinds it takes and the partners it is compatible with. Nothing here is written twice by hand.
+the kinds it takes and the partners it is compatible with, where it comes from (``Entry.source``:
+built-in or the plugin that registered it) and its paper and reference code. Nothing here is written
+twice by hand.
+
+Citations are class attributes of the registered class (tests/test_show.py checks every built-in entry):
+
+    paper = "Authors, Title, Venue Year"       # short; "none: why" where no one paper applies
+    paper_url = "https://arxiv.org/abs/..."    # optional: the paper's canonical page
+    reference = "https://github.com/..."       # the code the implementation was written from or checked
+                                               # against (a task: its dataset's official page), or
+                                               # "none: why" where there is none (no public code)
+
+A class may inherit them from a base class of its own module (the tasks of one dataset family, a model
+and its variant); a declaration in another module does not count, so a plugin's subclass of a built-in
+shows "not declared" rather than its parent's paper.
 """
 from __future__ import annotations
 
@@ -47,11 +61,30 @@ def _presets(cls) -> dict:
     return {name: {k: _jsonable(v) for k, v in p.items()} for name, p in (getattr(cls, "presets", None) or {}).items()}
 
 
+CITATION_KEYS = ("paper", "paper_url", "reference")
+NONE = "none"  # a declared absence: "none: why" (no paper of its own, no public reference code)
+
+
+def _declared(cls, key: str) -> str:
+    """``cls.<key>`` where ``cls`` or a base class of its own module declares it, else ""."""
+    for klass in cls.__mro__:
+        if key in vars(klass):
+            value = vars(klass)[key]
+            return value if klass.__module__ == cls.__module__ and isinstance(value, str) else ""
+    return ""
+
+
+def citation(cls) -> dict:
+    """``paper``, ``paper_url`` and ``reference`` as the class declares them ("" where it does not)."""
+    return {k: _declared(cls, k) for k in CITATION_KEYS}
+
+
 def describe(what: str, entry: registry.Entry) -> dict:
-    """One registry entry as data: what it is, where it lives, its settings, presets and partners."""
+    """One registry entry as data: what it is, where it lives and comes from, its paper and reference
+    code, its settings, presets and partners."""
     cls = entry.cls
     d = {"name": entry.name, "what": what, "module": entry.module, "class": cls.__name__,
-         "summary": _paragraph(cls)}
+         "source": getattr(entry, "source", "built-in"), **citation(cls), "summary": _paragraph(cls)}
     if what == "model":
         d["kinds"] = sorted(entry.kinds)
         d["compatible_tasks"] = [t for t, e in registry.tasks().items() if registry.compatible(entry, e)[0]]
@@ -83,9 +116,38 @@ def find(name: str) -> list[tuple[str, registry.Entry]]:
     return found
 
 
+def is_none(value: str) -> bool:
+    """Whether a citation value declares an absence ("none", "none: why")."""
+    return value.lower() == NONE or value.lower().startswith(NONE + ":")
+
+
+def _none(value: str) -> str:
+    """A declared "none: why" as "none (why)"."""
+    why = value[len(NONE) + 1:].strip()
+    return f"{NONE} ({why})" if why else NONE
+
+
+def citation_lines(d: dict) -> list[str]:
+    """The paper and reference lines of ``seqbench show``."""
+    paper, url, ref = d.get("paper", ""), d.get("paper_url", ""), d.get("reference", "")
+    if not paper:
+        paper = "(not declared)"
+    elif is_none(paper):
+        paper = _none(paper)
+    if url:
+        paper += f" <{url}>"
+    if not ref:
+        ref = "(not declared)"
+    elif is_none(ref):
+        ref = _none(ref)
+    return [f"paper: {paper}", f"reference: {ref}"]
+
+
 def text(d: dict) -> str:
     """``describe``'s data as the terminal page ``seqbench show`` prints."""
-    lines = [f"{d['name']} ({d['what']}: {d['module']}.{d['class']})", ""]
+    source = d.get("source", "built-in")
+    where = source if source == "built-in" else f"plugin: {source}"
+    lines = [f"{d['name']} ({d['what']}: {d['module']}.{d['class']}) [{where}]", *citation_lines(d), ""]
     if d["summary"]:
         lines += [d["summary"], ""]
     if "kinds" in d:

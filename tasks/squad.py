@@ -196,6 +196,9 @@ class SQuAD(QATask):
       dev questions and are NOT comparable with published SQuAD results (trained on 87.6k train
       questions, evaluated on all of dev); the record and the report say so."""
 
+    paper = "Rajpurkar, Zhang, Lopyrev & Liang, SQuAD: 100,000+ Questions for Machine Comprehension of Text, EMNLP 2016"
+    paper_url = "https://arxiv.org/abs/1606.05250"
+    reference = "https://rajpurkar.github.io/SQuAD-explorer/"
     Params = SquadParams
     presets = SQUAD_PRESETS
 

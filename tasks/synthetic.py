@@ -77,7 +77,11 @@ class SyntheticTask(Task):
     kind = SEQUENCE
     Params = SyntheticParams
     min_seq_len = 1
-    reference = ""
+    # the protocol's paper and code (``paper`` presets: ENRNN's settings); copy and adding inherit them
+    paper = "Helfrich & Ye, Eigenvalue Normalized Recurrent Neural Networks for Short Term Memory, AAAI 2020"
+    paper_url = "https://arxiv.org/abs/1911.07964"
+    reference = "https://github.com/KHelfrich1/ENRNN"
+    reference_generator = ""  # the reference's generator of this task (a record's task_info.reference)
 
     def __init__(self, params, data_root=None):
         super().__init__(params, data_root)
@@ -129,7 +133,7 @@ class SyntheticTask(Task):
             "data_seed": p.data_seed,
             "val_samples": p.n_val,
             "test_samples": p.n_test,
-            "reference": self.reference,
+            "reference": self.reference_generator,
         }
 
 
@@ -188,7 +192,7 @@ class CopyTask(SyntheticTask):
     reference's ``baseline``."""
 
     presets = COPY_PRESETS
-    reference = "KHelfrich1/ENRNN ENRNN_copying.py copying_data (= SpartinStuff/scoRNN scoRNN_copying.py)"
+    reference_generator = "KHelfrich1/ENRNN ENRNN_copying.py copying_data (= SpartinStuff/scoRNN scoRNN_copying.py)"
 
     @property
     def length(self) -> int:
@@ -265,7 +269,7 @@ class AddingTask(SyntheticTask):
 
     presets = ADDING_PRESETS
     min_seq_len = 3  # the first marker's range [0, floor((T-1)/2)) must not be empty
-    reference = "KHelfrich1/ENRNN ENRNN_adding.py Generate_Data (= SpartinStuff/scoRNN scoRNN_adding.py)"
+    reference_generator = "KHelfrich1/ENRNN ENRNN_adding.py Generate_Data (= SpartinStuff/scoRNN scoRNN_adding.py)"
 
     def spec(self) -> TaskSpec:
         return TaskSpec(
