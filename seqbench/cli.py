@@ -48,7 +48,13 @@ def _positive_real(s: str) -> float:
 
 def _parser() -> argparse.ArgumentParser:
     p = _Parser(prog="seqbench", description="Benchmark recurrent and sequence models.")
+    plugins = _Parser(add_help=False)  # every command takes --import
+    plugins.add_argument("--import", dest="imports", action="append", default=[], metavar="FILE_OR_MODULE",
+                         help="a plugin: a .py file or an importable module that registers models, tasks or "
+                              "strategies with seqbench's decorators (repeatable; also $SEQBENCH_PLUGINS)")
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+    add = sub.add_parser
+    sub.add_parser = lambda *args, **kw: add(*args, parents=[plugins], **kw)
 
     r = sub.add_parser("run", help="train, evaluate, measure and record one run")
     r.add_argument("--model", help="a registered model (seqbench list)")
@@ -120,6 +126,13 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _from(e) -> str:
+    """A plugin entry's source, as ``seqbench list`` shows it (built-ins: nothing)."""
+    from . import registry
+
+    return "" if e.source == registry.BUILTIN else f"  [plugin: {e.source}]"
+
+
 def _cmd_list() -> int:
     from . import registry
     from .config import params_class
@@ -129,20 +142,29 @@ def _cmd_list() -> int:
     print("models:")
     for name, e in ms.items():
         fields = ", ".join(f.name for f in dataclasses.fields(params_class(e.cls)))
-        print(f"  {name:<12} kinds: {', '.join(sorted(e.kinds)):<26} params: {fields}")
+        print(f"  {name:<12} kinds: {', '.join(sorted(e.kinds)):<26} params: {fields}{_from(e)}")
     print("tasks:")
     for name, e in ts.items():
         try:  # shapes that depend on the data (a vocabulary, a record's channels) need the files
             s = e.cls(params_class(e.cls)(), data_root()).spec()
         except SeqbenchError as err:
-            print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err})")
+            print(f"  {name:<17} kind: {e.cls.kind:<9} (shape unknown: {err}){_from(e)}")
             continue
-        print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.monitor}")
+        print(f"  {name:<17} kind: {s.kind:<9} input {s.shape_text():<10} d_output {s.d_output:<5} select {s.monitor}"
+              f"{_from(e)}")
     print("strategies (--strategy):")
     for name, e in registry.strategies().items():
         c = e.cls
         doc = re.split(r"\.\s+(?=[A-Z])|: ", " ".join((c.__doc__ or "").split()))[0]  # its first clause
-        print(f"  {name:<12} {'series tasks' if c.layout else 'any task':<13} {doc}")
+        print(f"  {name:<12} {'series tasks' if c.layout else 'any task':<13} {doc}{_from(e)}")
+    plugins = registry.plugins()
+    if plugins:
+        print("plugins:")
+        for p in plugins:
+            added = ", ".join(f"{what} {name}" for what, name in p.registered) or "nothing registered"
+            print(f"  {p.source}: {'BROKEN' if p.broken and not p.registered else 'loaded'} ({added})")
+            for why in p.broken:
+                print(f"    broken: {why}")
     width = max(len(n) for n in ms) if ms else 5
     print("\ncompatible pairs (x = runs):")
     print(" " * (width + 2) + " ".join(f"{t:>{max(len(t), 3)}}" for t in ts))
@@ -303,6 +325,22 @@ def _cmd_list_or_json(a) -> int:
     return _cmd_list()
 
 
+def _plugins(a) -> None:
+    """``--import``: into ``$SEQBENCH_PLUGINS`` (child processes, Ray workers), then loaded; a broken plugin is
+    one warning line each (``seqbench list`` shows them in place), the rest keeps working."""
+    from . import registry
+
+    registry.add_plugins(a.imports)
+    if a.cmd == "list" or not (a.imports or registry.plugin_specs() or a.cmd in ("run", "bench", "sweep", "show")):
+        return
+    from .distributed import env_rank
+
+    registry.discover()
+    for line in registry.broken():
+        if env_rank() == 0:
+            print(f"seqbench: warning: {line}", file=sys.stderr)
+
+
 _COMMANDS = {"run": _cmd_run, "list": _cmd_list_or_json, "show": _cmd_show, "bench": _cmd_bench,
              "sweep": _cmd_sweep, "report": _cmd_report}
 
@@ -311,6 +349,7 @@ def main(argv=None) -> int:
     ended = False  # a rank that raised leaves without waiting for the others (the launcher stops them)
     try:
         a = _parser().parse_args(argv)
+        _plugins(a)
         code = _COMMANDS[a.cmd](a)
         ended = True
         return code

@@ -87,12 +87,14 @@ class Record:
     timing: dict
     distributed: dict  # world_size, backend, global_batch, per_rank_batch
     examples: dict | None = None
+    plugins: list | None = None  # the plugins its model, task or strategy came from (registry.needed_plugins)
     schema: int = field(default=SCHEMA_VERSION)
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["examples"] is None:
-            del d["examples"]
+        for optional in ("examples", "plugins"):
+            if d[optional] is None:
+                del d[optional]
         return d
 
 

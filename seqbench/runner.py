@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import torch
 
 from . import config as C
-from . import distributed, faults, measure, memory, records
+from . import distributed, faults, measure, memory, records, registry
 from .build import build
 from .errors import SeqbenchError
 from .model import load_fitting, prune_in_place, pruned_payload
@@ -79,6 +79,7 @@ class Runner:
         """The run ``run_id`` as its last checkpoint left it (at any world size); ``machine``: settings of
         this machine for it (``config.BOOKKEEPING``: threads, device, ...), never its identity."""
         ck = distributed.on_main(RunDir(records.results_dir(results), run_id).resumable, distributed.current())
+        registry.require(ck.get("plugins"), run_id)
         cfg = C.from_flat({**ck["config"], **C.machine_settings(machine or {})}, *C.entries(ck["config"]))
         self = cls(cfg, results=results, run_id=run_id, quiet=quiet, write_record=write_record)
         self.setup.load_state_dict(ck)
@@ -277,7 +278,7 @@ class Runner:
             task_info=records.task_info(setup.spec, setup.task, setup.loaders["train"]),
             init_from={"run_id": t.init_from, "file": s.init_source} if t.init_from else None,
             metrics=records.metrics_block(s.best["val"], test, self.selection(), s.best.get("test_best"), per_class),
-            history=s.history, measure=meas, examples=examples,
+            history=s.history, measure=meas, examples=examples, plugins=self.plugins() or None,
             distributed=distributed.describe(self.world, t.batch_size),
             timing=records.timing(s, wall_s=s.wall_before + finished - self.piece_start, finished=finished,
                                   measure_s=time.perf_counter() - mstart),
@@ -285,6 +286,12 @@ class Runner:
         if self.write_record:
             rec["path"] = str(records.write(rec, self.results))
         return distributed.broadcast_object(rec, self.world)
+
+    def plugins(self) -> list[dict]:
+        """The plugins this run's model, task and strategy came from: what a resume must load again."""
+        c = self.cfg
+        return registry.needed_plugins(registry.get_model(c.model), registry.get_task(c.task),
+                                       registry.get_strategy(c.train.strategy))
 
     # --------------------------------------------------------- checkpoints
     def checkpoint(self) -> None:
@@ -296,5 +303,5 @@ class Runner:
                 "epoch": s.epoch, "history": s.history, "best": s.best, "init_source": s.init_source,
                 "train_time": s.train_time, "train_samples": s.train_samples, "started": s.started,
                 "wall_s": s.wall_before + time.time() - self.piece_start, "pieces": s.pieces,
-                "world_size": self.world.size,
+                "world_size": self.world.size, "plugins": self.plugins(),
             })

@@ -3,7 +3,7 @@ import shutil
 import pytest
 import torch
 
-from seqbench import registry
+from seqbench import registry, testing
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def env(tmp_path, monkeypatch, fake_data):
 
 
 # Settings that keep a run to a couple of steps: used by the cross-product and runner tests.
-QUICK = {"epochs": 1, "limit_batches": 2, "latency_time": 0.01, "log_every": 1}
+QUICK = testing.QUICK
 
 
 @pytest.fixture(scope="module")

@@ -2,15 +2,13 @@
 
 A new model or task is covered here without writing a test."""
 import json
-import math
 
 import pytest
 import torch
 
 from seqbench import config, registry
-from seqbench.runner import Runner
 from seqbench.build import make_task
-from conftest import QUICK
+from seqbench.testing import check_pair
 
 PAIRS = [
     (m, t)
@@ -27,30 +25,12 @@ def test_every_model_and_task_is_in_some_pair():
 
 @pytest.mark.parametrize("model,task", PAIRS, ids=[f"{m}-{t}" for m, t in PAIRS])
 def test_pair_trains_evaluates_and_records(env, model, task):
-    cfg = config.resolve(registry.get_model(model), registry.get_task(task), "tiny", QUICK)
-    runner = Runner(cfg, quiet=True)
-    before = {k: v.clone() for k, v in runner.setup.model.state_dict().items()}
-    rec = runner.fit()
-    assert rec["status"] == "completed", rec["failure"]
-    # training changed the weights
-    after = runner.setup.model.state_dict()
-    assert any(not torch.equal(before[k], after[k].cpu()) for k in before)
-    spec = runner.setup.spec
-    for split in ("val", "test"):
-        assert set(rec["metrics"][split]) == {m.name for m in spec.metrics}
-        assert all(math.isfinite(v) for v in rec["metrics"][split].values())
-    meas = rec["measure"]
-    assert meas["flops_per_sample"] > 0
-    assert meas["params"]["total"] == sum(p.numel() for p in runner.setup.model.parameters())
-    assert 0 < meas["params"]["nonzero"] <= meas["params"]["total"]
-    batches = runner.setup.task.latency_batches  # a task may declare its own (dense: 1, 8)
-    assert sorted(meas["latency"]) == sorted(f"b{b}" for b in batches)
-    for b in batches:
-        d = meas["latency"][f"b{b}"]
-        assert d["median_ms"] > 0 and d["iqr_ms"] >= 0 and d["batch"] == b
-    assert meas["train_throughput"] > 0
+    """seqbench.testing.check_pair (what plugin authors run through check_model / check_task): completes,
+    changes the weights, finite metrics, FLOPs, params, latency, throughput, a record on disk."""
+    rec, _ = check_pair(model, task, env["results"])
     on_disk = json.loads(open(rec["path"]).read())
     assert on_disk["run_id"] == rec["run_id"]
+    assert "plugins" not in on_disk  # built-ins need none
 
 
 FIRST_TASK = {m: next(t for mm, t in PAIRS if mm == m) for m, _ in PAIRS}
