@@ -12,7 +12,7 @@
    it (its raylet and its worker, training) are killed with SIGKILL: a lost node;
 4. checks: the sweep exits 0, 6 records, all completed, and the killed run was retried on the head
    and resumed from its checkpoint ("resumed after epoch N" in the sweep's output).
-Every Ray process gets RAY_AUTH_MODE=disabled (one mode for all: see README).
+Every Ray process gets RAY_AUTH_MODE=disabled (one mode for all: see docs/commands.md).
 """
 from __future__ import annotations
 

@@ -409,7 +409,7 @@ def _start_head(ray, address: str | None, num_cpus: int | None) -> _LocalHead | 
     if address is not None or ray.is_initialized() or not os.path.isdir("/proc"):
         return None
     # one mode for every process of this local instance (Ray >= 2.5x turns token auth on once a
-    # token file exists: see README), and no usage report from an offline machine
+    # token file exists: see docs/commands.md), and no usage report from an offline machine
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from .build import cores_available

@@ -46,7 +46,7 @@ _SMALL = {"epochs": 1, "batch_size": 4, "eval_batch_size": 4, "latency_time": 0.
           "task.train_subset": 8, "task.val_subset": 4, "task.test_subset": 4}
 CAMVID_PRESETS = {
     "tiny": {**_SMALL, "task.size": "32x32", "task.scale_min": 0.75, "task.scale_max": 1.25},
-    # Sized for one core of this project's CPU with ResNet-18 OS8 (README, "The dense kind"): the
+    # Sized for one core of this project's CPU with ResNet-18 OS8 (docs/protocols.md, "The dense kind"): the
     # network sees 120x160 (a third of each side; feature maps 15x20), random scale 0.5-2 and crop
     # back to 120x160, 8 epochs; Adam with the poly schedule; SegNet's median-frequency weights.
     "fast": {"task.size": "120x160", "task.scale_min": 0.5, "task.scale_max": 2.0, "task.class_weights": "median_freq",

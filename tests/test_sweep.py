@@ -23,7 +23,7 @@ SWEEP_FILES = sorted((Path(__file__).parent.parent / "scripts" / "sweeps").glob(
 @pytest.fixture(scope="session")
 def ray_local():
     ray = pytest.importorskip("ray")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # see README: one mode for every Ray process
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # see docs/commands.md: one mode for every Ray process
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
     yield ray
