@@ -5,8 +5,10 @@ accuracy (the task's metrics on test, the selection metric on validation), spars
 nonzero params, fraction of zeros, the model's structural report), latency (at the batch sizes the
 task measured: 1 and 64, dense tasks 1 and 8; median and IQR, throughput, FLOPs), and, for records
 that carry one, the per-class breakdown (dense tasks: test IoU per class). Plots: accuracy vs
-batch-1 latency per task with the Pareto front marked, validation curves per task, and for records
-that carry example predictions (dense tasks) image | ground truth | each model's prediction.
+batch-1 latency per task (min–max bars over seeds, the Pareto front marked), validation curves per
+task, ISS test metric vs units kept (a line per protocol), and for records that carry example
+predictions (dense tasks) image | ground truth | each model's prediction. Long names go to a key
+below the axes, wrapped to their width; points carry short labels (numbers, strengths).
 """
 from __future__ import annotations
 
@@ -284,17 +286,149 @@ def per_class_tables(recs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
-    """Per task whose records carry example predictions (``examples``: dense tasks save their first
-    test images' predictions beside the record): rows are the images, columns the image, its ground
-    truth and each (model, preset, variant)'s prediction (its lowest seed), in the task's colour map
-    (``task_info.palette``; ignored pixels black)."""
+DPI = 120  # the saved pictures' resolution
+KEY_FONT = 7  # points: the keys below the axes and the labels beside points
+SHOWN_EXAMPLES = 3  # rows of an examples picture: the stored examples farthest apart in the test split
+# settings that change what a run is compared from (the weights tested, the weights it started from): runs that
+# differ in one are different protocols, never points of one line
+PROTOCOL_KEYS = ("select", "init_from")
+# where a point's label may go, in points from it (the first that overlaps no other label or point)
+LABEL_OFFSETS = [(dx, dy) for dy in (2, -2, 9, -9, 16, -16) for dx in (6, -6)]  # clear of the front's ring
+
+
+def _pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _colours(n: int):
+    """A colour per index: tab10 for up to 10, tab20 past that (cycled past 20)."""
+    cmap = _pyplot().get_cmap("tab10" if n <= 10 else "tab20")
+    return lambda i: cmap(i % cmap.N)
+
+
+def _savefig(fig, path: Path, key: tuple | None = None) -> Path:
+    """Lay ``fig`` out, put ``key`` (handles, labels[, title]) below its axes (``_key_below``) and save it at DPI."""
+    try:
+        with warnings.catch_warnings():  # text outside the axes (a point's label at the edge): tight bbox keeps it
+            warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
+            fig.tight_layout()
+        if key and key[0]:
+            _key_below(fig, *key)
+        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=DPI, bbox_inches="tight"))
+    finally:
+        _pyplot().close(fig)
+
+
+def _key_below(fig, handles: list, labels: list[str], title: str | None = None):
+    """A legend under all of ``fig``'s axes (below their tick labels), as many columns as its longest label
+    allows, each label wrapped so the legend is no wider than the axes: long names never take the axes' width."""
+    import textwrap
+
+    renderer = fig.canvas.get_renderer()
+    x0, x1 = min(a.get_position().x0 for a in fig.axes), max(a.get_position().x1 for a in fig.axes)
+    span = (x1 - x0) * fig.bbox.width
+    top = min(a.get_tightbbox(renderer).y0 for a in fig.axes) / fig.bbox.height - 0.01
+    chars = max(20, int(span / (0.6 * KEY_FONT * fig.dpi / 72)))  # a character is about 0.6 em wide
+    longest = max(map(len, labels))
+    ncol = next(n for n in (6, 4, 3, 2, 1) if n == 1 or (n <= len(labels) and n * (longest + 6) <= chars))
+    while True:
+        width = max(12, chars // ncol - 6)
+        wrapped = [textwrap.fill(t, width, subsequent_indent="    ") for t in labels]
+        leg = fig.legend(handles, wrapped, loc="upper left", bbox_to_anchor=(x0, top), fontsize=KEY_FONT, ncol=ncol,
+                         title=textwrap.fill(title, max(20, chars - 6)) if title else None, title_fontsize=KEY_FONT,
+                         alignment="left", frameon=False, borderaxespad=0)
+        if leg.get_window_extent(renderer).width <= span or width == 12:
+            return leg
+        leg.remove()
+        chars = int(chars * 0.9)
+
+
+def _label_points(ax, points: list[tuple[float, float]], texts: list[str]) -> None:
+    """Each text beside its point, at the first of ``LABEL_OFFSETS`` where it overlaps no label placed before it
+    and no point (else where it overlaps least): labels of near points do not overprint."""
+    renderer = ax.figure.canvas.get_renderer()
+    px = ax.transData.transform(points) if points else []
+    r = 3 * ax.figure.dpi / 72  # a marker's half-width (ms 5 or 6)
+    taken = [(x - r, y - r, x + r, y + r) for x, y in px]
+
+    def overlap(b):
+        return sum(max(0, min(b.x1, t[2]) - max(b.x0, t[0])) * max(0, min(b.y1, t[3]) - max(b.y0, t[1]))
+                   for t in taken)
+
+    for pt, text in zip(points, texts):
+        best = None
+        for dx, dy in LABEL_OFFSETS:
+            a = ax.annotate(text, pt, xytext=(dx, dy), textcoords="offset points", fontsize=KEY_FONT,
+                            ha="left" if dx > 0 else "right", va="bottom" if dy > 0 else "top")
+            b = a.get_window_extent(renderer)
+            cost = overlap(b)
+            if best is None or cost < best[0]:
+                if best:
+                    best[1].remove()
+                best = (cost, a, b)
+            else:
+                a.remove()
+            if cost == 0:
+                break
+        taken.append((best[2].x0, best[2].y0, best[2].x1, best[2].y1))
+
+
+def _latency_axis(ax, lo: float, hi: float) -> None:
+    """Log scale where latencies ``lo`` to ``hi`` span over 4x: ticks from 1-2-5, else 1-2-3-5, else every digit
+    (the first giving 4 in view), labelled plainly, no minor labels (they overprinted the major ones); linear
+    scale, its own ticks, otherwise."""
+    import matplotlib.ticker as mt
+
+    if not (lo > 0 and hi / lo > 4):
+        return
+    ax.set_xscale("log")
+    lo, hi = ax.get_xlim()
+    decades = range(math.floor(math.log10(lo)), math.ceil(math.log10(hi)) + 1)
+    for subs in ((1, 2, 5), (1, 2, 3, 5), range(1, 10)):
+        ticks = [s * 10.0 ** e for e in decades for s in subs if lo <= s * 10.0 ** e <= hi]
+        if len(ticks) >= 4:
+            break
+    ax.xaxis.set_major_locator(mt.FixedLocator(ticks))
+    ax.xaxis.set_major_formatter(mt.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(mt.NullFormatter())
+
+
+def _epoch_axis(ax, epochs: list[int]) -> None:
+    """Whole epochs only, at most about 10 ticks (1-2-5 steps); one epoch gets a view of ±0.5 around it."""
+    import matplotlib.ticker as mt
+
+    lo, hi = math.floor(min(epochs)), math.ceil(max(epochs))
+    step = next(m * 10 ** e for e in range(9) for m in (1, 2, 5) if (hi - lo) / (m * 10 ** e) <= 10)
+    ax.xaxis.set_major_locator(mt.FixedLocator(range(-(-lo // step) * step, hi + 1, step)))
+    ax.xaxis.set_minor_locator(mt.NullLocator())
+    if hi - lo < 1:
+        ax.set_xlim(lo - 0.5, hi + 0.5)
+
+
+def _spread(indices: list[int], k: int) -> list[int]:
+    """Positions of ``k`` of ``indices`` as far apart as they go: the first, then each time the one farthest from
+    those chosen; in index order."""
+    chosen = [min(range(len(indices)), key=indices.__getitem__)] if indices else []
+    while len(chosen) < min(k, len(indices)):
+        rest = [i for i in range(len(indices)) if i not in chosen]
+        chosen.append(max(rest, key=lambda i: min(abs(indices[i] - indices[j]) for j in chosen)))
+    return sorted(chosen, key=indices.__getitem__)
+
+
+def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
+    """Per task whose records carry example predictions (``examples``: dense tasks save test images' predictions
+    beside the record): rows are up to ``SHOWN_EXAMPLES`` images (those farthest apart in the test split, named on
+    the left), columns the image, its ground truth and each (model, preset, variant)'s prediction (its lowest seed),
+    in the task's colour map (``task_info.palette``; ignored pixels black), a key below naming each class's colour."""
+    import matplotlib.patches
     import numpy as np
 
+    plt = _pyplot()
     by_task: dict[str, dict[str, dict]] = {}
     for r in sorted(recs, key=lambda r: (r["seed"], r["run_id"])):
         ex = r.get("examples")
@@ -309,12 +443,16 @@ def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
         palette[: len(pal)] = pal
         data = {label: np.load(res / r["examples"]["file"]) for label, r in sorted(groups.items())}
         n = min(r["examples"]["n"] for r in groups.values())
+        meta = first["examples"]
+        indices = list(meta.get("indices") or range(n))[:n]
+        names = list(meta.get("images") or [f"test image {i}" for i in indices])
+        rows = _spread(indices, SHOWN_EXAMPLES)
         cols = 2 + len(data)
-        fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.0 * n), squeeze=False)
+        fig, axes = plt.subplots(len(rows), cols, figsize=(2.6 * cols, 2.0 * len(rows)), squeeze=False)
         base = data[next(iter(data))]
-        for i in range(n):
-            panels = [("image", base[f"image{i}"]), ("ground truth", palette[base[f"label{i}"]])]
-            panels += [(label, palette[z[f"pred{i}"]]) for label, z in data.items()]
+        for i, row in enumerate(rows):
+            panels = [("image", base[f"image{row}"]), ("ground truth", palette[base[f"label{row}"]])]
+            panels += [(label, palette[z[f"pred{row}"]]) for label, z in data.items()]
             for j, (title, img) in enumerate(panels):
                 ax = axes[i, j]
                 ax.imshow(img, interpolation="nearest")
@@ -322,21 +460,14 @@ def example_plots(recs: list[dict], res: Path, folder: Path) -> list[Path]:
                 ax.set_yticks([])
                 if i == 0:  # a long variant on its own line
                     ax.set_title(title.replace(" (", "\n(", 1), fontsize=7)
+            axes[i, 0].set_ylabel(f"{names[row]}\n(test #{indices[row]})", fontsize=7)
+        classes = list(first["task_info"].get("classes") or [])
+        swatch = [matplotlib.patches.Patch(color=palette[c] / 255, label=name) for c, name in enumerate(classes)]
+        swatch.append(matplotlib.patches.Patch(facecolor="k", edgecolor="0.5", label="ignored (void)"))
         fig.suptitle(f"{task}: test images, ground truth and predictions", fontsize=9)
-        out.append(_savefig(fig, folder / f"examples_{task}.png"))
+        key = (swatch, [p.get_label() for p in swatch], "classes") if classes else None
+        out.append(_savefig(fig, folder / f"examples_{task}.png", key))
     return out
-
-
-def _savefig(fig, path: Path) -> Path:
-    import matplotlib.pyplot as plt
-
-    try:
-        with warnings.catch_warnings():  # a key too wide for tight_layout: bbox_inches="tight" keeps it whole
-            warnings.filterwarnings("ignore", "Tight layout not applied", UserWarning)
-            fig.tight_layout()
-        return atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight"))
-    finally:
-        plt.close(fig)
 
 
 def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[int]:
@@ -355,125 +486,152 @@ def pareto(points: list[tuple[float, float]], higher_is_better: bool) -> list[in
 
 
 def plots(df: pd.DataFrame, recs: list[dict], folder: Path) -> list[Path]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import matplotlib.lines  # noqa: F401
-    import matplotlib.ticker  # noqa: F401
-
+    """Per task with completed runs: test metric vs batch-1 latency (``latency_plot``) and the validation curves
+    (``curves_plot``); settings named as the tables name them, the strategy too where the task's runs differ in it."""
     folder.mkdir(parents=True, exist_ok=True)
     out = []
     ok = df[df.status == "completed"] if len(df) else df
     for task, g in ok.groupby("task") if len(ok) else []:
         sel = g["select"].iloc[0]
         higher = next(r for r in recs if r["task"] == task)["task_info"]["metrics"][sel] == "higher"
-        agg = g.groupby(["model", "preset", "strategy", "variant"], dropna=False).agg(
-            lat=("lat_b1_ms", "mean"), val=(f"test_{sel}", "mean")).reset_index().dropna(subset=["lat", "val"])
-        several = g.strategy.nunique() > 1  # name the strategy in both plots when the task's runs differ in it
-        names = [_setting(r.model, r.preset, r.variant, r.strategy if several else None) for r in agg.itertuples()]
-        # many or long names: numbered points and a key beside the axes, not crowded labels
-        many = len(names) > 6 or max(map(len, names), default=0) > 28
-        fig, ax = plt.subplots(figsize=(6.5, max(4.0, 0.17 * len(names) + 1)) if many else (6, 4))
-        pts = list(zip(agg.lat, agg.val))
-        ax.scatter(agg.lat, agg.val)
-        for i, (name, pt) in enumerate(zip(names, pts), 1):
-            ax.annotate(str(i) if many else name, pt, fontsize=7, xytext=(3, 3), textcoords="offset points")
-        front = pareto(pts, higher)
-        if front:
-            ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], "r--", label="Pareto front")
-        if many:
-            key = [matplotlib.lines.Line2D([], [], ls="none", label=f"{i}. {n}") for i, n in enumerate(names, 1)]
-            ax.legend(handles=ax.get_legend_handles_labels()[0] + key, fontsize=7, loc="upper left",
-                      bbox_to_anchor=(1.02, 1.0), handlelength=0 if not front else None)
-        elif front:
-            ax.legend()
-        ax.set_xscale("log")
-        # 1 2 5 10 20 ...: a tick in every span
-        ax.xaxis.set_major_locator(matplotlib.ticker.LogLocator(subs=(1.0, 2.0, 5.0), numticks=15))
-        ax.xaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
-        # a span of under 5x holds one 1-2-5 tick or none: label the minor ones
-        narrow = len(pts) and max(agg.lat) < 5 * min(agg.lat)
-        ax.xaxis.set_minor_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}") if narrow
-                                     else matplotlib.ticker.NullFormatter())
-        ax.set_xlabel("batch-1 latency, ms (median)")
-        ax.set_ylabel(f"test {sel}")
-        ax.set_title(f"{task}: test {sel} vs latency")
-        out.append(_savefig(fig, folder / f"acc_vs_latency_{task}.png"))
-
-        # one colour and one legend entry per setting, named as its point above; its seeds share the
-        # colour (names from the table's rows: each record's variant is worked out once, in _row)
+        several = g.strategy.nunique() > 1
+        # each record's variant is worked out once, in _row
         name = {r.run_id: _setting(r.model, r.preset, r.variant, r.strategy if several else None)
                 for r in g.itertuples()}
-        runs = [r for r in recs if r["run_id"] in name and r["history"]]
-        curves: dict[str, list[dict]] = {}
-        for r in runs:
-            curves.setdefault(name[r["run_id"]], []).append(r)
-        lines = len(curves) + g["baseline"].nunique()
-        # many settings or long names: the legend beside the axes (savefig keeps it whole), in columns
-        # of at most 30, the figure as tall
-        beside = lines > 10 or max(map(len, curves), default=0) > 40
-        fig, ax = plt.subplots(figsize=(6, max(4.0, 0.15 * min(lines, 30) + 1)))
-        colours = plt.get_cmap("tab10" if len(curves) <= 10 else "tab20")
-        for i, (label, rs) in enumerate(sorted(curves.items())):
-            seeds = sorted({r["seed"] for r in rs})  # a rerun of a seed is drawn, not named twice
-            for j, r in enumerate(sorted(rs, key=lambda r: (r["seed"], r["run_id"]))):
-                ys = [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]]
-                named = f"{label}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
-                ax.plot([h["epoch"] for h in r["history"]], ys, marker="o", ms=3, lw=1, color=colours(i % colours.N),
-                        label=None if j else named)
-        for b in sorted(g["baseline"].dropna().unique()):
-            ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        no_val = any(f"val_{sel}" not in h for r in runs for h in r["history"])
-        ax.set_ylabel(f"validation {sel}" + ("\n(test where a run has no validation split)" if no_val else ""))
-        ax.set_title(f"{task}: training curves")
-        if beside:
-            ax.legend(fontsize=7, ncol=-(-lines // 30), loc="upper left", bbox_to_anchor=(1.02, 1.0))
-        else:
-            ax.legend(fontsize=7)
-        out.append(_savefig(fig, folder / f"curves_{task}.png"))
+        out += [p for p in (latency_plot(task, g, sel, higher, name, folder),
+                            curves_plot(task, g, sel, recs, name, folder)) if p]
     return out
 
 
+def latency_plot(task: str, g: pd.DataFrame, sel: str, higher: bool, name: dict, folder: Path) -> Path | None:
+    """Test ``sel`` against batch-1 latency: a numbered point per setting (the mean over its runs, bars their
+    min–max where it has several), the Pareto front ringed (joined where it has several points), a key below."""
+    if not {"lat_b1_ms", f"test_{sel}"} <= set(g.columns):
+        return None
+    runs = g.assign(name=g.run_id.map(name)).dropna(subset=["lat_b1_ms", f"test_{sel}"])
+    if not len(runs):
+        return None
+    agg = runs.groupby("name").agg(lat=("lat_b1_ms", "mean"), lat_lo=("lat_b1_ms", "min"),
+                                   lat_hi=("lat_b1_ms", "max"), val=(f"test_{sel}", "mean"),
+                                   val_lo=(f"test_{sel}", "min"), val_hi=(f"test_{sel}", "max"),
+                                   n=("run_id", "size")).reset_index()
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4.2))
+    colour = _colours(len(agg))
+    handles = []
+    for i, r in enumerate(agg.itertuples()):
+        bars = r.n > 1
+        handles.append(ax.errorbar(r.lat, r.val, xerr=[[r.lat - r.lat_lo], [r.lat_hi - r.lat]] if bars else None,
+                                   yerr=[[r.val - r.val_lo], [r.val_hi - r.val]] if bars else None,
+                                   fmt="o", ms=5, lw=1, capsize=3, color=colour(i)))
+    pts = list(zip(agg.lat, agg.val))
+    front = pareto(pts, higher)
+    handles += ax.plot([pts[i][0] for i in front], [pts[i][1] for i in front], color="r", marker="o", ms=11,
+                       mfc="none", ls="--" if len(front) > 1 else "none", lw=1)
+    ax.margins(0.08)
+    _latency_axis(ax, agg.lat_lo.min(), agg.lat_hi.max())
+    ax.set_xlabel("batch-1 latency, ms (median of a run's timings)")
+    ax.set_ylabel(f"test {sel}")
+    ax.set_title(f"{task}: test {sel} vs latency")
+    fig.tight_layout()  # the labels are placed in the laid-out axes' pixels
+    _label_points(ax, pts, [str(i) for i in range(1, len(pts) + 1)])
+    labels = [f"{i}. {r.name} (n={r.n})" for i, r in enumerate(agg.itertuples(), 1)]
+    labels.append(f"Pareto front: no other point is both faster and better in test {sel}")
+    title = "points: mean over a setting's n runs (its seeds); bars: their min–max, where n > 1"
+    return _savefig(fig, folder / f"acc_vs_latency_{task}.png", (handles, labels, title))
+
+
+def curves_plot(task: str, g: pd.DataFrame, sel: str, recs: list[dict], name: dict, folder: Path) -> Path | None:
+    """Validation ``sel`` per epoch of each run (test where a run has no validation split): a colour per setting,
+    its seeds sharing it, the task's memoryless baseline dotted, the settings in a key below."""
+    runs = [r for r in recs if r["run_id"] in name and r["history"]]
+    if not runs:
+        return None
+    curves: dict[str, list[dict]] = {}
+    for r in runs:
+        curves.setdefault(name[r["run_id"]], []).append(r)
+    fig, ax = _pyplot().subplots(figsize=(6.5, 4))
+    colour = _colours(len(curves))
+    for i, (label, rs) in enumerate(sorted(curves.items())):
+        seeds = sorted({r["seed"] for r in rs})  # a rerun of a seed is drawn, not named twice
+        for j, r in enumerate(sorted(rs, key=lambda r: (r["seed"], r["run_id"]))):
+            ys = [h.get(f"val_{sel}", h.get(f"test_{sel}")) for h in r["history"]]
+            named = f"{label}, seed{'s' if len(seeds) > 1 else ''} {','.join(map(str, seeds))}"
+            ax.plot([h["epoch"] for h in r["history"]], ys, marker="o", ms=3, lw=1, color=colour(i),
+                    label=None if j else named)
+    for b in sorted(g["baseline"].dropna().unique()):
+        ax.axhline(b, ls=":", color="k", label=f"memoryless baseline {b:.4g}")
+    _epoch_axis(ax, [h["epoch"] for r in runs for h in r["history"]])
+    ax.set_xlabel("epoch")
+    no_val = any(f"val_{sel}" not in h for r in runs for h in r["history"])
+    ax.set_ylabel(f"validation {sel}" + ("\n(test where a run has no validation split)" if no_val else ""))
+    ax.set_title(f"{task}: training curves")
+    return _savefig(fig, folder / f"curves_{task}.png", ax.get_legend_handles_labels())
+
+
+def _protocol(rec: dict) -> dict:
+    """The run's ``PROTOCOL_KEYS`` values (a key the record lacks at its declared default)."""
+    from . import config
+
+    cfg = {**config.declared_defaults(rec["config"]), **rec["config"]}
+    return {k: cfg.get(k) for k in PROTOCOL_KEYS}
+
+
 def structure_plots(recs: list[dict], folder: Path) -> list[Path]:
-    """Per task and structure method whose reports say how many units they keep (``units_kept``, from
-    the model's ``describe_structure``: ISS): the test metric against the units kept, one point per
-    run labelled with its strength (λ), one series per (model, epochs): the runs with a penalty
-    joined by a line, strength-0 runs (the dense baseline, or a model trained at a kept width) as
-    open squares."""
-    import matplotlib
+    """Per task and structure method whose reports say how many units they keep (``units_kept``, from the model's
+    ``describe_structure``: ISS) and with a run at a strength above 0: the test metric against the units kept. A
+    series (colour) per model/preset, epochs and protocol (``PROTOCOL_KEYS``, named where the task's runs differ
+    in it); a point per setting (mean over its seeds, bars their min–max), labelled with its strength; the runs
+    with a penalty joined in order of strength, strength-0 runs (no penalty: dense, or trained at a width) as
+    open squares; the series' names in a key below."""
+    import matplotlib.lines
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = _pyplot()
     out = []
-    by_task: dict[tuple, list] = {}
+    by_task: dict[tuple, list[dict]] = {}
     for r in recs:
         st = (r.get("measure") or {}).get("structure")
         if r["status"] != "completed" or not isinstance(st, dict) or "units_kept" not in st:
             continue
-        sel = r["task_info"]["select"]
-        series = f"{r['model']}, {r['timing'].get('epochs')} epochs"  # a sweep of the strength at one budget
         key = (r["task"], st["method_label"], st["units_label"], st["strength_symbol"])
-        point = (st["units_kept"], r["metrics"]["test"][sel], st.get("strength", 0.0), series, sel)
-        by_task.setdefault(key, []).append(point)
+        by_task.setdefault(key, []).append(
+            {"units": st["units_kept"], "value": r["metrics"]["test"][r["task_info"]["select"]],
+             "strength": st.get("strength") or 0.0, "sel": r["task_info"]["select"], "protocol": _protocol(r),
+             "series": f"{r['model']}/{r['preset']}, {r['timing'].get('epochs')} epochs", "setting": _group_label(r)})
     for (task, method, units, symbol), pts in sorted(by_task.items()):
-        fig, ax = plt.subplots(figsize=(6, 4))
-        for series in sorted({p[3] for p in pts}):
-            mp = sorted(p for p in pts if p[3] == series)
-            pen, dense = [p for p in mp if p[2]], [p for p in mp if not p[2]]
-            line = ax.plot([p[0] for p in pen], [p[1] for p in pen], "o-", label=f"{series}: {method}")[0]
-            ax.plot([p[0] for p in dense], [p[1] for p in dense], "s", mfc="none", color=line.get_color(),
-                    label=f"{series}: dense at that width")
-            for k, v, lam, _, _ in mp:
-                ax.annotate(f"{symbol}={lam:.2g}", (k, v), fontsize=7, xytext=(3, 3), textcoords="offset points")
+        if not any(p["strength"] for p in pts):  # dense runs only: no structure was learned
+            continue
+        shown = [k for k in PROTOCOL_KEYS if len({p["protocol"][k] for p in pts}) > 1]
+        for p in pts:
+            p["series"] += "".join(f", {k}={p['protocol'][k] or 'none'}" for k in shown)
+        df = pd.DataFrame(pts).groupby(["series", "setting", "strength"]).agg(
+            units=("units", "mean"), u_lo=("units", "min"), u_hi=("units", "max"), value=("value", "mean"),
+            v_lo=("value", "min"), v_hi=("value", "max"), n=("value", "size")).reset_index()
+        fig, ax = plt.subplots(figsize=(6.5, 4.2))
+        colour = _colours(df.series.nunique())
+        handles, labels = [], []
+        for i, (series, s) in enumerate(df.groupby("series", sort=True)):
+            s = s.sort_values(["strength", "units"])
+            for r in s.itertuples():
+                bars = r.n > 1
+                ax.errorbar(r.units, r.value, xerr=[[r.units - r.u_lo], [r.u_hi - r.units]] if bars else None,
+                            yerr=[[r.value - r.v_lo], [r.v_hi - r.value]] if bars else None, fmt="none", lw=1,
+                            capsize=2, color=colour(i))
+            pen, dense = s[s.strength > 0], s[s.strength == 0]
+            line = ax.plot(pen.units, pen.value, "o-", ms=5, lw=1.2, color=colour(i))[0]
+            ax.plot(dense.units, dense.value, "s", ms=6, mfc="none", color=colour(i))
+            handles.append(line if len(pen) else ax.lines[-1])
+            labels.append(series + ("" if len(pen) else f" ({symbol}=0 only)"))
+        handles.append(matplotlib.lines.Line2D([], [], marker="s", ms=6, mfc="none", color="0.3", ls="none"))
+        labels.append(f"open square: {symbol}=0, no penalty (dense, or trained at the width it names)")
+        ax.margins(0.08)
         ax.set_xlabel(units)
-        ax.set_ylabel(f"test {pts[0][4]}")
-        ax.set_title(f"{task}: {method}, {pts[0][4]} vs components kept")
-        ax.legend(fontsize=8)
-        out.append(_savefig(fig, folder / f"{method.lower()}_{task}.png"))
+        ax.set_ylabel(f"test {pts[0]['sel']}")
+        ax.set_title(f"{task}: {method}, {pts[0]['sel']} vs components kept")
+        fig.tight_layout()
+        _label_points(ax, list(zip(df.units, df.value)), [f"{symbol}={v:.2g}" for v in df.strength])
+        title = (f"a line per series: its runs with a penalty, by {symbol}; points: mean over a setting's seeds, "
+                 f"bars: their min–max, where it has several")
+        out.append(_savefig(fig, folder / f"{method.lower()}_{task}.png", (handles, labels, title)))
     return out
 
 

@@ -97,7 +97,7 @@ def test_eight_concurrent_writers_lose_nothing(tmp_path):
 
 
 def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
-    """A sweep's task (9 strategies x 2 seeds): the curves have one legend entry per strategy, its
+    """A sweep's task (9 strategies x 2 seeds): the curves' key has one entry per strategy, its
     seeds sharing a colour; the accuracy-latency points are numbered with a key naming each
     strategy; no matplotlib warning (a legend too big for tight_layout had warned)."""
     import warnings
@@ -116,11 +116,11 @@ def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
             records.write(rec, tmp_path)
     seen = {}
 
-    def keep(fig, path):
+    def keep(fig, path, key=None):
         ax = fig.axes[0]
-        seen[path.name] = ([t.get_text() for t in ax.get_legend().get_texts()], [t.get_text() for t in ax.texts],
+        seen[path.name] = (list(key[1]), [t.get_text() for t in ax.texts],
                            {to_hex(line.get_color()) for line in ax.lines})
-        return real(fig, path)
+        return real(fig, path, key)
 
     real = report._savefig
     monkeypatch.setattr(report, "_savefig", keep)
@@ -132,7 +132,7 @@ def test_plots_name_every_setting_and_raise_no_warning(tmp_path, monkeypatch):
     assert len(colours) == 9  # 18 runs, a colour per strategy
     key, numbers, _ = seen["acc_vs_latency_pmnist.png"]
     assert sorted(numbers, key=int) == [str(i) for i in range(1, 10)]
-    assert [k for k in key if k[0].isdigit()] == [f"{i}. lstm/tiny [{st}]" for i, st in enumerate(strategies, 1)]
+    assert [k for k in key if k[0].isdigit()] == [f"{i}. lstm/tiny [{st}] (n=2)" for i, st in enumerate(strategies, 1)]
 
 
 def test_nan_is_written_as_null(tmp_path):
