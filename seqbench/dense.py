@@ -495,15 +495,16 @@ class DenseTask(Task):
         return {"classes": list(self.class_names), "iou": m["iou"], "acc": m["acc"]}
 
     def examples(self, predict) -> tuple[dict, dict] | None:
-        """The first ``N_EXAMPLES`` test images, their labels and ``predict``'s labels (argmax of the
-        logits at the label resolution), as uint8 arrays for the report's picture, saved beside the
-        record after the test."""
+        """``N_EXAMPLES`` test images spread evenly over the split (its first and last among them: video
+        frames in a row show one scene), their labels and ``predict``'s labels (argmax of the logits at the
+        label resolution), as uint8 arrays for the report's picture, saved beside the record after the test."""
         ds = self._datasets["test"]
         n = min(N_EXAMPLES, len(ds))
         if n == 0:
             return None
+        picked = [round(k * (len(ds) - 1) / (n - 1)) for k in range(n)] if n > 1 else [0]
         images, labels, preds = [], [], []
-        for i in range(n):
+        for i in picked:
             raw_x, y = ds.raw(i)
             x, _ = ds[i]
             out = predict(x[None])
@@ -514,8 +515,8 @@ class DenseTask(Task):
         arrays = {f"image{i}": a for i, a in enumerate(images)}
         arrays.update({f"label{i}": a for i, a in enumerate(labels)})
         arrays.update({f"pred{i}": a for i, a in enumerate(preds)})
-        return arrays, {"n": n, "split": "test", "indices": list(range(n)),
-                        "images": [str(ds.pairs[i][0].name) for i in range(n)]}
+        return arrays, {"n": n, "split": "test", "indices": picked,
+                        "images": [str(ds.pairs[i][0].name) for i in picked]}
 
     def info(self) -> dict:
         out = {"classes": list(self.class_names), "palette": [list(c) for c in self.palette], "ignore_index": IGNORE,

@@ -390,6 +390,8 @@ def test_records_carry_per_class_iou_examples_and_the_report_draws_them(env):
         ex = rec["examples"]
         z = np.load(env["results"] / ex["file"])
         assert ex["n"] == 3 and z["image0"].shape == (32, 32, 3) and z["label0"].shape == z["pred0"].shape == (32, 32)
+        last = rec["task_info"]["images_used"]["test"] - 1
+        assert ex["indices"] == [0, round(last / 2), last]  # spread over the split: frames of different scenes
         assert rec["task_info"]["palette"][3] == [128, 64, 128] and rec["task_info"]["classes"][0] == "Sky"
         on_disk = json.loads(Path(rec["path"]).read_text())
         assert on_disk["examples"]["file"] == ex["file"]
