@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from seqbench import iss
 from seqbench.config import NONNEGATIVE, NONNEGATIVE_REAL, POSITIVE, PROBABILITY, int_list, setting
 from seqbench.errors import SeqbenchError
+from seqbench.model import LIBRARY
 from seqbench.registry import QA, register_model
 
 NEG = -1e30  # the reference's VERY_NEGATIVE_NUMBER (exp_mask)
@@ -157,6 +158,8 @@ class BiDAF(nn.Module):
     is iss-rnns' ``get_num_params()``, every trainable variable, which includes the 8-d char table and the
     trainable word rows (words without a GloVe vector; GloVe's fixed vectors are not variables): ~119k such
     rows is our reading of the difference, unchecked against the train-v1.1 vocabulary."""
+
+    implementation = LIBRARY  # its LSTMs are nn.LSTM calls; the rest convolutions and matrix products
 
     paper = "Seo, Kembhavi, Farhadi & Hajishirzi, Bidirectional Attention Flow for Machine Comprehension, ICLR 2017"
     paper_url = "https://arxiv.org/abs/1611.01603"

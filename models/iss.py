@@ -16,7 +16,7 @@ import torch.nn as nn
 from seqbench import iss
 from seqbench.config import NONNEGATIVE_REAL, POSITIVE, PROBABILITY, int_list, setting
 from seqbench.errors import SeqbenchError
-from seqbench.model import RecurrentBackbone
+from seqbench.model import LIBRARY, RecurrentBackbone
 from seqbench.registry import register_model
 
 GATES = 4
@@ -98,6 +98,7 @@ class ISSLSTM(RecurrentBackbone):
     task."""
 
     paper = "Wen et al., Learning Intrinsic Sparse Structures within Long Short-Term Memory, ICLR 2018"
+    implementation = LIBRARY  # each layer one nn.LSTM call
     paper_url = "https://arxiv.org/abs/1709.05027"
     reference = "https://github.com/wenwei202/iss-rnns"  # ptb/ptb_word_lm.py, ptb_word_lm_heter.py (TensorFlow)
     Params = ISSParams

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch.nn as nn
 
 from seqbench.config import POSITIVE, Domain, choice, setting
+from seqbench.model import LIBRARY
 from seqbench.registry import IMAGE, register_model
 from seqbench.errors import SeqbenchError
 from seqbench.resnet import EXPANSION, ResNetTrunk, cifar_layers
@@ -92,6 +93,7 @@ class CIFARResNet(nn.Module):
     """A CIFAR ResNet trunk of the family; subclasses choose the attention."""
 
     kinds = frozenset({IMAGE})
+    implementation = LIBRARY  # convolutions (dia-resnet's attention cell: one step per block, eager)
     presets = RESNET_PRESETS
     Params = ResNetParams
     attn = "none"

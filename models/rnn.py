@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 
 from seqbench.config import POSITIVE, PROBABILITY, choice, ints, setting
-from seqbench.model import RecurrentBackbone
+from seqbench.model import LIBRARY, RecurrentBackbone
 from seqbench.registry import SERIES, register_model
 
 # Hidden sizes per preset, shared by the baselines. `paper`: the HiPPO paper's baselines use 512.
@@ -40,6 +40,7 @@ class TorchRNN(RecurrentBackbone):
 
     Params = RNNParams
     presets = BASELINE_PRESETS
+    implementation = LIBRARY  # torch's fused kernel for the whole sequence (oneDNN on CPU, cuDNN on a GPU)
     state_batch_dim = 1  # [layers, B, H]
     rnn_cls: type
     gates: int

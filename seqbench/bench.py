@@ -103,6 +103,7 @@ class Contender:
         self.flops = int(self.model.flops_per_sample())
         self.params = sum(p.numel() for p in self.model.parameters())
         self.seq_len = setup.spec.seq_len
+        self.impl = measure.implementation(self.model)
 
     @property
     def train_batch(self) -> tuple:
@@ -268,7 +269,7 @@ def run(contenders: dict[str, Contender], modes: list[str], batch_size: int, bas
                 s = measure.summarize(times[n])
                 ratios = [a / b for a, b in zip(times[n], times[base])]
                 flops = c.flops * batch * (3 if mode == "train" else 1)
-                row = {"contender": n, "mode": mode, "batch": batch, "params": c.params,
+                row = {"contender": n, "impl": c.impl, "mode": mode, "batch": batch, "params": c.params,
                        "min_ms": s["min"] * 1e3, "median_ms": s["median"] * 1e3, "iqr_ms": s["iqr"] * 1e3,
                        "ratio": statistics.median(ratios), "ratio_of_medians": s["median"] / base_median,
                        "flops": flops,
@@ -295,8 +296,8 @@ def markdown(result: dict) -> str:
                 "fresh, warmed-up process" if rss else "")]
     for t in result["tables"]:
         lines.append(f"\n{t['mode']}, batch {t['batch']}\n")
-        cols = ["contender", "median_ms", "iqr_ms", "min_ms", "ratio", "ratio_of_medians", "ms_per_step", "params",
-                "flops", "gflop_per_s", "peak_cuda_mb", "rss_delta_mb"]
+        cols = ["contender", "impl", "median_ms", "iqr_ms", "min_ms", "ratio", "ratio_of_medians", "ms_per_step",
+                "params", "flops", "gflop_per_s", "peak_cuda_mb", "rss_delta_mb"]
         cols = [c for c in cols if any(c in r and r[c] is not None for r in t["rows"])]
         lines.append("| " + " | ".join(HEADERS.get(c, c) for c in cols) + " |")
         lines.append("|" + "|".join("---" for _ in cols) + "|")

@@ -147,11 +147,23 @@ def of_run(model, task, x, device, precision, latency_time: float, throughput: f
         "structure": structure(model),
         "flops_per_sample": flops_per_sample(model),
         "latency": lat,
+        "implementation": implementation(model),
         "torch_threads": torch.get_num_threads(),
         "train_throughput": throughput,
         "memory": peak_memory(device),
         "pruning": pruning,  # a pruned model's size before pruning
     }
+
+
+def implementation(model: torch.nn.Module) -> str:
+    """What runs the model's recurrence (``seqbench.model``: library kernel, eager, fused): the first module
+    of the wrapped model that declares it (the backbone); undeclared: eager."""
+    from .model import EAGER
+
+    for m in model.modules():
+        if hasattr(type(m), "implementation"):
+            return m.implementation
+    return EAGER
 
 
 def latency(model: torch.nn.Module, x, min_run_time: float, precision=contextlib.nullcontext) -> dict:

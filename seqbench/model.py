@@ -26,6 +26,12 @@ backbone's output (an nn.Linear; every wrapper names it ``head``), or None:
                                    pruned model's file is plain data (``pruned_payload``)
     optimizer_groups(lr) -> list   optimiser param groups for some of its parameters, each a dict
                                    with "params" and its own "lr" (the rest get the base lr)
+
+``implementation`` (a class attribute, or a property where a setting picks it) says what runs the
+recurrence, and every record and ``seqbench bench`` row carries it (``measure.implementation``), so no table
+compares a library kernel with a Python loop unawares: ``LIBRARY`` (one torch kernel for the whole sequence:
+nn.LSTM's oneDNN / cuDNN path; convolutions), ``EAGER`` (the step in Python, a few torch ops per time step),
+``FUSED`` (a seqbench kernel for the whole loop).
 """
 from __future__ import annotations
 
@@ -38,8 +44,12 @@ from .errors import SeqbenchError
 from .registry import RECURRENT_KINDS
 
 
+LIBRARY, EAGER, FUSED = "library kernel", "eager", "fused"
+
+
 class RecurrentBackbone(nn.Module):
     kinds = RECURRENT_KINDS
+    implementation: str = EAGER
     presets: dict = {}
     d_output: int
     # The batch dimension of every non-scalar tensor in the state (torch's nn.RNN family: 1, as

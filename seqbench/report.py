@@ -88,12 +88,24 @@ def _row(rec: dict, skip: set[str]) -> dict:
             "throughput": meas.get("train_throughput"), "torch_threads": meas.get("torch_threads"),
             "peak_rss_mb": (meas.get("memory") or {}).get("peak_rss_mb"),
             "peak_cuda_mb": (meas.get("memory") or {}).get("peak_cuda_mb"),
+            "impl": meas.get("implementation") or _declared_implementation(rec["model"]),
         })
         for b, d in lat.items():
             row[f"lat_{b}_ms"] = d.get("median_ms")
             # one timing run: torch.utils.benchmark measured no spread (its 0 is not a spread of 0)
             row[f"lat_{b}_iqr_ms"] = None if (d.get("runs") or 2) < 2 else d.get("iqr_ms")
     return row
+
+
+def _declared_implementation(model: str) -> str | None:
+    """A record written before records named their implementation: the model's declared one (no model has
+    changed what runs its recurrence since), or None for a model this install does not have."""
+    from . import registry
+
+    try:
+        return getattr(registry.get_model(model).cls, "implementation", "eager")
+    except SeqbenchError:
+        return None
 
 
 def _paper(ti: dict, rec: dict, strategy: str):
@@ -174,7 +186,7 @@ def tables(df: pd.DataFrame) -> dict[str, list[dict]]:
                         sparsity=_pm(g["sparsity"], ".4f"), structure=_text_or_dash(g["structure"].iloc[0])))
         # times are a machine's: one latency row per device and thread count, never a mean across them
         for (dev, threads), h in g.groupby(["device_name", "torch_threads"], sort=True, dropna=False):
-            row = dict(name, device=dev, threads=int(threads), n=len(h))
+            row = dict(name, impl=_text_or_dash(h["impl"].iloc[0]), device=dev, threads=int(threads), n=len(h))
             for b in _latency_batches(h):  # the batch sizes the task measured (b1, b64; dense tasks b1, b8)
                 row[f"{b}_ms"] = _pm(h[f"lat_{b}_ms"], ".3f")
                 row[f"{b}_iqr_ms"] = _iqr_cell(h[f"lat_{b}_ms"], h[f"lat_{b}_iqr_ms"])

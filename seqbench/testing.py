@@ -85,6 +85,7 @@ def check_pair(model: str, task: str, results, preset: str = "tiny", overrides: 
     assert sorted(meas["latency"]) == sorted(f"b{b}" for b in batches), f"latency {sorted(meas['latency'])}"
     assert all(meas["latency"][f"b{b}"]["median_ms"] > 0 for b in batches)
     assert meas["train_throughput"] > 0
+    assert meas["implementation"] in ("library kernel", "eager", "fused"), f"implementation {meas['implementation']}"
     assert Path(rec["path"]).is_file(), "no record written"
     return rec, runner
 

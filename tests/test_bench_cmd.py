@@ -40,7 +40,7 @@ def test_bench_without_data_files(tmp_path, monkeypatch, capsys):
     assert main(["bench", "--task", "pmnist", "--models", "lstm,gru+hidden=8,hippo+step=fast", "--preset", "tiny",
                  "--batch-size", "4", "--out", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "| contender | median_ms" in printed and "hippo+step=fast" in printed
+    assert "| contender | impl | median_ms" in printed and "hippo+step=fast" in printed
     res = json.loads(next(out.glob("bench-pmnist-*.json")).read_text())
     assert [(t["mode"], t["batch"]) for t in res["tables"]] == [("train", 4), ("infer", 1), ("infer", 4)]
     for t in res["tables"]:
@@ -52,7 +52,9 @@ def test_bench_without_data_files(tmp_path, monkeypatch, capsys):
         for n, r in rows.items():  # both ratios, as named: the median of the rounds' ratios, and of the medians
             assert r["ratio"] == statistics.median(a / b for a, b in zip(times[n], times["lstm"]))
             assert r["ratio_of_medians"] == statistics.median(times[n]) / statistics.median(times["lstm"])
-    assert "| contender | median_ms | iqr_ms | min_ms | ratio_paired | ratio_of_medians |" in printed
+    assert "| contender | impl | median_ms | iqr_ms | min_ms | ratio_paired | ratio_of_medians |" in printed
+    assert {r["contender"]: r["impl"] for r in res["tables"][0]["rows"]} == {
+        "lstm": "library kernel", "gru+hidden=8": "library kernel", "hippo+step=fast": "eager"}
     assert "ratio_paired: the median over 2 interleaved rounds of the time / lstm's" in printed
     assert res["configs"]["gru+hidden=8"]["model.hidden"] == 8
     assert res["configs"]["hippo+step=fast"]["model.step"] == "fast"
@@ -135,7 +137,7 @@ def test_report_shows_the_latest_bench_tables(env):
     build()
     text = (env["results"] / "report.md").read_text()
     assert text.count("### smnist: lstm, gru") == 1  # the latest of the two
-    assert "| contender | median_ms" in text
+    assert "| contender | impl | median_ms" in text
 
 
 @pytest.mark.parametrize("args,needle", [

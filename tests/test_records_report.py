@@ -311,6 +311,9 @@ def test_an_iqr_of_one_timing_run_is_unknown_not_zero(tmp_path):
     assert _cells(md, "| pmnist | hippo |")["b64_iqr_ms"] == "0.500"
     assert _cells(md, "| pmnist | lstm |")["b1_iqr_ms"] == "0.100"
     assert "An IQR of – : one timing run, no spread measured" in md
+    # what ran the recurrence: the record's, or (records before the field) the model's declared implementation
+    assert _cells(md, "| pmnist | lstm |")["impl"] == "library kernel"
+    assert _cells(md, "| pmnist | hippo |")["impl"] == "eager"
     iqr = pd.read_csv(tmp_path / "summary.csv").set_index("run_id").lat_b64_iqr_ms
     assert iqr.isna().to_dict() == {"a0": True, "a1": True, "b0": True, "b1": False, "c0": False}
     records.write(rec("d0", "enrnn", 0, 5), tmp_path / "other")
