@@ -87,6 +87,8 @@ def describe(what: str, entry: registry.Entry) -> dict:
          "source": getattr(entry, "source", "built-in"), **citation(cls), "summary": _paragraph(cls)}
     if what == "model":
         d["kinds"] = sorted(entry.kinds)
+        impl = getattr(cls, "implementation", "eager")  # a property where a setting picks it (model.impl)
+        d["implementation"] = impl if isinstance(impl, str) else "set by model.impl"
         d["compatible_tasks"] = [t for t, e in registry.tasks().items() if registry.compatible(entry, e)[0]]
     elif what == "task":
         d["kind"] = cls.kind
@@ -152,6 +154,7 @@ def text(d: dict) -> str:
         lines += [d["summary"], ""]
     if "kinds" in d:
         lines.append(f"input kinds: {', '.join(d['kinds'])}")
+        lines.append(f"implementation: {d['implementation']} (what runs the recurrence: seqbench.model)")
         lines.append(f"runs on: {', '.join(d['compatible_tasks']) or '(no registered task)'}")
     if "kind" in d:
         lines.append(f"kind: {d['kind']}")

@@ -118,3 +118,11 @@ def test_a_citation_from_another_module_does_not_count_and_a_plugin_source_is_sh
     page = text(d).splitlines()
     assert page[0] == f"plugin-lstm (model: {__name__}.PluginLSTM) [plugin: file /home/me/my_cells.py]"
     assert page[1:3] == ["paper: (not declared)", "reference: (not declared)"]
+
+
+def test_a_model_says_what_runs_its_recurrence():
+    from seqbench import show
+
+    assert "implementation: library kernel" in show.show("lstm")
+    assert "implementation: eager" in show.show("hippo")
+    assert show.describe("model", registry.get_model("gru"))["implementation"] == "library kernel"
