@@ -19,13 +19,13 @@ from torch.utils.checkpoint import checkpoint
 
 from seqbench.config import POSITIVE, Domain, choice, setting
 from seqbench.errors import SeqbenchError
+from seqbench.model import EAGER, LIBRARY
 from seqbench.registry import DENSE, register_model
 from seqbench.resnet import IMAGENET_RESNETS, imagenet_trunk, load_torchvision_weights
 
 DIRECTIONS = ("se", "sw", "ne", "nw")
-# Each direction as the south-east recurrence on a flipped map: the dims of [.., H, W, C] to flip.
-_FLIPS = {"se": (), "sw": (-2,), "ne": (-3,), "nw": (-3, -2)}
-# (dr, dc): the direction rows and columns are visited in (+1 increasing, -1 decreasing).
+# (dr, dc): the direction rows and columns are visited in (+1 increasing, -1 decreasing); each direction is
+# the south-east recurrence on the map flipped along the axes it visits decreasing.
 _STEPS = {"se": (1, 1), "sw": (1, -1), "ne": (-1, 1), "nw": (-1, -1)}
 
 OUTPUT_STRIDE = Domain("8, 16 or 32", lambda v: v in (8, 16, 32), 4)
@@ -74,6 +74,7 @@ class DenseModel(nn.Module):
     default, ``model.width``; ``model.pretrained`` a torchvision ImageNet checkpoint file)."""
 
     kinds = frozenset({DENSE})
+    implementation = LIBRARY  # fcn: convolutions; the RNN models' wavefront is torch ops from Python
     Params = DenseModelParams
     presets = {"tiny": _TINY, "fast": _FAST, "paper": _PAPER}
 
@@ -111,6 +112,8 @@ class RNNModel(DenseModel):
     recurrence (the reduction, BN + ReLU on o, the concatenation, one 1x1 classifier) is our reading,
     the same for both RNNs so that they differ only in the recurrence."""
 
+    implementation = EAGER  # the wavefront: a few batched torch ops per anti-diagonal, from Python
+
     Params = DAGParams
     rnn_cls: type
 
@@ -130,7 +133,11 @@ class RNNModel(DenseModel):
 # ----------------------------------------------------------------------------- wavefronts
 class _Diagonals:
     """The anti-diagonal order of an H x W grid: positions sorted by (r + c, r). ``order[i]`` is the
-    raster index (r * W + c) of the i-th position, ``bounds[k]`` the slice of diagonal k."""
+    raster index (r * W + c) of the i-th position, ``bounds[k]`` the slice of diagonal k, ``sizes[k]`` its
+    length. Per direction (each the south-east recurrence on its flipped map): ``src[d * N + i]`` the
+    image's raster index of direction d's i-th unit in diagonal order, ``dst[d * N + p]`` the row d * N + i
+    of the image's pixel p; ``raster_src``, ``raster_dst`` the same for the flipped map's raster order (the
+    per-pixel loop's)."""
 
     def __init__(self, H: int, W: int, device):
         r, c = torch.meshgrid(torch.arange(H), torch.arange(W), indexing="ij")
@@ -146,24 +153,30 @@ class _Diagonals:
         for n in counts:
             starts.append(starts[-1] + n)
         self.bounds = [(starts[k], starts[k + 1]) for k in range(H + W - 1)]
-        # DAG-RNN: for each position, its 3 south-east predecessors (N, W, NW) as indices into
-        # [zero, diagonal k-2, diagonal k-1] (0 = outside the grid: contributes zero).
-        pos = {(int(a), int(b)): i for i, (a, b) in enumerate(zip(r[order].tolist(), c[order].tolist()))}
-        self.pred = []
-        rows, cols = r[order].tolist(), c[order].tolist()  # on the CPU: the device may be "meta" (memory estimate)
-        for k, (s, e) in enumerate(self.bounds):
-            s2 = self.bounds[k - 2][0] if k >= 2 else 0
-            n2 = (self.bounds[k - 2][1] - s2) if k >= 2 else 0
-            s1 = self.bounds[k - 1][0] if k >= 1 else 0
-            idx = []
-            for i in range(s, e):
-                a, b = rows[i], cols[i]
-                row = []
-                for (pa, pb), off, base in (((a - 1, b), 1 + n2, s1), ((a, b - 1), 1 + n2, s1),
-                                            ((a - 1, b - 1), 1, s2)):
-                    row.append(off + pos[(pa, pb)] - base if pa >= 0 and pb >= 0 else 0)
-                idx.append(row)
-            self.pred.append(torch.tensor(idx, dtype=torch.long, device=device))
+        self.sizes = counts
+
+        def image(rows, cols):  # [D * N]: the image's raster index of each direction's flipped-map position
+            return torch.cat([(rows if dr > 0 else H - 1 - rows) * W + (cols if dc > 0 else W - 1 - cols)
+                              for dr, dc in (_STEPS[d] for d in DIRECTIONS)])
+
+        def inverse(src):
+            return (torch.argsort(src.view(-1, H * W), 1) + torch.arange(len(DIRECTIONS))[:, None] * H * W).view(-1)
+
+        src, raster_src = image(r[order], c[order]), image(r, c)
+        self.src, self.dst = src.to(device), inverse(src).to(device)
+        self.raster_src, self.raster_dst = raster_src.to(device), inverse(raster_src).to(device)
+        # DAG-RNN: diagonal k's south-east predecessors as (j, before, after): F.pad widths (negative: a crop)
+        # that turn diagonal j's states [.., L_j, ..] into one row per unit (r, k - r) of diagonal k, zero where
+        # the predecessor lies outside the grid: N (row r - 1) and W (r) on diagonal k - 1, NW (r - 1) on k - 2.
+        span = [(max(0, k - W + 1), min(k, H - 1)) for k in range(H + W - 1)]  # first and last row of diagonal k
+        self.pred_pads = []
+        for k in range(H + W - 1):
+            pads = []
+            for j, shift in ((k - 1, 1), (k - 1, 0), (k - 2, 1)):
+                lo, hi = span[k][0] - shift, span[k][1] - shift  # the rows wanted from diagonal j
+                if j >= 0 and max(lo, span[j][0]) <= min(hi, span[j][1]):  # some predecessor inside the grid
+                    pads.append((j, span[j][0] - lo, hi - span[j][1]))
+            self.pred_pads.append(pads)
 
     @staticmethod
     def get(H: int, W: int, device) -> "_Diagonals":
@@ -175,17 +188,6 @@ def _diagonals(H: int, W: int, device: str) -> _Diagonals:
     return _Diagonals(H, W, device)
 
 
-def _directions(x: torch.Tensor) -> torch.Tensor:
-    """[B, C, H, W] -> [4, B, H, W, C]: each direction's view, flipped so that it runs south-east."""
-    x = x.permute(0, 2, 3, 1)
-    return torch.stack([x.flip(_FLIPS[d]) if _FLIPS[d] else x for d in DIRECTIONS])
-
-
-def _undirections(h: torch.Tensor) -> torch.Tensor:
-    """[4, B, H, W, C] -> the same, each direction flipped back to the image's orientation."""
-    return torch.stack([h[i].flip(_FLIPS[d]) if _FLIPS[d] else h[i] for i, d in enumerate(DIRECTIONS)])
-
-
 def _uniform(shape, fan_in: int, scale: float = 1.0) -> nn.Parameter:
     k = scale / math.sqrt(fan_in)
     return nn.Parameter(torch.empty(shape).uniform_(-k, k))
@@ -193,16 +195,19 @@ def _uniform(shape, fan_in: int, scale: float = 1.0) -> nn.Parameter:
 
 class FourDirectionRNN(nn.Module):
     """Base of the two 2-D RNNs: per-direction input map U, b, recurrent W, output V (stacked on a
-    leading direction axis), the wavefront loop, the per-pixel reference. forward(x[B, C, H, W]) ->
+    leading direction axis), the wavefront loop, the per-pixel loops. forward(x[B, C, H, W]) ->
     o [B, d_out, H, W] = Σ_d V^d h^d.
 
     Both recurrences run by anti-diagonal wavefronts: every predecessor of a unit on the anti-diagonal
     r + c = k lies on an earlier one, so the H + W − 1 diagonals are computed in order, each as one
     batched step over all its units; the four directions run together (each is the south-east
-    recurrence on the feature map flipped along W, H or both, and flipped back). ``reference_forward``
-    is the plain per-pixel loop of the equations (tests check the wavefront against it;
-    ``scripts/bench_dense_rnn.py`` times both). Initialisation (ours): uniform ±1/sqrt(fan-in), as
-    torch's RNNs."""
+    recurrence on the feature map flipped along W, H or both: one gather of the pixels into each
+    direction's diagonal order, one back). States are [D, N, B, hidden] (units, then the batch), so a
+    step's product with W is one bmm of [D, L·B, hidden] by [D, hidden, hidden]. ``reference_forward``
+    is the plain per-pixel loop of the equations (tests check the wavefront's values against it);
+    ``loop_forward`` the per-pixel loop written for speed and autograd (tests check values and gradients
+    against it; ``scripts/bench_dense_rnn.py`` times the wavefront against it). Initialisation (ours):
+    uniform ±1/sqrt(fan-in), as torch's RNNs."""
 
     W_scale = 1.0
 
@@ -216,28 +221,63 @@ class FourDirectionRNN(nn.Module):
         self.V = _uniform((D, d_out, hidden), hidden)
         self.c = nn.Parameter(torch.zeros(d_out))
 
+    def _inputs(self, x: torch.Tensor, src: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [B, C, H, W] -> each direction's pixels in the order ``src`` (image raster indices, [D * N]):
+        xd [D, N * B, C] and U x + b as [D, N, B, hidden]."""
+        B, C, H, W = x.shape
+        D = len(DIRECTIONS)
+        xd = x.permute(2, 3, 0, 1).contiguous().view(H * W, B * C).index_select(0, src).view(D, H * W * B, C)
+        ux = torch.baddbmm(self.b[:, None, :], xd, self.U.transpose(1, 2))
+        return xd, ux.view(D, H * W, B, self.hidden)
+
+    def _outputs(self, h: torch.Tensor, dst: torch.Tensor, H: int, W: int) -> torch.Tensor:
+        """o = Σ_d V^d h^d + c [B, d_out, H, W] from h [D, N, B, hidden] in the order that ``dst`` undoes (a
+        gather and a sum, not index_add: the same sum on every run on a GPU too)."""
+        D, N, B, n = h.shape
+        y = torch.bmm(h.reshape(D, N * B, n), self.V.transpose(1, 2)).view(D * N, B * self.d_out)
+        o = y.index_select(0, dst).view(D, N, B, self.d_out).sum(0) + self.c  # [N, B, d_out]
+        return o.view(H, W, B, self.d_out).permute(2, 3, 0, 1).contiguous()
+
     def hidden_states(self, x: torch.Tensor) -> torch.Tensor:
-        """h of every direction, [4, B, H, W, hidden], by wavefronts."""
+        """h of every direction by wavefronts, each in its own (flipped) orientation: [4, B, H, W, hidden]."""
         B, C, H, W = x.shape
         dg = _Diagonals.get(H, W, x.device)
-        xd = _directions(x).reshape(len(DIRECTIONS), B, H * W, C)[:, :, dg.order]  # [D, B, N, C], diagonal order
-        ux = torch.einsum("dbnc,dhc->dbnh", xd, self.U) + self.b[:, None, None, :]
-        hs = self.wavefront(xd, ux, dg)  # [D, B, N, hidden] in diagonal order
-        return hs[:, :, dg.inverse].reshape(len(DIRECTIONS), B, H, W, self.hidden)
+        hs = self.wavefront(*self._inputs(x, dg.src), dg)  # [D, N, B, hidden] in diagonal order
+        return hs.index_select(1, dg.inverse).view(len(DIRECTIONS), H, W, B, self.hidden).permute(0, 3, 1, 2, 4)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = _undirections(self.hidden_states(x))  # [D, B, H, W, hidden]
-        o = torch.einsum("dbhwk,dok->bohw", h, self.V)
-        return o + self.c[None, :, None, None]
+        H, W = x.shape[-2:]
+        dg = _Diagonals.get(H, W, x.device)
+        return self._outputs(self.wavefront(*self._inputs(x, dg.src), dg), dg.dst, H, W)
 
     def wavefront(self, xd, ux, dg) -> torch.Tensor:
+        """h [D, N, B, hidden] in diagonal order from xd [D, N * B, C] and ux [D, N, B, hidden] in that order."""
         raise NotImplementedError
 
-    # ------------------------------------------------------------- the per-pixel loop
+    # ------------------------------------------------------------- the per-pixel loops
+    def loop_forward(self, x: torch.Tensor, together: bool = False) -> torch.Tensor:
+        """The recurrence one pixel at a time, written for autograd: o [B, d_out, H, W]. The same gathers
+        and projections around it as the wavefront (the input projections for all pixels at once); each
+        pixel's state is a tensor of its own (no writes into a shared buffer), the states are stacked once
+        at the end. ``together``: the four directions step together (one [4, B, ...] product per pixel);
+        otherwise one direction after another."""
+        H, W = x.shape[-2:]
+        D = len(DIRECTIONS)
+        dg = _Diagonals.get(H, W, x.device)
+        xd, ux = self._inputs(x, dg.raster_src)  # each direction's flipped map in raster order
+        groups = [slice(0, D)] if together else [slice(d, d + 1) for d in range(D)]
+        h = torch.cat([self.loop_directions(xd[g], ux[g], g, H, W) for g in groups])  # [D, N, B, hidden]
+        return self._outputs(h, dg.raster_dst, H, W)
+
+    def loop_directions(self, xd, ux, g: slice, H: int, W: int) -> torch.Tensor:
+        """h [D', N, B, hidden] of the directions ``g`` (xd [D', N * B, C], ux [D', N, B, hidden] in raster
+        order of their flipped maps), pixel by pixel."""
+        raise NotImplementedError
+
     @torch.no_grad()
     def reference_forward(self, x: torch.Tensor) -> torch.Tensor:
         """The equations, one pixel at a time, each direction in its own coordinates (no flips, no
-        wavefronts): o [B, d_out, H, W]. For tests and the benchmark."""
+        wavefronts): o [B, d_out, H, W]. The tests' oracle, written to be read, not timed."""
         B, C, H, W = x.shape
         out = self.c[None, :, None, None].expand(B, self.d_out, H, W).clone()
         for d, name in enumerate(DIRECTIONS):
@@ -274,16 +314,29 @@ class DAGRNN(FourDirectionRNN):
     W_scale = 1.0 / 3.0  # our init: the three predecessors are summed
 
     def wavefront(self, xd, ux, dg):
-        D, B, _, _ = ux.shape
-        zero = ux.new_zeros(D, B, 1, self.hidden)
-        hs = []
-        Wt = self.W.transpose(1, 2)[:, None]  # [D, 1, hidden, hidden]
-        for k, (s, e) in enumerate(dg.bounds):
-            prev = torch.cat([zero] + hs[max(k - 2, 0):k], 2)  # [zero, diagonal k-2, diagonal k-1]
-            idx = dg.pred[k]  # [L, 3] indices into prev
-            summed = prev[:, :, idx].sum(3)  # [D, B, L, hidden]
-            hs.append(F.relu(ux[:, :, s:e] + summed @ Wt))
-        return torch.cat(hs, 2)
+        D, _, B, n = ux.shape
+        Wt = self.W.transpose(1, 2)  # [D, hidden, hidden]
+        hs = []  # per diagonal: [D, L, B, hidden]
+        for u, pads in zip(ux.split(dg.sizes, 1), dg.pred_pads):  # split, not slices: no zero-filled ux per step
+            if not pads:
+                hs.append(F.relu(u))
+                continue
+            summed = functools.reduce(torch.add, [F.pad(hs[j], (0, 0, 0, 0, a, b)) for j, a, b in pads])
+            L = u.shape[1]
+            hs.append(F.relu(torch.baddbmm(u.view(D, L * B, n), summed.view(D, L * B, n), Wt)).view(D, L, B, n))
+        return torch.cat(hs, 1)
+
+    def loop_directions(self, xd, ux, g, H, W):
+        D, N, B, n = ux.shape
+        Wt = self.W[g].transpose(1, 2)
+        cells, h = ux.unbind(1), []  # unbind: one stack in the backward, not a zero-filled ux per pixel
+        for r in range(H):
+            for c in range(W):
+                preds = [h[i] for i, inside in (((r - 1) * W + c, r > 0), (r * W + c - 1, c > 0),
+                                                ((r - 1) * W + c - 1, r > 0 and c > 0)) if inside]
+                u = cells[r * W + c]
+                h.append(F.relu(torch.baddbmm(u, functools.reduce(torch.add, preds), Wt) if preds else u))
+        return torch.stack(h, 1)
 
     def reference_unit(self, d, x_i, h, r, c, dr, dc):
         H, W = h.shape[1:3]
@@ -296,6 +349,15 @@ class DAGRNN(FourDirectionRNN):
     def step_flops(self, N, H, W):
         h = self.hidden
         return N * (2 * h + 2 * h * h + h + h)  # sum of 3 predecessors, W, add, ReLU
+
+
+def _scores(ax_q: torch.Tensor, uh: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """e_ij = wᵀ tanh(W_a x_i + U_a h_j): ax_q [D, B, Q, a], uh [D, B, P, a], w [D, a] -> [D, B, Q, P],
+    computed as 2 wᵀ σ(2 W_a x_i + 2 U_a h_j) − Σ w (tanh z = 2σ(2z) − 1: torch 2.14's CPU tanh took 6
+    times σ's time here, and the scores are most of the dense RNN's work). The weighing by w is a product
+    and a sum, not a matmul: its backward is two broadcasts, not bmm's with one column."""
+    s = torch.sigmoid_((2 * ax_q)[:, :, :, None, :] + (2 * uh)[:, :, None, :, :])  # in place: add keeps nothing
+    return (s * (2 * w)[:, None, None, None, :]).sum(-1) - w.sum(-1)[:, None, None, None]
 
 
 class DenseAttentionRNN(FourDirectionRNN):
@@ -313,34 +375,67 @@ class DenseAttentionRNN(FourDirectionRNN):
         self.w = _uniform((D, att_dim), att_dim)
 
     def wavefront(self, xd, ux, dg):
-        D, B, _, _ = ux.shape
-        ax = torch.einsum("dbnc,dac->dbna", xd, self.Wa)  # W_a x_i for every unit
-        Wt = self.W.transpose(1, 2)[:, None]
-        hs, uhs = [], []
-        for k, (s, e) in enumerate(dg.bounds):
+        D, _, B, n = ux.shape
+        a = self.att_dim
+        ax = torch.bmm(xd, self.Wa.transpose(1, 2)).view(D, -1, B, a).transpose(1, 2)  # W_a x_i: [D, B, N, a]
+        Wt, Uat = self.W.transpose(1, 2), self.Ua.transpose(1, 2)
+        hs, uhs = [], []  # per diagonal: h [D, B, L, hidden], U_a h [D, B, L, a] (the attention's layout)
+        for k, (u, ax_q) in enumerate(zip(ux.split(dg.sizes, 1), ax.split(dg.sizes, 2))):  # no zero-filled ux
+            s, e = dg.bounds[k]
+            L = e - s
+            u = u.transpose(1, 2)  # [D, B, L, hidden]
             if k == 0:  # the first unit has no predecessor: its context is zero
-                ctx = ux.new_zeros(D, B, e - s, self.hidden)
+                h = F.relu(u.contiguous())
             else:
                 rq, cq = dg.rows[s:e], dg.cols[s:e]
                 rk, ck = dg.rows[:s], dg.cols[:s]
-                allowed = (rk[None, :] <= rq[:, None]) & (ck[None, :] <= cq[:, None])  # [Q, P]: the quadrant
-                args = (ax[:, :, s:e], allowed, self.w, *uhs, *hs)
+                outside = (rk[None, :] > rq[:, None]) | (ck[None, :] > cq[:, None])  # [Q, P]: not in the quadrant
+                args = (ax_q, outside, self.w, *uhs, *hs)
                 if self.use_checkpoint and torch.is_grad_enabled():
                     ctx = checkpoint(self._context, k, *args, use_reentrant=False)
                 else:
                     ctx = self._context(k, *args)
-            h = F.relu(ux[:, :, s:e] + ctx @ Wt)
+                h = F.relu(torch.bmm(ctx.view(D, B * L, n), Wt).view(D, B, L, n) + u)
             hs.append(h)
-            uhs.append(torch.einsum("dblh,dah->dbla", h, self.Ua))  # U_a h_j, once per unit
-        return torch.cat(hs, 2)
+            uhs.append(torch.bmm(h.view(D, B * L, n), Uat).view(D, B, L, a))  # U_a h_j, once per unit
+        return torch.cat(hs, 2).transpose(1, 2)
 
     @staticmethod
-    def _context(k, ax_q, allowed, w, *rest):
-        """Σ_j α_ij h_j for the units of diagonal k over the units of diagonals < k."""
+    def _context(k, ax_q, outside, w, *rest):
+        """Σ_j α_ij h_j [D, B, Q, hidden] for the units of diagonal k (ax_q [D, B, Q, a]) over the units of
+        diagonals < k (rest: their U_a h and h)."""
         uh, h = torch.cat(rest[:k], 2), torch.cat(rest[k:], 2)  # [D, B, P, a], [D, B, P, hidden]
-        e = torch.tanh(ax_q[:, :, :, None, :] + uh[:, :, None, :, :]) @ w[:, None, None, :, None]  # [D, B, Q, P, 1]
-        e = e.squeeze(-1).masked_fill(~allowed, float("-inf"))
-        return torch.softmax(e, -1) @ h  # [D, B, Q, hidden]
+        return torch.softmax(_scores(ax_q, uh, w).masked_fill(outside, float("-inf")), -1) @ h
+
+    def loop_directions(self, xd, ux, g, H, W):
+        D, N, B, n = ux.shape
+        Wt, Uat, w = self.W[g].transpose(1, 2), self.Ua[g].transpose(1, 2), self.w[g]
+        cells = ux.unbind(1)  # unbind: one stack in the backward, not a zero-filled ux per pixel
+        axs = torch.bmm(xd, self.Wa[g].transpose(1, 2)).view(D, N, B, -1).unbind(1)  # W_a x_i for every pixel
+        # the quadrant of (r, c) = columns 0..c of the finished rows + this row's pixels before c: the finished
+        # rows kept column-major ([D', B, W, r, ·]: columns 0..c are one slice), this row's as it grows
+        done_h = done_uh = None
+        h = []
+        for r in range(H):
+            row_h, pre_h, pre_uh = [], None, None
+            for c in range(W):
+                u = cells[r * W + c]
+                if r == 0 and c == 0:
+                    hi = F.relu(u)
+                else:
+                    hk = torch.cat(([done_h[:, :, :c + 1].flatten(2, 3)] if r else []) + ([pre_h] if c else []), 2)
+                    uk = torch.cat(([done_uh[:, :, :c + 1].flatten(2, 3)] if r else []) + ([pre_uh] if c else []), 2)
+                    alpha = torch.softmax(_scores(axs[r * W + c][:, :, None], uk, w)[:, :, 0], -1)  # [D', B, P]
+                    ctx = torch.bmm(alpha.view(D * B, 1, -1), hk.view(D * B, -1, n)).view(D, B, n)
+                    hi = F.relu(torch.baddbmm(u, ctx, Wt))
+                uhi = torch.bmm(hi, Uat)
+                row_h.append(hi)
+                pre_h = hi[:, :, None] if pre_h is None else torch.cat([pre_h, hi[:, :, None]], 2)
+                pre_uh = uhi[:, :, None] if pre_uh is None else torch.cat([pre_uh, uhi[:, :, None]], 2)
+            done_h = pre_h[:, :, :, None] if done_h is None else torch.cat([done_h, pre_h[:, :, :, None]], 3)
+            done_uh = pre_uh[:, :, :, None] if done_uh is None else torch.cat([done_uh, pre_uh[:, :, :, None]], 3)
+            h += row_h
+        return torch.stack(h, 1)
 
     def reference_unit(self, d, x_i, h, r, c, dr, dc):
         H, W = h.shape[1:3]

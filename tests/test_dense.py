@@ -2,6 +2,7 @@
 torchvision's names, confusion-matrix metrics, the file-backed loader, CamVid / ADE20K readers (the
 real files when ../shared/data is beside this checkout), the poly schedule, per-class records,
 example predictions and the report's tables and picture."""
+import functools
 import json
 from pathlib import Path
 
@@ -497,3 +498,59 @@ def test_class_weights_are_computed_when_the_loss_first_needs_them(env, tmp_path
                  "task.class_weights=median_freq", "--batch-size", "2", "--out", str(out), "--rounds", "1",
                  "--min-run-time", "0.01", "--threads", "1"]) == 0
     assert not (tmp_path / "nothing").exists()
+
+
+# ------------------------------------------------- the fair per-pixel loop and the wavefront (issue 27)
+@pytest.mark.parametrize("cls", [DAGRNN, DenseAttentionRNN])
+@pytest.mark.parametrize("hw", [(4, 5), (5, 3), (1, 6), (6, 1), (1, 1)])
+@pytest.mark.parametrize("together", [False, True])
+def test_the_per_pixel_loop_gives_the_wavefronts_values_and_gradients(cls, hw, together):
+    """``loop_forward`` (the benchmark's baseline) = ``reference_forward`` in values, = the wavefront in
+    values and in the gradients of the input and of every parameter."""
+    torch.manual_seed(0)
+    kw = {"att_dim": 5} if cls is DenseAttentionRNN else {}
+    m = cls(6, 7, 3, **kw).double()
+    with torch.no_grad():
+        m.b.add_(0.5)
+        m.W.mul_(2.0)
+    x = torch.randn(2, 6, *hw, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(2, 3, *hw, dtype=torch.float64)
+
+    def run(f):
+        x.grad = None
+        m.zero_grad(set_to_none=True)
+        out = f(x)
+        out.backward(g)
+        return out.detach(), [x.grad] + [torch.zeros_like(p) if p.grad is None else p.grad for p in m.parameters()]
+
+    got, got_grads = run(functools.partial(m.loop_forward, together=together))
+    want, want_grads = run(m)
+    assert torch.allclose(got, m.reference_forward(x), atol=1e-10, rtol=0)
+    assert torch.allclose(got, want, atol=1e-10, rtol=0), (got - want).abs().max()
+    for name, a, b in zip(["x"] + [n for n, _ in m.named_parameters()], got_grads, want_grads):
+        assert torch.allclose(a, b, atol=1e-10, rtol=0), (name, (a - b).abs().max())
+
+
+@pytest.mark.parametrize("cls", [DAGRNN, DenseAttentionRNN])
+def test_no_step_copies_the_weights_per_sample(cls):
+    """Issue 27: ``x @ W.transpose(1, 2)[:, None]`` copied W to [4, B, hidden, hidden] at every wavefront
+    step (and its backward made per-sample weight gradients); the products now fold the batch into the
+    rows: no op of a forward + backward pass makes a tensor of that shape."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    shapes = set()
+
+    class Shapes(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            shapes.update(tuple(t.shape) for t in (out if isinstance(out, (tuple, list)) else [out])
+                          if isinstance(t, torch.Tensor))
+            return out
+
+    torch.manual_seed(0)
+    m = cls(6, 7, 3, **({"att_dim": 5} if cls is DenseAttentionRNN else {}))
+    x = torch.randn(3, 6, 4, 5, requires_grad=True)
+    with Shapes():
+        m(x).square().sum().backward()
+    assert (4, 3, 7, 6) in shapes or (4, 7, 7) in shapes  # the mode saw the pass
+    assert (4, 3, 7, 7) not in shapes and (12, 7, 7) not in shapes
