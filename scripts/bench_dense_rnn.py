@@ -279,6 +279,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(a.threads)
     res = bench_sizes(a) if a.sizes else bench_loop(a)
+    res["env"] = records.environment(torch.device("cpu"))  # the commit, whether the tree was clean, the machine
+    res["command"] = " ".join(["python", "scripts/bench_dense_rnn.py", *(sys.argv[1:] if argv is None else argv)])
     path = records.write_benchmark(res, "dense_rnn_sizes" if a.sizes else "dense_rnn_loop", a.out)
     print(f"wrote {path}")
     return 0
