@@ -351,8 +351,16 @@ class MPTT(_Series):
         super().__init__(task, model, train)
         self.delta = float(train.keeper) if train is not None else 1.0
         self.warmup = train.mptt_warmup if train is not None else 0
-        starts = torch.sort(torch.as_tensor(task.window_starts("train"), dtype=torch.long)).values
-        L = task.params.window
+        self.starts = self.index = self.keys = self.count = None  # the maps: built when training needs them
+        self.mu = self.hbar = None
+
+    def _maps(self) -> None:
+        """The key map from the training windows' starts, built on first use in training (``seqbench bench``
+        builds the strategy without data and never trains through it); a resumed count is kept."""
+        if self.starts is not None:
+            return
+        starts = torch.sort(torch.as_tensor(self.task.window_starts("train"), dtype=torch.long)).values
+        L = self.task.params.window
         self.starts = starts
         s_list = starts.tolist()
         self.index = {s: i for i, s in enumerate(s_list)}
@@ -361,8 +369,8 @@ class MPTT(_Series):
         lo = torch.searchsorted(starts, starts, right=True).tolist()
         hi = torch.searchsorted(starts, starts + L, right=True).tolist()
         self.keys = [[(j, s_list[j] - s - 1) for j in range(a, b)] for s, a, b in zip(s_list, lo, hi)]
-        self.mu = self.hbar = None
-        self.count = torch.zeros(len(starts))
+        if self.count is None:
+            self.count = torch.zeros(len(starts))
 
     def _alloc(self, template, dims):
         n = len(self.starts)
@@ -373,6 +381,7 @@ class MPTT(_Series):
     def forward(self, model, batch):
         if not self.training:
             return model(batch[0], None)
+        self._maps()
         x, starts = batch[0], batch[2]
         rows = [self.index[int(s)] for s in starts.tolist()]
         self._structure(model, x)

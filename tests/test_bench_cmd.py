@@ -174,3 +174,15 @@ def test_ptb_vocabulary_without_files_is_the_real_one():
         e = registry.get_task(name)
         t = e.cls(config.params_class(e.cls)(), root)
         assert len(t.corpus()["vocab"]) == e.cls.VOCAB
+
+
+def test_bench_reads_no_data_for_a_strategy_with_memories(tmp_path, monkeypatch):
+    """mptt (the MPTT strategy on series tasks) builds its window maps when training first needs them, so a
+    bench of it reads no data files, as bench promises."""
+    monkeypatch.setenv("SEQBENCH_DATA", str(tmp_path / "nothing"))
+    monkeypatch.setenv("SEQBENCH_DOWNLOAD", "0")
+    out = tmp_path / "bench"
+    assert main(["bench", "--task", "climate-co2", "--models", "mptt,gru", "--preset", "tiny", "--batch-size", "4",
+                 "--out", str(out), *FAST]) == 0
+    res = json.loads(next(out.glob("bench-climate-co2-*.json")).read_text())
+    assert res["configs"]["mptt"]["strategy"] == "mptt" and not (tmp_path / "nothing").exists()
