@@ -47,6 +47,13 @@ from .registry import RECURRENT_KINDS
 LIBRARY, EAGER, FUSED = "library kernel", "eager", "fused"
 
 
+def declared_implementation(cls) -> str:
+    """A model class's ``implementation`` without an instance: the attribute (undeclared: eager), or, where a
+    property picks it from a setting, "set by model.impl" (``measure.implementation`` reads a built model)."""
+    impl = getattr(cls, "implementation", EAGER)
+    return impl if isinstance(impl, str) else "set by model.impl"
+
+
 class RecurrentBackbone(nn.Module):
     kinds = RECURRENT_KINDS
     implementation: str = EAGER

@@ -101,9 +101,10 @@ def _declared_implementation(model: str) -> str | None:
     """A record written before records named their implementation: the model's declared one (no model has
     changed what runs its recurrence since), or None for a model this install does not have."""
     from . import registry
+    from .model import declared_implementation
 
     try:
-        return getattr(registry.get_model(model).cls, "implementation", "eager")
+        return declared_implementation(registry.get_model(model).cls)
     except SeqbenchError:
         return None
 

@@ -27,6 +27,7 @@ from typing import Any
 from . import registry
 from .config import params_class
 from .errors import SeqbenchError, clip
+from .model import declared_implementation
 
 
 def _paragraph(cls) -> str:
@@ -87,8 +88,7 @@ def describe(what: str, entry: registry.Entry) -> dict:
          "source": getattr(entry, "source", "built-in"), **citation(cls), "summary": _paragraph(cls)}
     if what == "model":
         d["kinds"] = sorted(entry.kinds)
-        impl = getattr(cls, "implementation", "eager")  # a property where a setting picks it (model.impl)
-        d["implementation"] = impl if isinstance(impl, str) else "set by model.impl"
+        d["implementation"] = declared_implementation(cls)
         d["compatible_tasks"] = [t for t, e in registry.tasks().items() if registry.compatible(entry, e)[0]]
     elif what == "task":
         d["kind"] = cls.kind

@@ -37,13 +37,13 @@ def _entry(what: str, name_or_cls) -> registry.Entry:
 
 
 @contextlib.contextmanager
-def generated_data(tasks, root=None):
+def generated_data(tasks):
     """A data root with generated files for ``tasks`` (their ``write_fake_data``), set as ``$SEQBENCH_DATA``
     with checksums and downloads off, for the ``with`` block; the environment is restored after."""
     keys = ("SEQBENCH_DATA", "SEQBENCH_VERIFY", "SEQBENCH_DOWNLOAD")
     saved = {k: os.environ.get(k) for k in keys}
     with tempfile.TemporaryDirectory(prefix="seqbench-check-") as tmp:
-        data = Path(root) if root is not None else Path(tmp) / "data"
+        data = Path(tmp) / "data"
         for t in tasks:
             t.cls.write_fake_data(data)
         os.environ.update({"SEQBENCH_DATA": str(data), "SEQBENCH_VERIFY": "0", "SEQBENCH_DOWNLOAD": "0"})
