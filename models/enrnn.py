@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 from seqbench.config import NONNEGATIVE, POSITIVE, POSITIVE_REAL, setting
 from seqbench.errors import SeqbenchError
-from seqbench.model import RecurrentBackbone, no_autocast
+from seqbench import fused
+from seqbench.model import FusedLoop, RecurrentBackbone, impl_setting, no_autocast
 from seqbench.models.rnn import RNNParams, TorchRNN
 from seqbench.registry import register_model
 
@@ -95,6 +96,7 @@ class ScoRNNParams:
     # number of -1 entries of D, at most hidden; None: hidden // 2 (the scoRNN references' choice)
     n_neg: Optional[int] = setting(None, NONNEGATIVE)
     lr_A: Optional[float] = setting(None, POSITIVE_REAL, "learning rate of the skew parameter A; None: the run's lr")
+    impl: str = impl_setting()
 
     def validate(self):
         if self.n_neg is not None and self.n_neg > self.hidden:
@@ -136,7 +138,7 @@ SCORNN_PRESETS = {
 
 # ------------------------------------------------------------------------------------ the cell
 @register_model("enrnn")
-class ENRNN(RecurrentBackbone):
+class ENRNN(FusedLoop, RecurrentBackbone):
     """ENRNN: a modReLU RNN whose state is an orthogonal (scaled Cayley) block fed by an
     eigenvalue-normalised block.
 
@@ -164,6 +166,7 @@ class ENRNN(RecurrentBackbone):
         n1, n2 = p.hidden, getattr(p, "n2", 0)
         n_neg = p.n_neg if p.n_neg is not None else n1 // 2
         self.d_input, self.n1, self.n2, self.n_neg, self.lr_A = d_input, n1, n2, n_neg, p.lr_A
+        self.impl = p.impl
         self.d_output = n1 + n2
         n = n1 + n2
         self.A = nn.Parameter(torch.zeros(n1 * (n1 - 1) // 2))  # strictly-upper entries of the skew A
@@ -258,6 +261,8 @@ class ENRNN(RecurrentBackbone):
         Bsz, T, _ = x.shape
         n = self.d_output
         h = state if state is not None else x.new_zeros(Bsz, n, dtype=self.U.dtype)
+        if T > 0 and self.use_fused(x, h):  # the same loop in C++ (seqbench/fused.py)
+            return fused.enrnn_loop(F.linear(x, self.U), h, W, self.bias)
         xu = F.linear(x, self.U).unbind(1)  # the input's part for all steps at once
         Wt, b = W.t(), self.bias
         ys = []

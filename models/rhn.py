@@ -14,7 +14,8 @@ import torch
 import torch.nn as nn
 
 from seqbench import iss
-from seqbench.model import RecurrentBackbone, variational_mask
+from seqbench import fused
+from seqbench.model import FusedLoop, RecurrentBackbone, impl_setting, variational_mask
 from seqbench.config import FINITE, NONNEGATIVE_REAL, POSITIVE, PROBABILITY, setting
 from seqbench.errors import SeqbenchError
 from seqbench.registry import register_model
@@ -34,10 +35,11 @@ class RHNParams:
     # variational dropout on the state every R_l reads (one mask per row and chunk)
     drop_h: float = setting(0.0, PROBABILITY)
     tied_groups: bool = False  # ISS group k also holds W's column k (a tied embedding; needs d_input == hidden)
+    impl: str = impl_setting()
 
 
 @register_model("rhn")
-class RHN(RecurrentBackbone):
+class RHN(FusedLoop, RecurrentBackbone):
     """A Recurrent Highway Network with coupled carry (c = 1 - t): ``depth`` highway micro-layers per
     time step on a state of width w; optional ISS group Lasso over its units and pruning to the rest.
 
@@ -96,6 +98,7 @@ class RHN(RecurrentBackbone):
             raise SeqbenchError(f"rhn model.tied_groups needs the input width ({d_input}) to equal model.hidden "
                                 f"({p.hidden}): a tied embedding of the state's width")
         self.p, self.d_input, self.w, self.d_output = p, d_input, p.hidden, p.hidden
+        self.impl = p.impl
         self.init_args = (d_input, p)
         w = p.hidden
         self.W = nn.Linear(d_input, 2 * w, bias=False)
@@ -112,10 +115,15 @@ class RHN(RecurrentBackbone):
         B, T, _ = x.shape
         w = self.w
         s = state if state is not None else x.new_zeros(B, w)
-        xw = self.W(x).unbind(1)  # the input's part of the first micro-layer, all steps at once
+        xw = self.W(x)  # the input's part of the first micro-layer, all steps at once
         # Variational dropout on what R reads (the reference's noise_h: one mask for every
         # micro-layer and step of the chunk); the highway update itself uses the undropped s.
         m = variational_mask((B, w), self.p.drop_h, x) if self.training and self.p.drop_h > 0 else None
+        if T > 0 and self.use_fused(x, s):  # the same loop in C++ (seqbench/fused.py)
+            R = torch.stack([lin.weight for lin in self.R])
+            bias = torch.stack([lin.bias for lin in self.R])
+            return fused.rhn_loop(xw, s, R, bias, m if m is not None else x.new_zeros(0))
+        xw = xw.unbind(1)
         ys = []
         for t in range(T):
             for layer, lin in enumerate(self.R):

@@ -9,7 +9,8 @@ imported from there; it needs scipy: ``pip install scipy``). Nothing of it is co
 One call = forward over T steps of a batch of 1-d inputs, cross-entropy of a linear head on the
 last hidden state, backward, Adam: for the reference's ``LegendreScaleCell`` (bilinear, gate 'G',
 ``init_t=0``, its ``RNN`` unroll; its tables stop at ``max_length=1024``: later steps reuse
-t = 1024) and for ours with ``model.step`` dense, fast and auto (the default). The contenders run
+t = 1024) and for ours: the fused loop (``model.impl=fused``, the default) with ``model.step`` dense,
+fast and auto (the default), and the eager loop with step auto (``eager``). The contenders run
 in interleaved rounds (``seqbench.measure.interleaved``, one call per round, the order reversed
 every other round) after one warm-up call each (which builds the dense tables). Printed: the median
 seconds per step and the ratio to the reference; written as JSON to results/benchmarks/.
@@ -50,8 +51,8 @@ def reference_cell(ref: str, N: int):
     return Wrapped()
 
 
-def ours(N: int, step: str):
-    m = HiPPOLegS(1, HiPPOParams(hidden=N, step=step))
+def ours(N: int, step: str, impl: str = "fused"):
+    m = HiPPOLegS(1, HiPPOParams(hidden=N, step=step, impl=impl))
 
     class Wrapped(nn.Module):
         def __init__(self):
@@ -91,7 +92,8 @@ def main(argv=None) -> int:
     rows = []
     print(f"one training step (fwd T steps + bwd + Adam), batch {a.batch}, {a.threads} thread(s), "
           f"torch {torch.__version__}")
-    cols = " ".join(f"{k + ' s':>10} {k + '/ref':>9}" for k in ("dense", "fast", "auto"))
+    names = ("dense", "fast", "auto", "eager")
+    cols = " ".join(f"{k + ' s':>10} {k + '/ref':>9}" for k in names)
     print(f"{'T':>6} {'N':>5} {'reference s':>12} " + cols)
     for T in a.T:
         for N in a.N:
@@ -101,6 +103,7 @@ def main(argv=None) -> int:
             fns = {"reference": step_fn(reference_cell(a.ref, N), x, y, N)}
             for s in ("dense", "fast", "auto"):
                 fns[s] = step_fn(ours(N, s), x, y, N)
+            fns["eager"] = step_fn(ours(N, "auto", "eager"), x, y, N)
             for fn in fns.values():
                 fn()  # warm-up: the tables, allocations
             times = measure.interleaved(fns, rounds=a.rounds)
@@ -109,7 +112,7 @@ def main(argv=None) -> int:
                    "ratio_to_reference": {k: med[k] / med["reference"] for k in med if k != "reference"}}
             rows.append(row)
             print(f"{T:6d} {N:5d} {med['reference']:12.3f} " + " ".join(
-                f"{med[k]:10.3f} {row['ratio_to_reference'][k]:9.2f}" for k in ("dense", "fast", "auto")), flush=True)
+                f"{med[k]:10.3f} {row['ratio_to_reference'][k]:9.2f}" for k in names), flush=True)
     out = records.write_benchmark({"benchmark": "hippo_vs_reference", "rows": rows, "threads": a.threads,
                                    "env": records.environment(torch.device("cpu"))}, "hippo_vs_reference", a.out)
     print(f"written {out}")

@@ -40,6 +40,7 @@ import contextlib
 import torch
 import torch.nn as nn
 
+from .config import choice
 from .errors import SeqbenchError
 from .registry import RECURRENT_KINDS
 
@@ -52,6 +53,32 @@ def declared_implementation(cls) -> str:
     property picks it from a setting, "set by model.impl" (``measure.implementation`` reads a built model)."""
     impl = getattr(cls, "implementation", EAGER)
     return impl if isinstance(impl, str) else "set by model.impl"
+
+
+def impl_setting():
+    """The ``impl`` setting of a cell with a fused loop (``seqbench/fused.py``): ``fused`` (default; the eager
+    loop where the fused one cannot run, said once) or ``eager`` (the Python loop, the reference)."""
+    return choice("fused", ("fused", "eager"), "fused: the C++ loop (seqbench/fused.py), eager where it "
+                  "cannot run; eager: the Python loop")
+
+
+class FusedLoop:
+    """Mixin of the cells with a fused loop: ``implementation`` from ``impl`` and where the model is, and
+    ``use_fused(*tensors)``, whether this forward takes the fused loop."""
+
+    @property
+    def implementation(self) -> str:
+        if self.impl != "fused":
+            return EAGER
+        from . import fused
+        p = next(self.parameters())
+        return FUSED if fused.usable(p) else EAGER
+
+    def use_fused(self, *tensors) -> bool:
+        if self.impl != "fused":
+            return False
+        from . import fused
+        return fused.usable(*tensors, *self.parameters())
 
 
 class RecurrentBackbone(nn.Module):

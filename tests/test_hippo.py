@@ -351,10 +351,16 @@ def test_auto_step_is_dense_while_the_tables_fit_and_fast_beyond(monkeypatch):
     assert m.pick_step(5000, torch.float32) == "fast" and m.pick_step(3000, torch.float64) == "fast"
     assert cell(hidden=512, discretization="zoh").pick_step(5000, torch.float32) == "dense"  # no O(N) ZOH
     torch.manual_seed(0)
-    small = cell(hidden=6, memory_order=8, d_input=1)
+    small = cell(hidden=6, memory_order=8, d_input=1, impl="eager")  # the rule of the eager loop
     x = torch.randn(3, 40, 1)
     y_dense, _ = small(x)
     assert small.last_step == "dense"
+    fused = cell(hidden=6, memory_order=8, d_input=1)  # the fused loop's auto: the O(N) step (zoh: dense)
+    fused.load_state_dict(small.state_dict())
+    assert torch.allclose(fused(x)[0], y_dense, atol=1e-5) and fused.last_step == "fast"
+    zoh = cell(hidden=6, memory_order=8, d_input=1, discretization="zoh")
+    zoh(x)
+    assert zoh.last_step == "dense"
     monkeypatch.setattr(hp.DENSE_CACHE, "max_bytes", 1000)  # now 40 steps' tables do not fit
     y_fast, _ = small(x)
     assert small.last_step == "fast" and torch.allclose(y_fast, y_dense, atol=1e-5)

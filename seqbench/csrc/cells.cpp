@@ -1,0 +1,646 @@
+// Fused whole-sequence loops of seqbench's custom recurrent cells (HiPPO LegS/LegT, ENRNN/scoRNN, RHN),
+// forward and backward, float32 and float64, CPU. Built on first use by seqbench/fused.py
+// (torch.utils.cpp_extension) and cached; the eager cells in models/ are the reference and the tests' oracle.
+//
+// Every kernel runs only the recurrent part of its cell: the inputs' projections for all steps are one
+// matrix product before the loop, and the weights' gradients one product after the backward loop
+// (seqbench/fused.py). Inside the loop the per-step arithmetic is plain C++ loops (no per-op dispatch,
+// ~3 us an ATen call, which is what made the Python loops slow); a matrix product large enough to pay for
+// a BLAS call (kBlasMacs multiply-adds) goes to at::addmm instead.
+#include <torch/extension.h>
+
+#include <cmath>
+#include <vector>
+
+namespace {
+
+using at::Tensor;
+
+// Products of at least this many multiply-adds go to BLAS (at::addmm_): below it a call's overhead
+// (~3 us) exceeds what the plain loop takes (~4 multiply-adds a ns on one AVX2 core).
+constexpr int64_t kBlasMacs = 1 << 16;
+
+template <typename T>
+inline T sigmoid(T x) { return T(1) / (T(1) + std::exp(-x)); }
+
+template <typename T>
+Tensor wrap(T* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
+  return at::from_blob(p, sizes, strides, at::TensorOptions().dtype(c10::CppTypeToScalarType<T>::value));
+}
+
+// A [B, T, F] tensor's rows at step k: row b at p + b * sb + k * st (the last dim contiguous).
+template <typename T>
+struct Steps {
+  T* p;
+  int64_t sb, st;
+  Steps(const Tensor& x) : p(x.data_ptr<T>()), sb(x.stride(0)), st(x.stride(1)) {}
+  T* at(int64_t k) const { return p + k * st; }
+};
+
+// Rows of [B, 2H] pre-activations (contiguous) in place: tanh on the first H of each row, sigmoid on the
+// rest. Many elements: one vectorised ATen sigmoid over the block, tanh(x) = 2 sigmoid(2x) - 1 (MKL's tanh
+// takes 5x a sigmoid here); few: scalar libm (a call costs more than they take).
+constexpr int64_t kVectorElems = 512;
+
+template <typename T>
+void tanh_sigmoid_(T* pre, int64_t B, int64_t H) {
+  if (B * H >= kVectorElems) {
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) pre[b * 2 * H + j] *= T(2);
+    wrap(pre, {B * 2 * H}, {1}).sigmoid_();
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t j = 0; j < H; ++j) pre[b * 2 * H + j] = T(2) * pre[b * 2 * H + j] - T(1);
+    return;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    T* p = pre + b * 2 * H;
+    for (int64_t j = 0; j < H; ++j) {
+      p[j] = std::tanh(p[j]);
+      p[H + j] = sigmoid(p[H + j]);
+    }
+  }
+}
+
+// y[B, N] += x[B, K] . M[K, N]: x's rows ldx apart, y's ldy apart, M row-major contiguous.
+template <typename T>
+void mm_acc(const T* x, int64_t ldx, int64_t B, int64_t K, const T* M, int64_t N, T* y, int64_t ldy) {
+  if (B * K * N >= kBlasMacs) {
+    Tensor Y = wrap(y, {B, N}, {ldy, 1});
+    Y.addmm_(wrap(const_cast<T*>(x), {B, K}, {ldx, 1}), wrap(const_cast<T*>(M), {K, N}, {N, 1}));
+    return;
+  }
+  for (int64_t b = 0; b < B; ++b) {
+    const T* xb = x + b * ldx;
+    T* yb = y + b * ldy;
+    if (N == 1) {
+      T acc = 0;
+_Pragma("omp simd reduction(+ : acc)")
+      for (int64_t i = 0; i < K; ++i) acc += xb[i] * M[i];
+      yb[0] += acc;
+      continue;
+    }
+    for (int64_t i = 0; i < K; ++i) {
+      const T xi = xb[i];
+      const T* m = M + i * N;
+      for (int64_t j = 0; j < N; ++j) yb[j] += xi * m[j];
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------ HiPPO memory
+// The memory step c <- A_t c + B_t u on B x M channels of order N, and its adjoint. A state's channel
+// (b, m) lies at base + b * ld + m * N; u and du are [B, M] contiguous.
+//   dense (mode 0): A_t, B_t from the cached tables (chunks of C consecutive steps; A_t lower triangular);
+//   fast (mode 1): the O(N) LegS GBT step (models/hippo.py legs_step_fast, as its sequential "loop" solver),
+//     vectorised across channels: the channels are transposed to [N, channels] for the loop over n;
+//   invariant (mode 2): one dense pair for every step (LegT; A full).
+template <typename T>
+struct Memory {
+  int mode;
+  int64_t N, C, first;
+  bool lower;
+  double alpha;
+  std::vector<const T*> As, Bs;  // per chunk: [C, N, N], [C, N]
+  std::vector<T> s, p1, iD, r;   // fast step: this step's vectors (computed in float64, cast)
+  std::vector<T> xt, acc1, acc2;  // fast step: [N, channels] and two running sums per channel
+  T d = 0, k = 0;
+
+  const T* A(int64_t t) const { return mode == 2 ? As[0] : As[t / C - first] + (t % C) * N * N; }
+  const T* Bv(int64_t t) const { return mode == 2 ? Bs[0] : Bs[t / C - first] + (t % C) * N; }
+
+  void coefficients(int64_t t) {  // models/hippo.py legs_fast_coefficients, for one t >= 1
+    const double dd = 1.0 / double(t), kk = (1.0 - alpha) * dd;
+    d = T(dd);
+    k = T(kk);
+    for (int64_t n = 0; n < N; ++n) {
+      const double sn = std::sqrt(2.0 * n + 1.0);
+      s[n] = T(sn);
+      p1[n] = T(1.0 - kk * (n + 1));
+      iD[n] = T(1.0 / (1.0 + alpha * dd * (n + 1)));
+      r[n] = T(alpha * dd * sn);
+    }
+  }
+
+  void gather(const T* c, int64_t ld, int64_t B, int64_t M) {  // xt[n, q] = c[q][n]
+    const int64_t R = B * M;
+    xt.resize(N * R);
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t m = 0; m < M; ++m) {
+        const T* cq = c + b * ld + m * N;
+        const int64_t q = b * M + m;
+        for (int64_t n = 0; n < N; ++n) xt[n * R + q] = cq[n];
+      }
+  }
+
+  void scatter(T* out, int64_t ld, int64_t B, int64_t M) {
+    const int64_t R = B * M;
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t m = 0; m < M; ++m) {
+        T* o = out + b * ld + m * N;
+        const int64_t q = b * M + m;
+        for (int64_t n = 0; n < N; ++n) o[n] = xt[n * R + q];
+      }
+  }
+
+  void forward(const T* c, int64_t ldc, const T* u, int64_t B, int64_t M, int64_t t, T* out, int64_t ldo) {
+    const int64_t R = B * M;
+    if (mode == 1) {
+      if (t == 0) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t m = 0; m < M; ++m) {
+            T* o = out + b * ldo + m * N;
+            o[0] = u[b * M + m];
+            for (int64_t n = 1; n < N; ++n) o[n] = T(0);
+          }
+        return;
+      }
+      coefficients(t);
+      gather(c, ldc, B, M);
+      acc1.assign(R, T(0));  // excl_cumsum(s c)
+      acc2.assign(R, T(0));  // S, the forward substitution's running sum
+      T* excl = acc1.data();
+      T* S = acc2.data();
+      for (int64_t n = 0; n < N; ++n) {
+        T* x = xt.data() + n * R;
+        const T pn = p1[n], sn = s[n], rn = r[n], dn = iD[n];
+        if (alpha != 0.0) {
+_Pragma("omp simd")
+          for (int64_t q = 0; q < R; ++q) {
+            const T cn = x[q];
+            const T y = pn * cn + sn * (d * u[q] - k * excl[q]);  // y = p1 c + s (d u - k excl_cumsum(s c))
+            excl[q] += sn * cn;
+            const T xn = (y - rn * S[q]) * dn;  // (I + a A / t) x = y: x_n = (y_n - a d s_n S_{n-1}) / D_n
+            S[q] += sn * xn;
+            x[q] = xn;
+          }
+        } else {
+_Pragma("omp simd")
+          for (int64_t q = 0; q < R; ++q) {
+            const T cn = x[q];
+            x[q] = pn * cn + sn * (d * u[q] - k * excl[q]);
+            excl[q] += sn * cn;
+          }
+        }
+      }
+      scatter(out, ldo, B, M);
+      return;
+    }
+    const T* At = A(t);
+    const T* Bt = Bv(t);
+    if (R * N * N >= kBlasMacs) {
+      for (int64_t m = 0; m < M; ++m) {
+        for (int64_t b = 0; b < B; ++b)
+          for (int64_t n = 0; n < N; ++n) out[b * ldo + m * N + n] = Bt[n] * u[b * M + m];
+        Tensor O = wrap(out + m * N, {B, N}, {ldo, 1});
+        O.addmm_(wrap(const_cast<T*>(c + m * N), {B, N}, {ldc, 1}), wrap(const_cast<T*>(At), {N, N}, {1, N}));
+      }
+      return;
+    }
+    for (int64_t b = 0; b < B; ++b)
+      for (int64_t m = 0; m < M; ++m) {
+        const T* cq = c + b * ldc + m * N;
+        const T uq = u[b * M + m];
+        T* o = out + b * ldo + m * N;
+        for (int64_t j = 0; j < N; ++j) {
+          const T* a = At + j * N;
+          const int64_t end = lower ? j + 1 : N;
+          T acc = 0;
+_Pragma("omp simd reduction(+ : acc)")
+          for (int64_t i = 0; i < end; ++i) acc += a[i] * cq[i];
+          o[j] = acc + Bt[j] * uq;
+        }
+      }
+  }
+
+  // (dc, du) = the adjoint of the step at t applied to dx; dx and dc [B, M, N] contiguous, du [B, M]
+  void backward(const T* dx, int64_t B, int64_t M, int64_t t, T* dc, T* du) {
+    const int64_t R = B * M;
+    if (mode == 1) {
+      if (t == 0) {
+        for (int64_t q = 0; q < R; ++q) {
+          du[q] = dx[q * N];
+          for (int64_t n = 0; n < N; ++n) dc[q * N + n] = T(0);
+        }
+        return;
+      }
+      coefficients(t);
+      gather(dx, M * N, B, M);
+      acc1.assign(R, T(0));  // G: the transposed substitution's running sum
+      acc2.assign(R, T(0));  // sum_{n' > n} s_n' dy_n'
+      T* G = acc1.data();
+      T* acc = acc2.data();
+      for (int64_t n = N - 1; n >= 0; --n) {
+        T* g = xt.data() + n * R;
+        const T pn = p1[n], sn = s[n], rn = r[n], dn = iD[n];
+        if (alpha != 0.0) {
+_Pragma("omp simd")
+          for (int64_t q = 0; q < R; ++q) {
+            const T dy = (g[q] + sn * G[q]) * dn;
+            G[q] -= rn * dy;
+            g[q] = pn * dy - k * sn * acc[q];  // dc_n = p1_n dy_n - k s_n sum_{n' > n} s_n' dy_n'
+            acc[q] += sn * dy;
+          }
+        } else {
+_Pragma("omp simd")
+          for (int64_t q = 0; q < R; ++q) {
+            const T dy = g[q];
+            g[q] = pn * dy - k * sn * acc[q];
+            acc[q] += sn * dy;
+          }
+        }
+      }
+      for (int64_t q = 0; q < R; ++q) du[q] = d * acc[q];
+      scatter(dc, M * N, B, M);
+      return;
+    }
+    const T* At = A(t);
+    const T* Bt = Bv(t);
+    for (int64_t q = 0; q < R; ++q) {
+      const T* g = dx + q * N;
+      T acc = 0;
+      for (int64_t n = 0; n < N; ++n) acc += Bt[n] * g[n];
+      du[q] = acc;
+    }
+    if (R * N * N >= kBlasMacs) {
+      Tensor O = wrap(dc, {R, N}, {N, 1});
+      at::mm_out(O, wrap(const_cast<T*>(dx), {R, N}, {N, 1}), wrap(const_cast<T*>(At), {N, N}, {N, 1}));
+      return;
+    }
+    for (int64_t q = 0; q < R; ++q) {
+      const T* g = dx + q * N;
+      T* o = dc + q * N;
+      for (int64_t n = 0; n < N; ++n) o[n] = T(0);
+      for (int64_t j = 0; j < N; ++j) {  // dc += dx_j A_t[j, :]
+        const T* a = At + j * N;
+        const T gj = g[j];
+        const int64_t end = lower ? j + 1 : N;
+        for (int64_t i = 0; i < end; ++i) o[i] += gj * a[i];
+      }
+    }
+  }
+};
+
+template <typename T>
+Memory<T> make_memory(int64_t mode, int64_t N, int64_t C, int64_t first, bool lower, double alpha,
+                      const std::vector<Tensor>& As, const std::vector<Tensor>& Bs) {
+  Memory<T> m;
+  m.mode = int(mode);
+  m.N = N;
+  m.C = C;
+  m.first = first;
+  m.lower = lower;
+  m.alpha = alpha;
+  for (const auto& a : As) m.As.push_back(a.data_ptr<T>());
+  for (const auto& b : Bs) m.Bs.push_back(b.data_ptr<T>());
+  m.s.resize(N);
+  m.p1.resize(N);
+  m.iD.resize(N);
+  m.r.resize(N);
+  return m;
+}
+
+// ------------------------------------------------------------------------------------ HiPPO cell
+// models/hippo.py HiPPOLegS.forward, one step:
+//   u = xu_t + h W_uh;  c = A_t c + B_t u;  [hh, g] = xhg_t + vec(c) W_hgm;  h = h + sigmoid(g) (tanh(hh) - h)
+// xu [B, T, M], xhg [B, T, 2H] (batch first, any strides with a contiguous last dim), h0 [B, H], c0 [B, M, N],
+// w_uh [H, M], w_hgm [M N, 2H] (x . W form). Returns ys [B, T, H], hT, cT and, with save, cs [B, T, M, N]
+// (every c_t) and gates [T, B, 2H] (tanh(hh), sigmoid(g)) for the backward.
+std::vector<Tensor> hippo_forward(Tensor xu, Tensor xhg, Tensor h0, Tensor c0, Tensor w_uh, Tensor w_hgm,
+                                  int64_t mode, int64_t C, int64_t first, bool lower, double alpha,
+                                  std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0, bool save) {
+  const int64_t B = xu.size(0), T_ = xu.size(1), M = xu.size(2), H = h0.size(1), N = c0.size(2);
+  const int64_t MN = M * N;
+  auto ys = at::empty({B, T_, H}, h0.options());
+  auto cs = save ? at::empty({B, T_, M, N}, c0.options()) : at::empty({2, B, M, N}, c0.options());
+  auto gates = at::empty({save ? T_ : 1, B, 2 * H}, h0.options());
+  auto hT = h0.clone();
+  auto cT = c0.clone();
+  AT_DISPATCH_FLOATING_TYPES(xu.scalar_type(), "hippo_forward", [&] {
+    using T = scalar_t;
+    auto mem = make_memory<T>(mode, N, C, first, lower, alpha, As, Bs);
+    Steps<T> XU(xu), XHG(xhg);
+    const T* WU = w_uh.data_ptr<T>();
+    const T* WHG = w_hgm.data_ptr<T>();
+    T* Y = ys.data_ptr<T>();
+    T* CS = cs.data_ptr<T>();
+    T* G = gates.data_ptr<T>();
+    std::vector<T> u(B * M);
+    const T* h = h0.data_ptr<T>();
+    int64_t ldh = H;
+    const T* c = c0.data_ptr<T>();
+    int64_t ldc = MN;
+    const int64_t ldcs = save ? T_ * MN : MN;  // the saved states' rows
+    for (int64_t k = 0; k < T_; ++k) {
+      const T* xuk = XU.at(k);
+      for (int64_t b = 0; b < B; ++b) std::copy(xuk + b * XU.sb, xuk + b * XU.sb + M, u.begin() + b * M);
+      mm_acc(h, ldh, B, H, WU, M, u.data(), M);
+      T* cn = save ? CS + k * MN : CS + (k % 2) * B * MN;
+      mem.forward(c, ldc, u.data(), B, M, t0 + k, cn, ldcs);
+      T* g = G + (save ? k : 0) * B * 2 * H;  // the pre-activations, then (tanh, sigmoid) in place
+      const T* xk = XHG.at(k);
+      for (int64_t b = 0; b < B; ++b) std::copy(xk + b * XHG.sb, xk + b * XHG.sb + 2 * H, g + b * 2 * H);
+      mm_acc(cn, ldcs, B, MN, WHG, 2 * H, g, 2 * H);
+      tanh_sigmoid_(g, B, H);
+      T* hn = Y + k * H;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* gb = g + b * 2 * H;
+        const T* hb = h + b * ldh;
+        T* o = hn + b * T_ * H;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < H; ++j) o[j] = hb[j] + gb[H + j] * (gb[j] - hb[j]);
+      }
+      h = hn;
+      ldh = T_ * H;
+      c = cn;
+      ldc = ldcs;
+    }
+    T* hTp = hT.data_ptr<T>();
+    T* cTp = cT.data_ptr<T>();
+    for (int64_t b = 0; b < B && T_ > 0; ++b) {
+      std::copy(h + b * ldh, h + b * ldh + H, hTp + b * H);
+      std::copy(c + b * ldc, c + b * ldc + MN, cTp + b * MN);
+    }
+  });
+  if (!save) cs = at::Tensor();
+  return {ys, hT, cT, cs, gates};
+}
+
+// The backward of hippo_forward: dys [B, T, H] (any strides, last dim contiguous), dhT [B, H], dcT [B, M, N];
+// w_uh [H, M], w_uhT [M, H], w_hgmT [2H, M N]. Returns dxu [B, T, M], dxhg [B, T, 2H], dh0, dc0 and dw_uh
+// (W_hgm's gradient is one product of cs and dxhg, in Python).
+std::vector<Tensor> hippo_backward(Tensor dys, Tensor dhT, Tensor dcT, Tensor ys, Tensor h0, Tensor gates,
+                                   Tensor w_uhT, Tensor w_hgmT, int64_t mode, int64_t C, int64_t first, bool lower,
+                                   double alpha, std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0) {
+  const int64_t B = ys.size(0), T_ = ys.size(1), H = ys.size(2), M = w_uhT.size(0), N = dcT.size(2);
+  const int64_t MN = M * N;
+  auto dxu = at::empty({B, T_, M}, ys.options());
+  auto dxhg = at::empty({B, T_, 2 * H}, ys.options());
+  auto dw_uh = at::zeros({H, M}, ys.options());
+  auto dh = dhT.clone();
+  auto dc = dcT.clone();
+  AT_DISPATCH_FLOATING_TYPES(ys.scalar_type(), "hippo_backward", [&] {
+    using T = scalar_t;
+    auto mem = make_memory<T>(mode, N, C, first, lower, alpha, As, Bs);
+    Steps<T> DY(dys);
+    const T* Y = ys.data_ptr<T>();
+    const T* H0 = h0.data_ptr<T>();
+    const T* G = gates.data_ptr<T>();
+    const T* WUT = w_uhT.data_ptr<T>();
+    const T* WHGT = w_hgmT.data_ptr<T>();
+    T* DXU = dxu.data_ptr<T>();
+    T* DXHG = dxhg.data_ptr<T>();
+    T* DWU = dw_uh.data_ptr<T>();
+    T* dH = dh.data_ptr<T>();
+    T* dC = dc.data_ptr<T>();
+    std::vector<T> dcp(B * MN), du(B * M);
+    for (int64_t k = T_ - 1; k >= 0; --k) {
+      const T* dy = DY.at(k);
+      const T* hp = k > 0 ? Y + (k - 1) * H : H0;
+      const int64_t ldh = k > 0 ? T_ * H : H;
+      const T* g = G + k * B * 2 * H;
+      T* dpre = DXHG + k * 2 * H;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* gb = g + b * 2 * H;
+        const T* hb = hp + b * ldh;
+        const T* dyb = dy + b * DY.sb;
+        T* db = dpre + b * T_ * 2 * H;
+        T* dHb = dH + b * H;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < H; ++j) {
+          const T th = gb[j], sg = gb[H + j];
+          const T d = dHb[j] + dyb[j];
+          db[j] = d * sg * (T(1) - th * th);
+          db[H + j] = d * (th - hb[j]) * sg * (T(1) - sg);
+          dHb[j] = d * (T(1) - sg);
+        }
+      }
+      mm_acc(dpre, T_ * 2 * H, B, 2 * H, WHGT, MN, dC, MN);
+      mem.backward(dC, B, M, t0 + k, dcp.data(), du.data());
+      std::copy(dcp.begin(), dcp.end(), dC);
+      for (int64_t b = 0; b < B; ++b) {
+        std::copy(du.begin() + b * M, du.begin() + (b + 1) * M, DXU + b * T_ * M + k * M);
+        const T* hb = hp + b * ldh;  // dW_uh += h_{t-1}^T du
+                for (int64_t m = 0; m < M; ++m) {
+          const T dum = du[b * M + m];
+_Pragma("omp simd")
+          for (int64_t i = 0; i < H; ++i) DWU[i * M + m] += hb[i] * dum;
+        }
+      }
+      mm_acc(du.data(), M, B, M, WUT, H, dH, H);
+    }
+  });
+  return {dxu, dxhg, dh, dc, dw_uh};
+}
+
+// The memory step alone over a sequence of inputs (a check of the kernels against models/hippo.py's steps):
+// cs[T, R, N] from c0 [R, N] and us [T, R] (R channels: B = R, M = 1).
+std::vector<Tensor> memory_scan(Tensor c0, Tensor us, int64_t mode, int64_t C, int64_t first, bool lower,
+                                double alpha, std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0) {
+  const int64_t T_ = us.size(0), R = us.size(1), N = c0.size(1);
+  auto cs = at::empty({T_, R, N}, c0.options());
+  AT_DISPATCH_FLOATING_TYPES(c0.scalar_type(), "memory_scan", [&] {
+    using T = scalar_t;
+    auto mem = make_memory<T>(mode, N, C, first, lower, alpha, As, Bs);
+    const T* c = c0.data_ptr<T>();
+    for (int64_t k = 0; k < T_; ++k) {
+      T* o = cs.data_ptr<T>() + k * R * N;
+      mem.forward(c, N, us.data_ptr<T>() + k * R, R, 1, t0 + k, o, N);
+      c = o;
+    }
+  });
+  return {cs};
+}
+
+// ------------------------------------------------------------------------------------ ENRNN / scoRNN
+// models/enrnn.py ENRNN.scan: z = xu_t + h W^T, h = relu(|z| + b) sign(z). xu [B, T, n] (batch first, any
+// strides, last dim contiguous), h0 [B, n], wt = W^T [n, n], b [n]. Returns ys [B, T, n] and zs [T, B, n]
+// (saved for the backward).
+std::vector<Tensor> enrnn_forward(Tensor xu, Tensor h0, Tensor wt, Tensor bias) {
+  const int64_t B = xu.size(0), T_ = xu.size(1), n = xu.size(2);
+  auto ys = at::empty({B, T_, n}, xu.options());
+  auto zs = at::empty({T_, B, n}, xu.options());
+  AT_DISPATCH_FLOATING_TYPES(xu.scalar_type(), "enrnn_forward", [&] {
+    using T = scalar_t;
+    Steps<T> XU(xu);
+    const T* W = wt.data_ptr<T>();
+    const T* bb = bias.data_ptr<T>();
+    const T* h = h0.data_ptr<T>();
+    int64_t ldh = n;
+    for (int64_t k = 0; k < T_; ++k) {
+      T* z = zs.data_ptr<T>() + k * B * n;
+      for (int64_t b = 0; b < B; ++b) std::copy(XU.at(k) + b * XU.sb, XU.at(k) + b * XU.sb + n, z + b * n);
+      mm_acc(h, ldh, B, n, W, n, z, n);
+      T* y = ys.data_ptr<T>() + k * n;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* zb = z + b * n;
+        T* yb = y + b * T_ * n;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < n; ++j) {
+          const T a = std::abs(zb[j]) + bb[j];
+          const T sg = T((zb[j] > 0) - (zb[j] < 0));
+          yb[j] = (a > 0 ? a : T(0)) * sg;
+        }
+      }
+      h = y;
+      ldh = T_ * n;
+    }
+  });
+  return {ys, zs};
+}
+
+// The backward: dys [B, T, n] (any strides, last dim contiguous), dhT [B, n], w = W [n, n]. Returns
+// dz [B, T, n] (= dxu), dh0, db.
+std::vector<Tensor> enrnn_backward(Tensor dys, Tensor dhT, Tensor zs, Tensor w, Tensor bias) {
+  const int64_t T_ = zs.size(0), B = zs.size(1), n = zs.size(2);
+  auto dz = at::empty({B, T_, n}, zs.options());
+  auto dh = dhT.clone();
+  auto db = at::zeros({n}, zs.options());
+  AT_DISPATCH_FLOATING_TYPES(zs.scalar_type(), "enrnn_backward", [&] {
+    using T = scalar_t;
+    Steps<T> DY(dys);
+    const T* W = w.data_ptr<T>();
+    const T* bb = bias.data_ptr<T>();
+    T* dH = dh.data_ptr<T>();
+    T* dB = db.data_ptr<T>();
+    for (int64_t k = T_ - 1; k >= 0; --k) {
+      const T* z = zs.data_ptr<T>() + k * B * n;
+      T* g = dz.data_ptr<T>() + k * n;
+      for (int64_t b = 0; b < B; ++b) {
+        const T* zb = z + b * n;
+        const T* dyb = DY.at(k) + b * DY.sb;
+        T* gb = g + b * T_ * n;
+        T* dHb = dH + b * n;
+        _Pragma("omp simd")
+        for (int64_t j = 0; j < n; ++j) {
+          const T d = dHb[j] + dyb[j];
+          const T sg = T((zb[j] > 0) - (zb[j] < 0));
+          const T on = (std::abs(zb[j]) + bb[j]) > 0 ? d * sg : T(0);  // relu' (0 at 0), times sign(z)
+          dB[j] += on;
+          gb[j] = on * sg;
+          dHb[j] = 0;
+        }
+      }
+      mm_acc(g, T_ * n, B, n, W, n, dH, n);
+    }
+  });
+  return {dz, dh, db};
+}
+
+// ------------------------------------------------------------------------------------ RHN
+// models/rhn.py RHN.forward: per step, L micro-layers
+//   pre = b_l + (s * mask) R_l^T (+ xw_t at l = 0);  h = tanh(pre[:w]), g = sigmoid(pre[w:]);  s = s + g (h - s)
+// xw [B, T, 2w] (batch first, any strides, last dim contiguous), s0 [B, w], rt [L, w, 2w] (R_l^T),
+// bias [L, 2w], mask [B, w] (empty: none). Returns ys [B, T, w] and, with save, ss [L, T, B, w] (the state
+// entering each micro-layer) and hg [L, T, B, 2w] (tanh, sigmoid): layer first, so that the weights'
+// gradients are one batched product.
+std::vector<Tensor> rhn_forward(Tensor xw, Tensor s0, Tensor rt, Tensor bias, Tensor mask, bool save) {
+  const int64_t B = xw.size(0), T_ = xw.size(1), w = s0.size(1), L = rt.size(0);
+  auto ys = at::empty({B, T_, w}, xw.options());
+  const int64_t TS = save ? T_ : 1;
+  auto ss = at::empty({L, TS, B, w}, xw.options());
+  auto hg = at::empty({L, TS, B, 2 * w}, xw.options());
+  const bool masked = mask.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES(xw.scalar_type(), "rhn_forward", [&] {
+    using T = scalar_t;
+    Steps<T> XW(xw);
+    const T* R = rt.data_ptr<T>();
+    const T* bb = bias.data_ptr<T>();
+    const T* mk = masked ? mask.data_ptr<T>() : nullptr;
+    std::vector<T> s(s0.data_ptr<T>(), s0.data_ptr<T>() + B * w), sm(B * w);
+    for (int64_t t = 0; t < T_; ++t) {
+      for (int64_t l = 0; l < L; ++l) {
+        const int64_t slot = l * TS + (save ? t : 0);
+        T* sin = ss.data_ptr<T>() + slot * B * w;
+        T* g = hg.data_ptr<T>() + slot * B * 2 * w;
+        std::copy(s.begin(), s.end(), sin);
+        for (int64_t b = 0; b < B; ++b) {  // the pre-activations in the (tanh, sigmoid) slot
+          T* pb = g + b * 2 * w;
+          if (l == 0) {
+            const T* x = XW.at(t) + b * XW.sb;
+            for (int64_t j = 0; j < 2 * w; ++j) pb[j] = bb[j] + x[j];
+          } else {
+            std::copy(bb + l * 2 * w, bb + (l + 1) * 2 * w, pb);
+          }
+        }
+        const T* sr = s.data();
+        if (masked) {
+          for (int64_t i = 0; i < B * w; ++i) sm[i] = s[i] * mk[i];
+          sr = sm.data();
+        }
+        mm_acc(sr, w, B, w, R + l * w * 2 * w, 2 * w, g, 2 * w);
+        tanh_sigmoid_(g, B, w);
+        for (int64_t b = 0; b < B; ++b) {
+          const T* gb = g + b * 2 * w;
+          T* sb = s.data() + b * w;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < w; ++j) sb[j] = sb[j] + gb[w + j] * (gb[j] - sb[j]);
+        }
+      }
+      T* y = ys.data_ptr<T>() + t * w;
+      for (int64_t b = 0; b < B; ++b) std::copy(s.begin() + b * w, s.begin() + (b + 1) * w, y + b * T_ * w);
+    }
+  });
+  return {ys, ss, hg};
+}
+
+// The backward: dys [B, T, w] (any strides, last dim contiguous), dsT [B, w], r = [L, 2w, w] (R_l). Returns
+// dpre [L, T, B, 2w] (the pre-activations' gradients, for the weights' gradients with ss), dxw [B, T, 2w]
+// (= dpre[0], batch first) and ds0.
+std::vector<Tensor> rhn_backward(Tensor dys, Tensor dsT, Tensor ss, Tensor hg, Tensor r, Tensor mask) {
+  const int64_t L = ss.size(0), T_ = ss.size(1), B = ss.size(2), w = ss.size(3);
+  auto dpre = at::empty({L, T_, B, 2 * w}, ss.options());
+  auto dxw = at::empty({B, T_, 2 * w}, ss.options());
+  auto ds = dsT.clone();
+  const bool masked = mask.numel() > 0;
+  AT_DISPATCH_FLOATING_TYPES(ss.scalar_type(), "rhn_backward", [&] {
+    using T = scalar_t;
+    Steps<T> DY(dys);
+    const T* R = r.data_ptr<T>();
+    const T* mk = masked ? mask.data_ptr<T>() : nullptr;
+    T* dS = ds.data_ptr<T>();
+    std::vector<T> dr(B * w);
+    for (int64_t t = T_ - 1; t >= 0; --t) {
+      for (int64_t b = 0; b < B; ++b) {
+        const T* dyb = DY.at(t) + b * DY.sb;
+        for (int64_t j = 0; j < w; ++j) dS[b * w + j] += dyb[j];
+      }
+      for (int64_t l = L - 1; l >= 0; --l) {
+        const int64_t slot = l * T_ + t;
+        const T* sin = ss.data_ptr<T>() + slot * B * w;
+        const T* g = hg.data_ptr<T>() + slot * B * 2 * w;
+        T* dp = dpre.data_ptr<T>() + slot * B * 2 * w;
+        for (int64_t b = 0; b < B; ++b) {
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < w; ++j) {
+            const int64_t i = b * w + j;
+            const T h = g[b * 2 * w + j], gg = g[b * 2 * w + w + j], d = dS[i];
+            dp[b * 2 * w + j] = d * gg * (T(1) - h * h);
+            dp[b * 2 * w + w + j] = d * (h - sin[i]) * gg * (T(1) - gg);
+            dS[i] = d * (T(1) - gg);
+          }
+        }
+        if (l == 0) {
+          T* x = dxw.data_ptr<T>() + t * 2 * w;
+          for (int64_t b = 0; b < B; ++b) std::copy(dp + b * 2 * w, dp + (b + 1) * 2 * w, x + b * T_ * 2 * w);
+        }
+        std::fill(dr.begin(), dr.end(), T(0));
+        mm_acc(dp, 2 * w, B, 2 * w, R + l * 2 * w * w, w, dr.data(), w);
+        for (int64_t i = 0; i < B * w; ++i) dS[i] += masked ? dr[i] * mk[i] : dr[i];
+      }
+    }
+  });
+  return {dpre, dxw, ds};
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("hippo_forward", &hippo_forward);
+  m.def("hippo_backward", &hippo_backward);
+  m.def("memory_scan", &memory_scan);
+  m.def("enrnn_forward", &enrnn_forward);
+  m.def("enrnn_backward", &enrnn_backward);
+  m.def("rhn_forward", &rhn_forward);
+  m.def("rhn_backward", &rhn_backward);
+  m.def("blas_macs", [] { return kBlasMacs; });
+}
