@@ -581,13 +581,14 @@ class HiPPOLegS(FusedLoop, RecurrentBackbone):
         # The input's contributions for all steps at once; the recurrent parts per step.
         xu = F.linear(x, self.W_u.weight[:, :D], self.W_u.bias)  # [B, T, M]
         w_hg = torch.cat([self.W_h.weight, self.W_g.weight], 0)  # [2H, D + M N]
-        xhg = F.linear(x, w_hg[:, :D], torch.cat([self.W_h.bias, self.W_g.bias]))  # [B, T, 2H]
+        b_hg = torch.cat([self.W_h.bias, self.W_g.bias])
         w_uh, w_hgm = self.W_u.weight[:, D:].t(), w_hg[:, D:].t()
         t_end = torch.full((), t0 + T, dtype=torch.long, device=x.device)
         if T > 0 and self.use_fused(x, h, c):  # the same loop in C++ (seqbench/fused.py)
             memory = self._fused_memory(c.dtype, c.device, t0, T)
-            ys, h, c = fused.hippo_loop(xu, xhg, h, c, w_uh, w_hgm, memory)
+            ys, h, c = fused.hippo_loop(xu, x, w_hg[:, :D].t(), b_hg, h, c, w_uh, w_hgm, memory)
             return ys, (h, c, t_end)
+        xhg = F.linear(x, w_hg[:, :D], b_hg)  # [B, T, 2H]
         no_amp = no_autocast(x.device.type)  # the memory recurrence stays in the model's dtype
         ctx = self._memory_context(c.dtype, c.device, t0 + T)
         xu, xhg = xu.unbind(1), xhg.unbind(1)  # unbind: one backward node for all steps (slices: T)

@@ -106,37 +106,54 @@ def _rows(x):
 
 # ------------------------------------------------------------------------------------ HiPPO
 class HiPPOLoop(torch.autograd.Function):
-    """The HiPPO cell's loop (``models/hippo.py`` ``HiPPOLegS.forward``), batch first: xu [B, T, M],
-    xhg [B, T, 2H]. ``memory`` = (mode, C, first chunk, lower, alpha, As, Bs, t0) says which memory step
-    (0 dense tables, 1 the O(N) LegS step, 2 one time-invariant pair)."""
+    """The HiPPO cell's loop (``models/hippo.py`` ``HiPPOLegS.forward``), batch first. The input's part of
+    [hh, g]: ``xin`` = x [B, T, D] with ``wx`` [D, 2H] and ``bias`` [2H] (added in the loop), or, with ``wx``
+    None, xin = the precomputed xhg [B, T, 2H]. ``memory`` = (mode, C, first chunk, lower, alpha, As, Bs, t0)
+    says which memory step (0 dense tables, 1 the O(N) LegS step, 2 one time-invariant pair)."""
 
     @staticmethod
-    def forward(ctx, xu, xhg, h0, c0, w_uh, w_hgm, memory):
-        save = any(ctx.needs_input_grad[:6])
-        ys, hT, cT, cs, gates = kernels().hippo_forward(_rows(xu), _rows(xhg), _c(h0), _c(c0), _c(w_uh),
-                                                        _c(w_hgm), *memory, save)
-        ctx.memory = memory
+    def forward(ctx, xu, xin, wx, bias, h0, c0, w_uh, w_hgm, memory):
+        save = any(ctx.needs_input_grad[:8])
+        empty = xu.new_zeros(0)
+        ys, hT, cT, cs, gates = kernels().hippo_forward(
+            _rows(xu), _rows(xin), empty if wx is None else _c(wx), empty if bias is None else _c(bias), _c(h0),
+            _c(c0), _c(w_uh), _c(w_hgm), *memory, save)
+        ctx.memory, ctx.folded = memory, wx is not None
         if save:
-            ctx.save_for_backward(ys, h0, cs, gates, w_uh, w_hgm)
+            ctx.save_for_backward(ys, h0, cs, gates, w_uh, w_hgm, xin, wx)
         return ys, hT, cT
 
     @staticmethod
     @once_differentiable
     def backward(ctx, dys, dhT, dcT):
-        ys, h0, cs, gates, w_uh, w_hgm = ctx.saved_tensors
+        ys, h0, cs, gates, w_uh, w_hgm, xin, wx = ctx.saved_tensors
         B, T, H = ys.shape
         dys = torch.zeros_like(ys) if dys is None else _rows(dys)
         dhT = torch.zeros_like(h0) if dhT is None else _c(dhT)
         dcT = cs.new_zeros(cs.shape[0], *cs.shape[2:]) if dcT is None else _c(dcT)
         dxu, dxhg, dh0, dc0, dw_uh = kernels().hippo_backward(dys, dhT, dcT, ys, _c(h0), gates, _c(w_uh.t()),
                                                               _c(w_hgm.t()), *ctx.memory)
-        dw_hgm = cs.view(B * T, -1).t() @ dxhg.view(B * T, -1)
-        return dxu, dxhg, dh0, dc0, dw_uh, dw_hgm, None
+        flat = dxhg.view(B * T, -1)
+        dw_hgm = cs.view(B * T, -1).t() @ flat
+        if not ctx.folded:
+            return dxu, dxhg, None, None, dh0, dc0, dw_uh, dw_hgm, None
+        dx = (flat @ wx.t()).view(B, T, -1) if ctx.needs_input_grad[1] else None
+        dwx = xin.reshape(B * T, -1).t() @ flat
+        return dxu, dx, dwx, flat.sum(0), dh0, dc0, dw_uh, dw_hgm, None
 
 
-def hippo_loop(xu, xhg, h0, c0, w_uh, w_hgm, memory):
-    """(ys [B, T, H], hT, cT) for xu [B, T, M], xhg [B, T, 2H]."""
-    return HiPPOLoop.apply(xu, xhg, h0, c0, w_uh, w_hgm, memory)
+# Inputs this narrow (pMNIST: 1) enter [hh, g] inside the loop: no [B, T, 2H] tensor is made for them.
+FOLD_INPUT = 8
+
+
+def hippo_loop(xu, x, w_x, b_hg, h0, c0, w_uh, w_hgm, memory):
+    """(ys [B, T, H], hT, cT) for xu [B, T, M] and x [B, T, D], whose part of [hh, g] is x w_x + b_hg
+    (w_x [D, 2H])."""
+    if 0 < x.shape[-1] <= FOLD_INPUT:
+        return HiPPOLoop.apply(xu, x, w_x, b_hg, h0, c0, w_uh, w_hgm, memory)
+    B, T, D = x.shape
+    xhg = torch.addmm(b_hg, x.reshape(B * T, D), w_x).view(B, T, -1)
+    return HiPPOLoop.apply(xu, xhg, None, None, h0, c0, w_uh, w_hgm, memory)
 
 
 # ------------------------------------------------------------------------------------ ENRNN

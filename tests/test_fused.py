@@ -93,18 +93,21 @@ def maxdiff(a: dict, b: dict) -> dict:
     for k in b:
         assert a[k] is not None and b[k] is not None, k
         ref = b[k].detach().double()
+        if ref.numel() == 0:  # the input's gradient of a model without inputs
+            out[k] = 0.0 if a[k].shape == ref.shape else float("inf")
+            continue
         out[k] = float((a[k].detach().double() - ref).abs().max()) / max(1.0, float(ref.abs().max()))
     return out
 
 
-def differences(name, settings, dtype, B, T, continued=False):
+def differences(name, settings, dtype, B, T, continued=False, d_input=3):
     """(fused vs eager in ``dtype``; fused and eager in ``dtype`` vs eager in float64 (float32 only); the
     fused model)."""
-    eager, fast = pair(name, settings, dtype)
-    truth = pair(name, settings, torch.float64)[0]
+    eager, fast = pair(name, settings, dtype, d_input)
+    truth = pair(name, settings, torch.float64, d_input)[0]
     for m in (eager, fast, truth):
         m.train(bool(settings.get("drop_h")))
-    x = torch.randn(B, T, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    x = torch.randn(B, T, d_input, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
     state = None
     if continued:  # a state from a first piece of the sequence (HiPPO: t continues)
         with torch.no_grad():
@@ -148,6 +151,18 @@ def test_continued_state(name, settings):
     into the right tables, and the initial state's gradient is the eager cell's."""
     diffs, _, _ = differences(name, settings, torch.float64, 3, 140, continued=True)
     assert max(diffs.values()) <= TOL[torch.float64], diffs
+
+
+@needs_kernels
+@pytest.mark.parametrize("settings", [CELLS[1][1], CELLS[4][1]], ids=["dense-zoh", "fast"])
+@pytest.mark.parametrize("d_input", [0, 1, fused.FOLD_INPUT + 4])
+def test_hippo_input_widths(settings, d_input):
+    """HiPPO's input part of [hh, g]: narrow inputs (up to FOLD_INPUT) enter inside the loop, wider ones as one
+    product before it; no input at all (d_input 0)."""
+    for dtype in (torch.float64, torch.float32):
+        diffs, errors, _ = differences("hippo", settings, dtype, 4, 30, d_input=d_input)
+        bad = {k: d for k, d in diffs.items() if d > TOL[dtype] and not (errors and errors[0][k] <= 4 * errors[1][k])}
+        assert not bad, (d_input, dtype, bad)
 
 
 @needs_kernels

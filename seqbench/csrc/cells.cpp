@@ -15,6 +15,8 @@
 #include <mutex>
 #include <vector>
 
+#include <unistd.h>
+
 namespace {
 
 using at::Tensor;
@@ -33,15 +35,16 @@ Tensor wrap(T* p, at::IntArrayRef sizes, at::IntArrayRef strides) {
 
 // The large tensors of the loops (outputs, what the backward keeps, the input gradients) come from a pool of
 // the blocks the previous calls freed, matched by size: a training step at fixed shapes then reuses its
-// memory instead of mapping fresh pages (page faults were a fifth of a step at batch 100, N 512). The pool
-// keeps at most kPoolBytes of free blocks; a block it cannot keep goes back to the system.
-constexpr size_t kPoolBytes = size_t(1) << 30;
+// memory instead of mapping fresh pages (a quarter of a HiPPO forward at batch 100, N 128). The pool keeps
+// at most 2 GiB (and an eighth of the machine's memory) of free blocks; a block it cannot keep goes back.
+constexpr size_t kPoolBytesMax = size_t(2) << 30;  // and at most an eighth of the machine's memory
 constexpr size_t kPoolMin = size_t(1) << 20;  // smaller tensors: torch's allocator
 
 struct Pool {
   std::mutex mu;
   std::multimap<size_t, void*> free_blocks;
   size_t held = 0;
+  const size_t cap = std::min(kPoolBytesMax, size_t(sysconf(_SC_PHYS_PAGES)) * size_t(sysconf(_SC_PAGESIZE)) / 8);
 
   void* get(size_t n) {
     {
@@ -61,7 +64,7 @@ struct Pool {
 
   void put(void* p, size_t n) {
     std::lock_guard<std::mutex> lock(mu);
-    if (held + n > kPoolBytes) {
+    if (held + n > cap) {
       std::free(p);
       return;
     }
@@ -117,10 +120,11 @@ void tanh_sigmoid_(T* pre, int64_t B, int64_t H) {
   }
 }
 
-// y[B, N] += x[B, K] . M[K, N]: x's rows ldx apart, y's ldy apart, M row-major contiguous.
+// y[B, N] += x[B, K] . M[K, N]: x's rows ldx apart, y's ldy apart, M row-major contiguous. A product with a
+// short inner dimension (K < 16: a narrow input) stays in the loop, whose inner loop runs along N.
 template <typename T>
 void mm_acc(const T* x, int64_t ldx, int64_t B, int64_t K, const T* M, int64_t N, T* y, int64_t ldy) {
-  if (B * K * N >= kBlasMacs) {
+  if (K >= 16 && B * K * N >= kBlasMacs) {
     Tensor Y = wrap(y, {B, N}, {ldy, 1});
     Y.addmm_(wrap(const_cast<T*>(x), {B, K}, {ldx, 1}), wrap(const_cast<T*>(M), {K, N}, {N, 1}));
     return;
@@ -358,12 +362,15 @@ Memory<T> make_memory(int64_t mode, int64_t N, int64_t C, int64_t first, bool lo
 // ------------------------------------------------------------------------------------ HiPPO cell
 // models/hippo.py HiPPOLegS.forward, one step:
 //   u = xu_t + h W_uh;  c = A_t c + B_t u;  [hh, g] = xhg_t + vec(c) W_hgm;  h = h + sigmoid(g) (tanh(hh) - h)
-// xu [B, T, M], xhg [B, T, 2H] (batch first, any strides with a contiguous last dim), h0 [B, H], c0 [B, M, N],
-// w_uh [H, M], w_hgm [M N, 2H] (x . W form). Returns ys [B, T, H], hT, cT and, with save, cs [B, T, M, N]
-// (every c_t) and gates [T, B, 2H] (tanh(hh), sigmoid(g)) for the backward.
-std::vector<Tensor> hippo_forward(Tensor xu, Tensor xhg, Tensor h0, Tensor c0, Tensor w_uh, Tensor w_hgm,
-                                  int64_t mode, int64_t C, int64_t first, bool lower, double alpha,
-                                  std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0, bool save) {
+// xu [B, T, M] (batch first, any strides with a contiguous last dim), h0 [B, H], c0 [B, M, N], w_uh [H, M],
+// w_hgm [M N, 2H] (x . W form). The input's part of [hh, g]: with wx empty, xin = xhg [B, T, 2H] (computed
+// before the loop); else xin = x [B, T, D] and xhg_t = bias + x_t wx, wx [D, 2H], in the loop (a narrow input:
+// no [B, T, 2H] tensor). Returns ys [B, T, H], hT, cT and, with save, cs [B, T, M, N] (every c_t) and
+// gates [T, B, 2H] (tanh(hh), sigmoid(g)) for the backward.
+std::vector<Tensor> hippo_forward(Tensor xu, Tensor xin, Tensor wx, Tensor bias, Tensor h0, Tensor c0,
+                                  Tensor w_uh, Tensor w_hgm, int64_t mode, int64_t C, int64_t first, bool lower,
+                                  double alpha, std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0,
+                                  bool save) {
   const int64_t B = xu.size(0), T_ = xu.size(1), M = xu.size(2), H = h0.size(1), N = c0.size(2);
   const int64_t MN = M * N;
   auto ys = pooled_empty({B, T_, H}, h0.options());
@@ -374,7 +381,11 @@ std::vector<Tensor> hippo_forward(Tensor xu, Tensor xhg, Tensor h0, Tensor c0, T
   AT_DISPATCH_FLOATING_TYPES(xu.scalar_type(), "hippo_forward", [&] {
     using T = scalar_t;
     auto mem = make_memory<T>(mode, N, C, first, lower, alpha, As, Bs);
-    Steps<T> XU(xu), XHG(xhg);
+    Steps<T> XU(xu), XIN(xin);
+    const bool folded = wx.numel() > 0;
+    const int64_t D = folded ? wx.size(0) : 0;
+    const T* WX = folded ? wx.data_ptr<T>() : nullptr;
+    const T* BI = folded ? bias.data_ptr<T>() : nullptr;
     const T* WU = w_uh.data_ptr<T>();
     const T* WHG = w_hgm.data_ptr<T>();
     T* Y = ys.data_ptr<T>();
@@ -393,8 +404,13 @@ std::vector<Tensor> hippo_forward(Tensor xu, Tensor xhg, Tensor h0, Tensor c0, T
       T* cn = save ? CS + k * MN : CS + (k % 2) * B * MN;
       mem.forward(c, ldc, u.data(), B, M, t0 + k, cn, ldcs);
       T* g = G + (save ? k : 0) * B * 2 * H;  // the pre-activations, then (tanh, sigmoid) in place
-      const T* xk = XHG.at(k);
-      for (int64_t b = 0; b < B; ++b) std::copy(xk + b * XHG.sb, xk + b * XHG.sb + 2 * H, g + b * 2 * H);
+      const T* xk = XIN.at(k);
+      if (folded) {
+        for (int64_t b = 0; b < B; ++b) std::copy(BI, BI + 2 * H, g + b * 2 * H);
+        mm_acc(xk, XIN.sb, B, D, WX, 2 * H, g, 2 * H);
+      } else {
+        for (int64_t b = 0; b < B; ++b) std::copy(xk + b * XIN.sb, xk + b * XIN.sb + 2 * H, g + b * 2 * H);
+      }
       mm_acc(cn, ldcs, B, MN, WHG, 2 * H, g, 2 * H);
       tanh_sigmoid_(g, B, H);
       T* hn = Y + k * H;
