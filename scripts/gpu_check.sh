@@ -6,8 +6,9 @@
 #   scripts/gpu_check.sh --prepare      # here, before the device call: MNIST into .gpu/data, sizes, the call
 #
 # 1. `seqbench bench` at the papers' shapes, train and infer: pMNIST B=100, T=784, H=N=512 for lstm
-#    (cuDNN), hippo (dense and fast steps), enrnn, iss-lstm; the PTB large LM (2 x 1500, batch 20,
-#    bptt 35) as lstm and iss-lstm.
+#    (cuDNN), hippo (dense and fast steps), enrnn, rhn, iss-lstm (the custom cells' fused loops run on
+#    the CPU only: on CUDA they run eager, one warning line, and the bench's impl column says so); the
+#    PTB large LM (2 x 1500, batch 20, bptt 35) as lstm and iss-lstm.
 # 2. ISS on the GPU: batch-1 forward per token of the 1500,1500 LM against the paper's ISS result
 #    373,315 (ms_per_step of the infer table).
 # 3. A piece of `seqbench run --model hippo --task pmnist --preset paper` (50 epochs in all): it
@@ -75,8 +76,8 @@ else
 fi
 $PY -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available(), torch.cuda.get_device_name(0) if torch.cuda.is_available() else '')" | tee -a "$LOG"
 
-say "1a. pMNIST shapes: B=$B, T=784, hidden = memory order = $H (train and infer)"
-"${SB[@]}" bench "${SEQ_TASK[@]}" --models lstm,hippo+step=dense,hippo+step=fast,enrnn,iss-lstm --preset "$PRESET" \
+say "1a. pMNIST shapes: B=$B, T=784, hidden = memory order = $H (train and infer); the custom cells' fused loops are CPU-only: on $DEV the impl column says what ran"
+"${SB[@]}" bench "${SEQ_TASK[@]}" --models lstm,hippo+step=dense,hippo+step=fast,enrnn,rhn,iss-lstm --preset "$PRESET" \
   --set model.hidden=$H --batch-size $B --device $DEV --rounds $ROUNDS --min-run-time $MRT --out "$OUT" 2>&1 | tee -a "$LOG"
 
 say "1b. PTB large LM: 2 layers of $EMB (batch 20, bptt $BPTT), lstm and iss-lstm"

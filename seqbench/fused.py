@@ -17,6 +17,8 @@ from __future__ import annotations
 import hashlib
 import os
 import platform
+import shutil
+import sys
 from pathlib import Path
 
 import torch
@@ -48,6 +50,8 @@ def _build():
     # torch logs "No CUDA runtime is found" at import on a machine without a GPU: not ours to say.
     logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     from torch.utils import cpp_extension
+    if shutil.which("ninja") is None:  # the ninja package's binary sits beside this interpreter (a venv not activated)
+        os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")
     d = kernel_dir()
     d.mkdir(parents=True, exist_ok=True)
     flags = ["-O3", "-fopenmp-simd"] + (["-march=native"] if platform.machine() in ("x86_64", "AMD64") else [])
