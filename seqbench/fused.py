@@ -9,8 +9,8 @@ reference the fused loops are tested against, and the first such fallback of a p
 line. ``SEQBENCH_FUSED=0`` turns the fused loops off.
 
 Each autograd Function here takes the inputs' projections for all steps (one product before the loop,
-as the eager cells) and the recurrent weights, runs the loop in C++, and computes the weights'
-gradients after the backward loop as one matrix product each over all steps.
+as the eager cells; HiPPO adds a narrow input's part inside the loop) and the recurrent weights, runs the
+loop in C++, and computes the weights' gradients after the backward loop as one matrix product each.
 """
 from __future__ import annotations
 
@@ -124,7 +124,7 @@ class HiPPOLoop(torch.autograd.Function):
             _c(c0), _c(w_uh), _c(w_hgm), *memory, save)
         ctx.memory, ctx.folded = memory, wx is not None
         if save:
-            ctx.save_for_backward(ys, h0, cs, gates, w_uh, w_hgm, xin, wx)
+            ctx.save_for_backward(ys, h0, cs, gates, w_uh, w_hgm, xin if wx is not None else None, wx)
         return ys, hT, cT
 
     @staticmethod
@@ -135,15 +135,15 @@ class HiPPOLoop(torch.autograd.Function):
         dys = torch.zeros_like(ys) if dys is None else _rows(dys)
         dhT = torch.zeros_like(h0) if dhT is None else _c(dhT)
         dcT = cs.new_zeros(cs.shape[0], *cs.shape[2:]) if dcT is None else _c(dcT)
-        dxu, dxhg, dh0, dc0, dw_uh = kernels().hippo_backward(dys, dhT, dcT, ys, _c(h0), gates, _c(w_uh.t()),
-                                                              _c(w_hgm.t()), *ctx.memory)
+        dxu, dxhg, dh0, dc0, dw_uh, dwx, dbias = kernels().hippo_backward(
+            dys, dhT, dcT, ys, _c(h0), gates, _c(w_uh.t()), _c(w_hgm.t()),
+            _rows(xin) if ctx.folded else ys.new_zeros(0, 0, 0), ctx.folded, *ctx.memory)
         flat = dxhg.view(B * T, -1)
         dw_hgm = cs.view(B * T, -1).t() @ flat
         if not ctx.folded:
             return dxu, dxhg, None, None, dh0, dc0, dw_uh, dw_hgm, None
         dx = (flat @ wx.t()).view(B, T, -1) if ctx.needs_input_grad[1] else None
-        dwx = xin.reshape(B * T, -1).t() @ flat
-        return dxu, dx, dwx, flat.sum(0), dh0, dc0, dw_uh, dw_hgm, None
+        return dxu, dx, dwx, dbias, dh0, dc0, dw_uh, dw_hgm, None
 
 
 # Inputs this narrow (pMNIST: 1) enter [hh, g] inside the loop: no [B, T, 2H] tensor is made for them.

@@ -98,15 +98,17 @@ def _row(rec: dict, skip: set[str]) -> dict:
 
 
 def _declared_implementation(model: str) -> str | None:
-    """A record written before records named their implementation: the model's declared one (no model has
-    changed what runs its recurrence since), or None for a model this install does not have."""
+    """A record written before records named their implementation: the model's declared one, or None for a
+    model this install does not have. A model whose ``model.impl`` now picks it (the fused cells came after
+    records named their implementation) ran its eager loop then."""
     from . import registry
-    from .model import declared_implementation
+    from .model import EAGER, declared_implementation
 
     try:
-        return declared_implementation(registry.get_model(model).cls)
+        declared = declared_implementation(registry.get_model(model).cls)
     except SeqbenchError:
         return None
+    return EAGER if declared == "set by model.impl" else declared
 
 
 def _paper(ti: dict, rec: dict, strategy: str):

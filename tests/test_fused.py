@@ -28,6 +28,7 @@ needs_kernels = pytest.mark.skipif(not HAS_COMPILER, reason="no C++ compiler her
 def test_builds():
     assert fused.kernels() is not None, fused._STATE.get("why")
 
+
 # (model, settings): every memory step and discretisation of the HiPPO cells, ENRNN with and without its
 # second block, RHN shallow and deep
 CELLS = [

@@ -124,5 +124,6 @@ def test_a_model_says_what_runs_its_recurrence():
     from seqbench import show
 
     assert "implementation: library kernel" in show.show("lstm")
-    assert "implementation: eager" in show.show("hippo")
+    assert "implementation: eager" in show.show("dag-rnn")
+    assert "implementation: set by model.impl" in show.show("hippo")  # fused or eager (seqbench/fused.py)
     assert show.describe("model", registry.get_model("gru"))["implementation"] == "library kernel"

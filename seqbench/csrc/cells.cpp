@@ -3,8 +3,8 @@
 // (torch.utils.cpp_extension) and cached; the eager cells in models/ are the reference and the tests' oracle.
 //
 // Every kernel runs only the recurrent part of its cell: the inputs' projections for all steps are one
-// matrix product before the loop, and the weights' gradients one product after the backward loop
-// (seqbench/fused.py). Inside the loop the per-step arithmetic is plain C++ loops (no per-op dispatch,
+// matrix product before the loop (HiPPO: a narrow input's part is added inside it), and the weights'
+// gradients one product after the backward loop (seqbench/fused.py). Inside the loop the per-step arithmetic is plain C++ loops (no per-op dispatch,
 // ~3 us an ATen call, which is what made the Python loops slow); a matrix product large enough to pay for
 // a BLAS call (kBlasMacs multiply-adds) goes to at::addmm instead.
 #include <torch/extension.h>
@@ -438,16 +438,19 @@ std::vector<Tensor> hippo_forward(Tensor xu, Tensor xin, Tensor wx, Tensor bias,
 }
 
 // The backward of hippo_forward: dys [B, T, H] (any strides, last dim contiguous), dhT [B, H], dcT [B, M, N];
-// w_uh [H, M], w_uhT [M, H], w_hgmT [2H, M N]. Returns dxu [B, T, M], dxhg [B, T, 2H], dh0, dc0 and dw_uh
-// (W_hgm's gradient is one product of cs and dxhg, in Python).
+// w_uhT [M, H], w_hgmT [2H, M N]; xin and folded as the forward's. Returns dxu [B, T, M], dxhg [B, T, 2H], dh0,
+// dc0, dw_uh and, folded, wx's and the bias's gradients (W_hgm's is one product of cs and dxhg, in Python).
 std::vector<Tensor> hippo_backward(Tensor dys, Tensor dhT, Tensor dcT, Tensor ys, Tensor h0, Tensor gates,
-                                   Tensor w_uhT, Tensor w_hgmT, int64_t mode, int64_t C, int64_t first, bool lower,
-                                   double alpha, std::vector<Tensor> As, std::vector<Tensor> Bs, int64_t t0) {
+                                   Tensor w_uhT, Tensor w_hgmT, Tensor xin, bool folded, int64_t mode, int64_t C,
+                                   int64_t first, bool lower, double alpha, std::vector<Tensor> As,
+                                   std::vector<Tensor> Bs, int64_t t0) {
   const int64_t B = ys.size(0), T_ = ys.size(1), H = ys.size(2), M = w_uhT.size(0), N = dcT.size(2);
-  const int64_t MN = M * N;
+  const int64_t MN = M * N, D = folded ? xin.size(2) : 0;
   auto dxu = pooled_empty({B, T_, M}, ys.options());
   auto dxhg = pooled_empty({B, T_, 2 * H}, ys.options());
   auto dw_uh = at::zeros({H, M}, ys.options());
+  auto dwx = at::zeros({D, 2 * H}, ys.options());  // folded input: its weight's and the bias's gradients,
+  auto dbias = at::zeros({folded ? 2 * H : 0}, ys.options());  // summed while dxhg's rows are in cache
   auto dh = dhT.clone();
   auto dc = dcT.clone();
   AT_DISPATCH_FLOATING_TYPES(ys.scalar_type(), "hippo_backward", [&] {
@@ -462,6 +465,9 @@ std::vector<Tensor> hippo_backward(Tensor dys, Tensor dhT, Tensor dcT, Tensor ys
     T* DXU = dxu.data_ptr<T>();
     T* DXHG = dxhg.data_ptr<T>();
     T* DWU = dw_uh.data_ptr<T>();
+    T* DWX = dwx.data_ptr<T>();
+    T* DBI = dbias.data_ptr<T>();
+    Steps<T> XIN(xin);
     T* dH = dh.data_ptr<T>();
     T* dC = dc.data_ptr<T>();
     std::vector<T> dcp(B * MN), du(B * M);
@@ -486,22 +492,36 @@ std::vector<Tensor> hippo_backward(Tensor dys, Tensor dhT, Tensor dcT, Tensor ys
           dHb[j] = d * (T(1) - sg);
         }
       }
+      if (folded) {
+        const T* xk = XIN.at(k);
+        for (int64_t b = 0; b < B; ++b) {
+          const T* pb = dpre + b * T_ * 2 * H;
+          _Pragma("omp simd")
+          for (int64_t j = 0; j < 2 * H; ++j) DBI[j] += pb[j];
+          for (int64_t i = 0; i < D; ++i) {
+            const T xi = xk[b * XIN.sb + i];
+            T* w = DWX + i * 2 * H;
+            _Pragma("omp simd")
+            for (int64_t j = 0; j < 2 * H; ++j) w[j] += xi * pb[j];
+          }
+        }
+      }
       mm_acc(dpre, T_ * 2 * H, B, 2 * H, WHGT, MN, dC, MN);
       mem.backward(dC, B, M, t0 + k, dcp.data(), du.data());
       std::copy(dcp.begin(), dcp.end(), dC);
       for (int64_t b = 0; b < B; ++b) {
         std::copy(du.begin() + b * M, du.begin() + (b + 1) * M, DXU + b * T_ * M + k * M);
         const T* hb = hp + b * ldh;  // dW_uh += h_{t-1}^T du
-                for (int64_t m = 0; m < M; ++m) {
+        for (int64_t m = 0; m < M; ++m) {
           const T dum = du[b * M + m];
-_Pragma("omp simd")
+          _Pragma("omp simd")
           for (int64_t i = 0; i < H; ++i) DWU[i * M + m] += hb[i] * dum;
         }
       }
       mm_acc(du.data(), M, B, M, WUT, H, dH, H);
     }
   });
-  return {dxu, dxhg, dh, dc, dw_uh};
+  return {dxu, dxhg, dh, dc, dw_uh, dwx, dbias};
 }
 
 // The memory step alone over a sequence of inputs (a check of the kernels against models/hippo.py's steps):
