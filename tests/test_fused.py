@@ -46,7 +46,8 @@ CELLS = [
     ("rhn", {"hidden": 10, "depth": 1}),
     ("rhn", {"hidden": 10, "depth": 3, "drop_h": 0.3}),
 ]
-SHAPES = [(1, 5), (1, 150), (6, 40)]  # (batch, steps): 150 crosses a chunk of HiPPO's dense tables (64 at N 12)
+# (batch, steps): 150 crosses a chunk of HiPPO's dense tables (64 at N 12); 784: a pMNIST sequence
+SHAPES = [(1, 5), (1, 150), (6, 40), (2, 784)]
 TOL = {torch.float64: 1e-9, torch.float32: 2e-4}
 
 
