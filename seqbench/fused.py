@@ -32,15 +32,12 @@ _STATE: dict = {}
 
 def kernel_dir() -> Path:
     """The build folder of this source on this torch and CPU (a different CPU may lack an instruction
-    ``-march=native`` used)."""
-    src = SOURCE.read_bytes()
-    cpu = platform.machine()
-    try:
-        with open("/proc/cpuinfo") as f:
-            cpu += next((line for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
-    key = hashlib.sha256(src + torch.__version__.encode() + cpu.encode()).hexdigest()[:16]
+    ``-march=native`` used): the CPU as records name it, its name and its family / model / stepping (a VM's
+    "AMD EPYC" covers several chip generations)."""
+    from .records import cpu_id, cpu_name
+
+    cpu = f"{platform.machine()} {cpu_name()} {cpu_id()}"
+    key = hashlib.sha256(SOURCE.read_bytes() + torch.__version__.encode() + cpu.encode()).hexdigest()[:16]
     root = Path(os.environ.get("SEQBENCH_KERNELS", "~/.cache/seqbench/kernels")).expanduser()
     return root / key
 

@@ -120,6 +120,42 @@ void tanh_sigmoid_(T* pre, int64_t B, int64_t H) {
   }
 }
 
+// The gated update both HiPPO and RHN make of their state, over B rows: o = p + g (h~ - p) (= (1 - g) p + g h~),
+// gates [B, 2H] = (h~, g) contiguous, p's rows ldp apart, o's ldo apart (o may be p).
+template <typename T>
+void gated_update(const T* gates, const T* p, int64_t ldp, int64_t B, int64_t H, T* o, int64_t ldo) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* gb = gates + b * 2 * H;
+    const T* pb = p + b * ldp;
+    T* ob = o + b * ldo;
+    _Pragma("omp simd")
+    for (int64_t j = 0; j < H; ++j) ob[j] = pb[j] + gb[H + j] * (gb[j] - pb[j]);
+  }
+}
+
+// Its backward, h~ = tanh and g = sigmoid of the pre-activations: d [B, H] holds o's gradient (plus dy's rows,
+// ldy apart, where dy is given) and leaves with p's gradient through the carry, d (1 - g); the pre-activations'
+// gradients, d g (1 - h~^2) and d (h~ - p) g (1 - g), go to dpre's rows (ldd apart).
+template <typename T>
+void gated_update_backward(const T* gates, const T* p, int64_t ldp, int64_t B, int64_t H, T* d, const T* dy,
+                           int64_t ldy, T* dpre, int64_t ldd) {
+  for (int64_t b = 0; b < B; ++b) {
+    const T* gb = gates + b * 2 * H;
+    const T* pb = p + b * ldp;
+    const T* dyb = dy != nullptr ? dy + b * ldy : nullptr;
+    T* db = d + b * H;
+    T* out = dpre + b * ldd;
+    _Pragma("omp simd")
+    for (int64_t j = 0; j < H; ++j) {
+      const T th = gb[j], sg = gb[H + j];
+      const T dj = dyb != nullptr ? db[j] + dyb[j] : db[j];
+      out[j] = dj * sg * (T(1) - th * th);
+      out[H + j] = dj * (th - pb[j]) * sg * (T(1) - sg);
+      db[j] = dj * (T(1) - sg);
+    }
+  }
+}
+
 // y[B, N] += x[B, K] . M[K, N]: x's rows ldx apart, y's ldy apart, M row-major contiguous. A product with a
 // short inner dimension (K < 16: a narrow input) stays in the loop, whose inner loop runs along N.
 template <typename T>
@@ -414,13 +450,7 @@ std::vector<Tensor> hippo_forward(Tensor xu, Tensor xin, Tensor wx, Tensor bias,
       mm_acc(cn, ldcs, B, MN, WHG, 2 * H, g, 2 * H);
       tanh_sigmoid_(g, B, H);
       T* hn = Y + k * H;
-      for (int64_t b = 0; b < B; ++b) {
-        const T* gb = g + b * 2 * H;
-        const T* hb = h + b * ldh;
-        T* o = hn + b * T_ * H;
-        _Pragma("omp simd")
-        for (int64_t j = 0; j < H; ++j) o[j] = hb[j] + gb[H + j] * (gb[j] - hb[j]);
-      }
+      gated_update(g, h, ldh, B, H, hn, T_ * H);
       h = hn;
       ldh = T_ * H;
       c = cn;
@@ -477,21 +507,7 @@ std::vector<Tensor> hippo_backward(Tensor dys, Tensor dhT, Tensor dcT, Tensor ys
       const int64_t ldh = k > 0 ? T_ * H : H;
       const T* g = G + k * B * 2 * H;
       T* dpre = DXHG + k * 2 * H;
-      for (int64_t b = 0; b < B; ++b) {
-        const T* gb = g + b * 2 * H;
-        const T* hb = hp + b * ldh;
-        const T* dyb = dy + b * DY.sb;
-        T* db = dpre + b * T_ * 2 * H;
-        T* dHb = dH + b * H;
-        _Pragma("omp simd")
-        for (int64_t j = 0; j < H; ++j) {
-          const T th = gb[j], sg = gb[H + j];
-          const T d = dHb[j] + dyb[j];
-          db[j] = d * sg * (T(1) - th * th);
-          db[H + j] = d * (th - hb[j]) * sg * (T(1) - sg);
-          dHb[j] = d * (T(1) - sg);
-        }
-      }
+      gated_update_backward(g, hp, ldh, B, H, dH, dy, DY.sb, dpre, T_ * 2 * H);
       if (folded) {
         const T* xk = XIN.at(k);
         for (int64_t b = 0; b < B; ++b) {
@@ -661,12 +677,7 @@ std::vector<Tensor> rhn_forward(Tensor xw, Tensor s0, Tensor rt, Tensor bias, Te
         }
         mm_acc(sr, w, B, w, R + l * w * 2 * w, 2 * w, g, 2 * w);
         tanh_sigmoid_(g, B, w);
-        for (int64_t b = 0; b < B; ++b) {
-          const T* gb = g + b * 2 * w;
-          T* sb = s.data() + b * w;
-          _Pragma("omp simd")
-          for (int64_t j = 0; j < w; ++j) sb[j] = sb[j] + gb[w + j] * (gb[j] - sb[j]);
-        }
+        gated_update(g, s.data(), w, B, w, s.data(), w);
       }
       T* y = ys.data_ptr<T>() + t * w;
       for (int64_t b = 0; b < B; ++b) std::copy(s.begin() + b * w, s.begin() + (b + 1) * w, y + b * T_ * w);
@@ -701,16 +712,7 @@ std::vector<Tensor> rhn_backward(Tensor dys, Tensor dsT, Tensor ss, Tensor hg, T
         const T* sin = ss.data_ptr<T>() + slot * B * w;
         const T* g = hg.data_ptr<T>() + slot * B * 2 * w;
         T* dp = dpre.data_ptr<T>() + slot * B * 2 * w;
-        for (int64_t b = 0; b < B; ++b) {
-          _Pragma("omp simd")
-          for (int64_t j = 0; j < w; ++j) {
-            const int64_t i = b * w + j;
-            const T h = g[b * 2 * w + j], gg = g[b * 2 * w + w + j], d = dS[i];
-            dp[b * 2 * w + j] = d * gg * (T(1) - h * h);
-            dp[b * 2 * w + w + j] = d * (h - sin[i]) * gg * (T(1) - gg);
-            dS[i] = d * (T(1) - gg);
-          }
-        }
+        gated_update_backward(g, sin, w, B, w, dS, static_cast<const T*>(nullptr), 0, dp, 2 * w);
         if (l == 0) {
           T* x = dxw.data_ptr<T>() + t * 2 * w;
           for (int64_t b = 0; b < B; ++b) std::copy(dp + b * 2 * w, dp + (b + 1) * 2 * w, x + b * T_ * 2 * w);
