@@ -355,12 +355,20 @@ def main(argv=None) -> int:
         ended = True
         return code
     except SeqbenchError as e:
-        from .distributed import env_rank
+        from .distributed import env_rank, refused_alike
 
-        ended = True
-        if env_rank() == 0:  # every rank of a distributed run refuses alike; rank 0 says so
-            print(f"seqbench: error: {e}", file=sys.stderr)
+        # the ranks of a distributed run refuse alike and rank 0 says so; a rank refusing alone says so
+        # itself and leaves without the closing barrier (torchrun then stops the others)
+        ended, rank = refused_alike(), env_rank()
+        if rank == 0 or not ended:
+            print(f"seqbench: error: {'' if ended else f'rank {rank}: '}{e}", file=sys.stderr)
         return e.code
+    except RuntimeError:
+        from .distributed import refused_elsewhere
+
+        if refused_elsewhere():  # a collective broken by a rank that refused alone and said why
+            return 2
+        raise
     except KeyboardInterrupt:  # before training started (loading data, building): nothing to keep
         print("\nseqbench: interrupted", file=sys.stderr)
         return 130

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 from dataclasses import dataclass
 
 import torch
@@ -43,6 +44,8 @@ class World:
 
 
 SINGLE = World()
+_STORE = None  # the launcher's key-value store as init() joined it (prefixed by the restart attempt)
+AGREE_S = 30.0  # how long a refusing rank waits for the others' refusals (refused_alike)
 
 
 def launched() -> bool:
@@ -87,9 +90,44 @@ def init(device: str = "auto") -> World:
     # addresses its dead predecessors published there (gloo then connects to a closed port)
     store, rank, size = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(backend, store=dist.PrefixStore(f"seqbench/attempt-{attempt}", store), rank=rank,
-                            world_size=size)
+    global _STORE
+    _STORE = dist.PrefixStore(f"seqbench/attempt-{attempt}", store)
+    dist.init_process_group(backend, store=_STORE, rank=rank, world_size=size)
     return current()
+
+
+def refused_alike() -> bool:
+    """Whether every rank of the group refused the run, as they do alike (a refusal through ``on_main``, a
+    check each rank makes on the same settings), so that they may meet at the closing barrier: each refusing
+    rank marks the launcher's store and waits up to ``AGREE_S`` seconds for every rank's mark. False when
+    the others did not come (a refusal of this rank alone: the others wait in a collective or train on);
+    this rank must then say so itself and leave without the barrier, and torchrun stops the others. True
+    outside a group that init() joined."""
+    world = current()
+    if _STORE is None or not world.on:
+        return True
+    keys, deadline = [f"refused/{r}" for r in range(world.size)], time.monotonic() + AGREE_S
+    try:
+        _STORE.set(keys[world.rank], "1")
+        while not _STORE.check(keys):  # polled: the store's own timed wait logs two warning lines on timing out
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+    except RuntimeError:  # the store is gone with the launcher
+        return False
+    return True
+
+
+def refused_elsewhere() -> bool:
+    """Whether another rank of the group marked a refusal (``refused_alike``): a collective that failed here
+    because that rank left is its consequence, not a second error."""
+    world = current()
+    if _STORE is None or not world.on:
+        return False
+    try:
+        return any(_STORE.check([f"refused/{r}"]) for r in range(world.size) if r != world.rank)
+    except RuntimeError:  # the store is gone with the launcher
+        return False
 
 
 def finish(wait: bool = True) -> None:

@@ -160,3 +160,42 @@ def test_bad_input_is_one_line_from_rank_0_and_nothing_written(runs, tmp_path):
         assert out.returncode != 0 and len(errors) == 1 and says in errors[0], out.stderr[-2000:]
         assert "exitcode  : 2" in out.stderr
         assert not res.exists() or not any(res.rglob("*.json"))
+
+
+REFUSE_ON_RANK_1 = '''
+import os
+
+import seqbench.distributed
+from seqbench.errors import SeqbenchError
+from seqbench.registry import get_task, register_task
+
+seqbench.distributed.AGREE_S = 2.0  # the wait for the other ranks' refusals, shortened for the test
+
+
+@register_task("adding-rank1")
+class AddingRank1(get_task("adding").cls):
+    """The adding task, whose data rank 1 alone cannot read."""
+
+    def loaders(self, *args, **kwargs):
+        if os.environ["RANK"] == "1":
+            raise SeqbenchError("rank 1 cannot read its data")
+        return super().loaders(*args, **kwargs)
+'''
+
+
+def test_a_refusal_of_one_rank_alone_is_its_line_and_no_hang(tmp_path):
+    """A rank that refuses while the others go on (into DDP's first broadcast) says so itself, prefixed by its
+    rank, and leaves without the closing barrier: torchrun stops the group within seconds (before, rank 1 waited
+    at the barrier and rank 0 in the broadcast until gloo's 30-minute timeout, and nothing was printed). Rank 0,
+    whose collective the departure broke, stops without a traceback; nothing is written."""
+    plugin = tmp_path / "refuse.py"
+    plugin.write_text(REFUSE_ON_RANK_1)
+    res = tmp_path / "res"
+    out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", "--import", str(plugin), "--model", "lstm", "--task",
+                          "adding-rank1", "--preset", "tiny", "--results", str(res)],
+                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
+    assert out.returncode != 0, out.stderr[-3000:]
+    assert errors == ["seqbench: error: rank 1: rank 1 cannot read its data"], out.stderr[-3000:]
+    assert "[rank0]" not in out.stderr and "Connection closed" not in out.stderr, out.stderr[-3000:]
+    assert not res.exists() or not any(res.rglob("*.json"))
