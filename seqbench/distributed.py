@@ -46,6 +46,7 @@ class World:
 SINGLE = World()
 _STORE = None  # the launcher's key-value store as init() joined it (prefixed by the restart attempt)
 AGREE_S = 30.0  # how long a refusing rank waits for the others' refusals (refused_alike)
+_ALIKE = None  # refused_alike's answer, once asked
 
 
 def launched() -> bool:
@@ -102,10 +103,17 @@ def refused_alike() -> bool:
     rank marks the launcher's store and waits up to ``AGREE_S`` seconds for every rank's mark. False when
     the others did not come (a refusal of this rank alone: the others wait in a collective or train on);
     this rank must then say so itself and leave without the barrier, and torchrun stops the others. True
-    outside a group that init() joined."""
+    outside a group that init() joined. Asked once; later calls give the same answer."""
+    global _ALIKE
     world = current()
     if _STORE is None or not world.on:
         return True
+    if _ALIKE is None:
+        _ALIKE = _all_marked(world)
+    return _ALIKE
+
+
+def _all_marked(world: World) -> bool:
     keys, deadline = [f"refused/{r}" for r in range(world.size)], time.monotonic() + AGREE_S
     try:
         _STORE.set(keys[world.rank], "1")

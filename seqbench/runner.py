@@ -131,6 +131,8 @@ class Runner:
             why = memory.oom_failure(e, self.setup)
             if why is None:
                 raise
+            if not distributed.refused_alike():  # this rank alone: the others wait in a collective, no record
+                raise SeqbenchError(why) from None
             rec = self._record("failed", failure=why)
             raise SeqbenchError(f"{why}: run recorded as failed ({rec.get('path', 'no record written')})") from None
         return self._finish()

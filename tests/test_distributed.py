@@ -199,3 +199,51 @@ def test_a_refusal_of_one_rank_alone_is_its_line_and_no_hang(tmp_path):
     assert errors == ["seqbench: error: rank 1: rank 1 cannot read its data"], out.stderr[-3000:]
     assert "[rank0]" not in out.stderr and "Connection closed" not in out.stderr, out.stderr[-3000:]
     assert not res.exists() or not any(res.rglob("*.json"))
+
+
+OOM_ON_RANKS = '''
+import os
+
+import torch
+
+import seqbench.distributed
+from seqbench.registry import get_model, register_model
+
+seqbench.distributed.AGREE_S = 2.0
+
+
+@register_model("lstm-oom")
+class LSTMOOM(get_model("lstm").cls):
+    """lstm whose third training forward runs out of memory on the ranks in $OOM_RANKS."""
+
+    calls = 0
+
+    def forward(self, *args, **kwargs):
+        if self.training:
+            LSTMOOM.calls += 1
+            if LSTMOOM.calls == 3 and os.environ["RANK"] in os.environ["OOM_RANKS"].split(","):
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return super().forward(*args, **kwargs)
+'''
+
+
+@pytest.mark.parametrize("ranks", ["1", "0,1"])
+def test_out_of_memory_on_one_rank_or_all(tmp_path, ranks):
+    """Out of memory during training on rank 1 alone: its line, prefixed by its rank, and the group stops (rank 0
+    waits in the gradient all-reduce; before, rank 1 waited in the failed record's broadcast: a hang); no record,
+    since rank 0, the writer, never learns why. On every rank alike: rank 0's line and the failed record."""
+    plugin = tmp_path / "oom.py"
+    plugin.write_text(OOM_ON_RANKS)
+    res = tmp_path / "res"
+    out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", "--import", str(plugin), "--model", "lstm-oom", "--task",
+                          "adding", "--preset", "tiny", "--results", str(res)], capture_output=True, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1", "OOM_RANKS": ranks}, timeout=120)
+    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
+    assert out.returncode != 0 and len(errors) == 1 and "out of memory at batch 16" in errors[0], out.stderr[-3000:]
+    assert "[rank0]" not in out.stderr and "[rank1]" not in out.stderr, out.stderr[-3000:]
+    recs = list((res / "runs").glob("*.json"))
+    if ranks == "1":
+        assert errors[0].startswith("seqbench: error: rank 1: out of memory") and not recs
+    else:
+        assert "run recorded as failed" in errors[0] and len(recs) == 1
+        assert json.loads(recs[0].read_text())["status"] == "failed"
