@@ -29,6 +29,13 @@ def env(tmp_path, monkeypatch, fake_data):
     return {"data": data, "results": results, "tmp": tmp_path}
 
 
+def refusal_lines(err: str) -> list[str]:
+    """The non-blank lines of stderr less its warnings: what a refusal said. A tiny preset's subsets are larger
+    than the generated splits, which is said once per process (``data.warn_once``): before a refusal only in
+    the test that happens to run first."""
+    return [ln for ln in err.splitlines() if ln.strip() and not ln.startswith("seqbench: warning:")]
+
+
 # Settings that keep a run to a couple of steps: used by the cross-product and runner tests.
 QUICK = testing.QUICK
 

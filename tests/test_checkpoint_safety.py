@@ -5,7 +5,7 @@ import torch
 from seqbench import config, registry
 from seqbench.cli import main
 from seqbench.runner import Runner
-from conftest import QUICK
+from conftest import QUICK, refusal_lines
 
 
 class Planted:
@@ -25,7 +25,7 @@ def _run(env, **over):
 
 def one_line(capsys, args, says):
     code = main(args)
-    err = capsys.readouterr().err.strip().splitlines()
+    err = refusal_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and says in err[0], err
     return err[0]
 

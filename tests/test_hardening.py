@@ -16,7 +16,7 @@ from seqbench.cli import main
 from seqbench.config import TrainConfig, field_meta, field_type, params_class
 from seqbench.model import RecurrentBackbone
 from seqbench.runner import Runner
-from conftest import QUICK
+from conftest import QUICK, refusal_lines
 
 TINY = ["--preset", "tiny", "--set", "limit_batches=1", "--set", "latency_time=0.01", "--quiet"]
 
@@ -29,7 +29,7 @@ def tree(path):
 def one_line(capsys, argv, *needles, code=2):
     rc = main(argv)
     err = capsys.readouterr().err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    lines = refusal_lines(err)
     assert rc == code, (rc, err)
     assert "Traceback" not in err
     assert len(lines) == 1, err

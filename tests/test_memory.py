@@ -8,16 +8,14 @@ import torch
 from seqbench import config, memory, registry
 from seqbench.build import build
 from seqbench.cli import main
-from conftest import QUICK
+from conftest import QUICK, refusal_lines
 
 GIB = 2**30
 
 
 def one_line(capsys, args, says):
     code = main(args)
-    # warnings (a tiny preset's subsets larger than the generated splits: said once per process, so only
-    # when this test runs first) are not the refusal
-    err = [ln for ln in capsys.readouterr().err.strip().splitlines() if not ln.startswith("seqbench: warning:")]
+    err = refusal_lines(capsys.readouterr().err)
     assert code == 2 and len(err) == 1 and says in err[0], err
     return err[0]
 
