@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import os
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -283,7 +284,9 @@ def wrap(model: nn.Module, device: torch.device, world: World) -> nn.Module:
 
     ids = [device.index] if device.type == "cuda" else None
     unused = getattr(model, "unused_parameters", False)
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=False)
+    with warnings.catch_warnings():  # torch 2.14 deprecates the name; its own advice is to keep it for now
+        warnings.filterwarnings("ignore", message="`broadcast_buffers` is deprecated", category=FutureWarning)
+        return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=unused, broadcast_buffers=False)
 
 
 def average_buffers(model: nn.Module, world: World) -> None:
