@@ -653,8 +653,8 @@ class HiPPOLegT(HiPPOLegS):
         return apply_dense(c, u, ctx["A"], ctx["B"])
 
     def _fused_memory(self, dtype, device, t0: int, T: int) -> tuple:
-        A, B = self._memory_context(dtype, device).values()
-        return (2, 1, 0, False, 0.0, [A], [B], t0)
+        ctx = self._memory_context(dtype, device)
+        return (2, 1, 0, False, 0.0, [ctx["A"]], [ctx["B"]], t0)
 
     def _memory_flops(self) -> int:
         return 2 * self.N * self.N + 2 * self.N

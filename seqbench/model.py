@@ -46,13 +46,14 @@ from .registry import RECURRENT_KINDS
 
 
 LIBRARY, EAGER, FUSED = "library kernel", "eager", "fused"
+BY_SETTING = "set by model.impl"  # a class's declared implementation where its instances pick it (FusedLoop)
 
 
 def declared_implementation(cls) -> str:
     """A model class's ``implementation`` without an instance: the attribute (undeclared: eager), or, where a
-    property picks it from a setting, "set by model.impl" (``measure.implementation`` reads a built model)."""
+    property picks it from a setting, ``BY_SETTING`` (``measure.implementation`` reads a built model)."""
     impl = getattr(cls, "implementation", EAGER)
-    return impl if isinstance(impl, str) else "set by model.impl"
+    return impl if isinstance(impl, str) else BY_SETTING
 
 
 def impl_setting():
@@ -68,11 +69,7 @@ class FusedLoop:
 
     @property
     def implementation(self) -> str:
-        if self.impl != "fused":
-            return EAGER
-        from . import fused
-        p = next(self.parameters())
-        return FUSED if fused.usable(p) else EAGER
+        return FUSED if self.use_fused() else EAGER
 
     def use_fused(self, *tensors) -> bool:
         if self.impl != "fused":

@@ -102,13 +102,13 @@ def _declared_implementation(model: str) -> str | None:
     model this install does not have. A model whose ``model.impl`` now picks it (the fused cells came after
     records named their implementation) ran its eager loop then."""
     from . import registry
-    from .model import EAGER, declared_implementation
+    from .model import BY_SETTING, EAGER, declared_implementation
 
     try:
         declared = declared_implementation(registry.get_model(model).cls)
     except SeqbenchError:
         return None
-    return EAGER if declared == "set by model.impl" else declared
+    return EAGER if declared == BY_SETTING else declared
 
 
 def _paper(ti: dict, rec: dict, strategy: str):
