@@ -40,6 +40,15 @@ def torchrun(args, env, extra=()):
     return out
 
 
+def refused_run(args, results, env, timeout=300):
+    """``seqbench run ARGS --preset tiny`` by a 2-process group that must fail: its output and the error lines."""
+    e = {**os.environ, "OMP_NUM_THREADS": "1", **env}
+    out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", *args, "--preset", "tiny", "--results", str(results)],
+                         capture_output=True, text=True, env=e, timeout=timeout)
+    assert out.returncode != 0, out.stderr[-3000:]
+    return out, [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
+
+
 def close(a, b, path="") -> None:
     """Equal structure; numbers equal to RTOL."""
     if isinstance(a, dict):
@@ -149,15 +158,12 @@ def test_a_run_resumes_at_another_world_size(runs, tmp_path, monkeypatch, capsys
 def test_bad_input_is_one_line_from_rank_0_and_nothing_written(runs, tmp_path):
     """A strategy that cannot be split, a global batch the world does not divide, CUDA (NCCL) on a machine
     without it: one line from rank 0, every rank exits 2, nothing written."""
-    e = {**os.environ, "OMP_NUM_THREADS": "1", **runs["env"]}
     for args, says in ((["--model", "mptt", "--task", "climate-melbourne"], "cannot train distributed"),
                        (["--model", "lstm", "--task", "pmnist", "--batch-size", "33"], "does not divide among 2"),
                        (["--model", "lstm", "--task", "pmnist", "--device", "cuda"], "no CUDA device")):
         res = tmp_path / args[1]
-        out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", *args, "--preset", "tiny", "--results", str(res)],
-                             capture_output=True, text=True, env=e, timeout=300)
-        errors = [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
-        assert out.returncode != 0 and len(errors) == 1 and says in errors[0], out.stderr[-2000:]
+        out, errors = refused_run(args, res, runs["env"])
+        assert len(errors) == 1 and says in errors[0], out.stderr[-2000:]
         assert "exitcode  : 2" in out.stderr
         assert not res.exists() or not any(res.rglob("*.json"))
 
@@ -191,11 +197,7 @@ def test_a_refusal_of_one_rank_alone_is_its_line_and_no_hang(tmp_path):
     plugin = tmp_path / "refuse.py"
     plugin.write_text(REFUSE_ON_RANK_1)
     res = tmp_path / "res"
-    out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", "--import", str(plugin), "--model", "lstm", "--task",
-                          "adding-rank1", "--preset", "tiny", "--results", str(res)],
-                         capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=120)
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
-    assert out.returncode != 0, out.stderr[-3000:]
+    out, errors = refused_run(["--import", str(plugin), "--model", "lstm", "--task", "adding-rank1"], res, {}, 120)
     assert errors == ["seqbench: error: rank 1: rank 1 cannot read its data"], out.stderr[-3000:]
     assert "[rank0]" not in out.stderr and "Connection closed" not in out.stderr, out.stderr[-3000:]
     assert not res.exists() or not any(res.rglob("*.json"))
@@ -235,11 +237,9 @@ def test_out_of_memory_on_one_rank_or_all(tmp_path, ranks):
     plugin = tmp_path / "oom.py"
     plugin.write_text(OOM_ON_RANKS)
     res = tmp_path / "res"
-    out = subprocess.run([*TORCHRUN, "-m", "seqbench", "run", "--import", str(plugin), "--model", "lstm-oom", "--task",
-                          "adding", "--preset", "tiny", "--results", str(res)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1", "OOM_RANKS": ranks}, timeout=120)
-    errors = [ln for ln in out.stderr.splitlines() if ln.startswith("seqbench: error:")]
-    assert out.returncode != 0 and len(errors) == 1 and "out of memory at batch 16" in errors[0], out.stderr[-3000:]
+    out, errors = refused_run(["--import", str(plugin), "--model", "lstm-oom", "--task", "adding"], res,
+                              {"OOM_RANKS": ranks}, 120)
+    assert len(errors) == 1 and "out of memory at batch 16" in errors[0], out.stderr[-3000:]
     assert "[rank0]" not in out.stderr and "[rank1]" not in out.stderr, out.stderr[-3000:]
     recs = list((res / "runs").glob("*.json"))
     if ranks == "1":
